@@ -1,0 +1,1 @@
+//! dfp-filter: an allowlisting dynamic forward proxy filter for Envoy (proxy-wasm).

@@ -1,0 +1,1 @@
+//! host-sim: a proxy-wasm host on wasmtime, and a small Envoy.

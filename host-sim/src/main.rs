@@ -1,0 +1,3 @@
+fn main() -> anyhow::Result<()> {
+    anyhow::bail!("host-sim: the proxy is not implemented yet")
+}
