@@ -1,0 +1,212 @@
+//! HTTP filters: wasm, dynamic_forward_proxy and router downstream; wasm and upstream_codec upstream.
+
+use std::path::PathBuf;
+
+use super::dns_cache::{parse_dns_cache, DnsCacheConfig};
+use super::node::{At, Fields};
+use super::{typed_config, ConfigError};
+
+const WASM_TYPE: &str = "envoy.extensions.filters.http.wasm.v3.Wasm";
+const DFP_TYPE: &str = "envoy.extensions.filters.http.dynamic_forward_proxy.v3.FilterConfig";
+const ROUTER_TYPE: &str = "envoy.extensions.filters.http.router.v3.Router";
+const UPSTREAM_CODEC_TYPE: &str = "envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec";
+const STRING_VALUE_TYPE: &str = "google.protobuf.StringValue";
+
+/// Where a filter chain runs: in the HTTP connection manager, or in a cluster's upstream filter chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilterStage {
+    Downstream,
+    Upstream,
+}
+
+#[derive(Debug, Clone)]
+pub enum HttpFilter {
+    Wasm(WasmPlugin),
+    DynamicForwardProxy(DfpFilterConfig),
+    Router,
+    UpstreamCodec,
+}
+
+/// A wasm plugin: `envoy.extensions.wasm.v3.PluginConfig` with a local code file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WasmPlugin {
+    /// The plugin's `name` (the `plugin_name` property); Envoy's filter name when the plugin has none.
+    pub name: String,
+    pub root_id: String,
+    pub vm_id: String,
+    /// Envoy's runtime name as written (`envoy.wasm.runtime.v8`, ...); host-sim runs every one on wasmtime.
+    pub runtime: String,
+    /// `vm_config.code.local.filename`, relative to the working directory as in Envoy.
+    pub code: PathBuf,
+    /// The plugin configuration (`configuration` StringValue), given to the guest in `proxy_on_configure`.
+    pub configuration: String,
+    /// The VM configuration (`vm_config.configuration` StringValue), given in `proxy_on_vm_start`.
+    pub vm_configuration: String,
+    pub failure_policy: FailurePolicy,
+}
+
+/// What happens to requests after the plugin failed (trap, or a failed `on_configure` at load is fatal anyway).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// Every later request gets 503 (Envoy's default).
+    FailClosed,
+    /// The VM is rebuilt after a backoff; requests in between get 503.
+    FailReload,
+    /// The filter is skipped.
+    FailOpen,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DfpFilterConfig {
+    pub dns_cache: DnsCacheConfig,
+}
+
+pub(crate) fn parse_http_filters(at: &At<'_>, stage: FilterStage) -> Result<Vec<HttpFilter>, ConfigError> {
+    let items = at.list()?;
+    let mut filters = Vec::with_capacity(items.len());
+    for item in &items {
+        filters.push(parse_http_filter(item, stage)?);
+    }
+    let terminal_ok = matches!(
+        (stage, filters.last()),
+        (FilterStage::Downstream, Some(HttpFilter::Router)) | (FilterStage::Upstream, Some(HttpFilter::UpstreamCodec))
+    );
+    if !terminal_ok {
+        let terminal = match stage {
+            FilterStage::Downstream => "envoy.filters.http.router",
+            FilterStage::Upstream => "envoy.filters.http.upstream_codec",
+        };
+        return Err(at.error(format!("the last HTTP filter must be {terminal}")));
+    }
+    let terminals = filters
+        .iter()
+        .filter(|f| matches!(f, HttpFilter::Router | HttpFilter::UpstreamCodec))
+        .count();
+    if terminals != 1 {
+        return Err(at.error("a terminal filter (router, upstream_codec) may appear only last"));
+    }
+    Ok(filters)
+}
+
+fn parse_http_filter(at: &At<'_>, stage: FilterStage) -> Result<HttpFilter, ConfigError> {
+    let mut fields = at.map()?;
+    let name = fields.req("name")?.string()?;
+    let typed = fields.req("typed_config")?;
+    if let Some(disabled) = fields.opt("disabled") {
+        if disabled.bool()? {
+            return Err(disabled.error("disabled filters are not supported by host-sim"));
+        }
+    }
+    if let Some(optional) = fields.opt("is_optional") {
+        optional.bool()?;
+    }
+    fields.finish()?;
+
+    let allowed: &[&str] = match stage {
+        FilterStage::Downstream => &[WASM_TYPE, DFP_TYPE, ROUTER_TYPE],
+        FilterStage::Upstream => &[WASM_TYPE, UPSTREAM_CODEC_TYPE],
+    };
+    let (type_name, mut config) = typed_config(&typed, allowed)?;
+    let filter = match type_name.as_str() {
+        WASM_TYPE => {
+            let plugin = config.req("config")?;
+            config.finish()?;
+            HttpFilter::Wasm(parse_plugin(&plugin, &name)?)
+        }
+        DFP_TYPE => {
+            let dns_cache = parse_dns_cache(&config.req("dns_cache_config")?)?;
+            // Cosmetic here: host-sim always records the upstream address it used.
+            config.cosmetic("save_upstream_address");
+            config.finish()?;
+            HttpFilter::DynamicForwardProxy(DfpFilterConfig { dns_cache })
+        }
+        ROUTER_TYPE => {
+            config.finish()?;
+            HttpFilter::Router
+        }
+        _ => {
+            config.finish()?;
+            HttpFilter::UpstreamCodec
+        }
+    };
+    Ok(filter)
+}
+
+fn parse_plugin(at: &At<'_>, filter_name: &str) -> Result<WasmPlugin, ConfigError> {
+    let mut fields = at.map()?;
+    let name = fields
+        .opt("name")
+        .map(|n| n.string())
+        .transpose()?
+        .unwrap_or_else(|| filter_name.to_string());
+    let root_id = fields.opt("root_id").map(|r| r.string()).transpose()?.unwrap_or_default();
+    let vm = fields.req("vm_config")?;
+    let configuration = match fields.opt("configuration") {
+        Some(value) => string_value(&value)?,
+        None => String::new(),
+    };
+    let fail_open = fields.opt("fail_open").map(|f| f.bool()).transpose()?;
+    let policy = fields
+        .opt("failure_policy")
+        .map(|p| p.enum_name(&["UNSPECIFIED", "FAIL_CLOSED", "FAIL_RELOAD", "FAIL_OPEN"]))
+        .transpose()?;
+    let failure_policy = match (policy.as_deref(), fail_open) {
+        (Some("FAIL_OPEN"), _) => FailurePolicy::FailOpen,
+        (Some("FAIL_RELOAD"), _) => FailurePolicy::FailReload,
+        (Some("FAIL_CLOSED"), _) => FailurePolicy::FailClosed,
+        (_, Some(true)) => FailurePolicy::FailOpen,
+        _ => FailurePolicy::FailClosed,
+    };
+    fields.finish()?;
+
+    let mut vm_fields = vm.map()?;
+    let vm_id = vm_fields.opt("vm_id").map(|v| v.string()).transpose()?.unwrap_or_default();
+    let runtime = vm_fields.req("runtime")?.enum_name(&[
+        "envoy.wasm.runtime.v8",
+        "envoy.wasm.runtime.wasmtime",
+        "envoy.wasm.runtime.wamr",
+        "envoy.wasm.runtime.null",
+    ])?;
+    if runtime == "envoy.wasm.runtime.null" {
+        return Err(vm_fields.error("the null runtime runs plugins compiled into Envoy; host-sim needs a .wasm file"));
+    }
+    let code = parse_local_code(&mut vm_fields)?;
+    let vm_configuration = match vm_fields.opt("configuration") {
+        Some(value) => string_value(&value)?,
+        None => String::new(),
+    };
+    // Cosmetic: precompiled code caches only change load time.
+    vm_fields.cosmetic("allow_precompiled");
+    vm_fields.cosmetic("nack_on_code_cache_miss");
+    vm_fields.finish()?;
+    Ok(WasmPlugin {
+        name,
+        root_id,
+        vm_id,
+        runtime,
+        code,
+        configuration,
+        vm_configuration,
+        failure_policy,
+    })
+}
+
+/// `code: { local: { filename: ... } }`; remote code and inline bytes are not supported.
+fn parse_local_code(vm_fields: &mut Fields<'_>) -> Result<PathBuf, ConfigError> {
+    let code = vm_fields.req("code")?;
+    let mut code_fields = code.map()?;
+    let local = code_fields.req("local")?;
+    code_fields.finish()?;
+    let mut local_fields = local.map()?;
+    let filename = local_fields.req("filename")?.string()?;
+    local_fields.finish()?;
+    Ok(PathBuf::from(filename))
+}
+
+/// A `google.protobuf.StringValue` in Any form: `{"@type": ".../google.protobuf.StringValue", value: "..."}`.
+fn string_value(at: &At<'_>) -> Result<String, ConfigError> {
+    let (_, mut fields) = typed_config(at, &[STRING_VALUE_TYPE])?;
+    let value = fields.opt("value").map(|v| v.string()).transpose()?.unwrap_or_default();
+    fields.finish()?;
+    Ok(value)
+}

@@ -1,0 +1,289 @@
+//! Listeners, the HTTP connection manager and its route configuration.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::filters::{parse_http_filters, FilterStage, HttpFilter};
+use super::node::At;
+use super::{parse_address, typed_config, ConfigError};
+
+const HCM_TYPE: &str = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub name: String,
+    pub address: SocketAddr,
+    pub http: HttpConnectionManager,
+    /// Index of the listener in `static_resources.listeners`, for error paths at run time.
+    pub index: usize,
+}
+
+impl Listener {
+    /// The YAML path of this listener's HTTP connection manager config.
+    pub fn hcm_path(&self) -> String {
+        format!("static_resources.listeners[{}].filter_chains[0].filters[0].typed_config", self.index)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpConnectionManager {
+    pub stat_prefix: String,
+    pub route_config: RouteConfig,
+    pub http_filters: Vec<HttpFilter>,
+    /// `upgrade_configs` with `upgrade_type: CONNECT` at the connection manager: CONNECT requests are accepted.
+    pub connect_enabled: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: Option<String>,
+    pub virtual_hosts: Vec<VirtualHost>,
+}
+
+#[derive(Debug, Clone)]
+pub struct VirtualHost {
+    pub name: String,
+    /// Lower-case domains: exact, `*`, `*.suffix` / `*-suffix` (suffix wildcard) or `prefix.*` (prefix wildcard).
+    pub domains: Vec<String>,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: Option<String>,
+    pub matcher: RouteMatch,
+    pub action: RouteAction,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteMatch {
+    Prefix(String),
+    Path(String),
+    /// `connect_matcher: {}`: matches CONNECT requests only.
+    Connect,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteAction {
+    pub target: RouteTarget,
+    /// `None` when the timeout is `0s` (no timeout); Envoy's default is 15 s.
+    pub timeout: Option<Duration>,
+    /// The route accepts CONNECT (`upgrade_configs: [{upgrade_type: CONNECT, connect_config: {}}]`) and terminates
+    /// it here: Envoy answers 200 and tunnels raw bytes to the upstream.
+    pub connect_terminate: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteTarget {
+    Cluster(String),
+    /// The cluster is named by this request header (lower-case).
+    ClusterHeader(String),
+}
+
+/// Envoy's route timeout when none is configured.
+const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub(crate) fn parse_listener(index: usize, at: &At<'_>) -> Result<Listener, ConfigError> {
+    let mut fields = at.map()?;
+    let name = fields.opt("name").map(|n| n.string()).transpose()?.unwrap_or_default();
+    let address = parse_address(&fields.req("address")?)?;
+    let chains_at = fields.req("filter_chains")?;
+    // Cosmetic for a single-chain plain-text listener.
+    fields.cosmetic("per_connection_buffer_limit_bytes");
+    fields.finish()?;
+
+    let chains = chains_at.list()?;
+    let [chain] = chains.as_slice() else {
+        return Err(chains_at.error("host-sim supports exactly one filter chain per listener"));
+    };
+    let mut chain_fields = chain.map()?;
+    let filters_at = chain_fields.req("filters")?;
+    chain_fields.finish()?;
+    let filters = filters_at.list()?;
+    let [filter] = filters.as_slice() else {
+        return Err(filters_at.error(
+            "host-sim supports exactly one network filter: envoy.filters.network.http_connection_manager",
+        ));
+    };
+    let mut filter_fields = filter.map()?;
+    filter_fields.cosmetic("name");
+    let typed = filter_fields.req("typed_config")?;
+    filter_fields.finish()?;
+    let http = parse_hcm(&typed)?;
+    Ok(Listener {
+        name,
+        address,
+        http,
+        index,
+    })
+}
+
+fn parse_hcm(at: &At<'_>) -> Result<HttpConnectionManager, ConfigError> {
+    let (_, mut fields) = typed_config(at, &[HCM_TYPE])?;
+    let stat_prefix = fields.req("stat_prefix")?.string()?;
+    if let Some(codec) = fields.opt("codec_type") {
+        // host-sim speaks HTTP/1.1 downstream; AUTO and HTTP1 both accept it.
+        codec.enum_name(&["AUTO", "HTTP1"])?;
+    }
+    let route_config = parse_route_config(&fields.req("route_config")?)?;
+    let http_filters = parse_http_filters(&fields.req("http_filters")?, FilterStage::Downstream)?;
+    let connect_enabled = match fields.opt("upgrade_configs") {
+        Some(upgrades) => parse_upgrade_types(&upgrades)?,
+        None => false,
+    };
+    // HTTP/2 options only matter for h2 downstreams, which host-sim does not serve; allow_connect is implied.
+    fields.cosmetic("http2_protocol_options");
+    fields.cosmetic("access_log");
+    fields.cosmetic("generate_request_id");
+    fields.finish()?;
+    Ok(HttpConnectionManager {
+        stat_prefix,
+        route_config,
+        http_filters,
+        connect_enabled,
+    })
+}
+
+/// HCM-level `upgrade_configs`: only CONNECT is implemented.
+fn parse_upgrade_types(at: &At<'_>) -> Result<bool, ConfigError> {
+    let mut connect = false;
+    for upgrade in at.list()? {
+        let mut fields = upgrade.map()?;
+        let kind = fields.req("upgrade_type")?;
+        if !kind.string()?.eq_ignore_ascii_case("CONNECT") {
+            return Err(kind.error("host-sim implements only the CONNECT upgrade"));
+        }
+        if let Some(enabled) = fields.opt("enabled") {
+            connect = enabled.bool()?;
+        } else {
+            connect = true;
+        }
+        fields.finish()?;
+    }
+    Ok(connect)
+}
+
+fn parse_route_config(at: &At<'_>) -> Result<RouteConfig, ConfigError> {
+    let mut fields = at.map()?;
+    let name = fields.opt("name").map(|n| n.string()).transpose()?;
+    let virtual_hosts = fields
+        .req("virtual_hosts")?
+        .list()?
+        .iter()
+        .map(parse_virtual_host)
+        .collect::<Result<Vec<_>, _>>()?;
+    fields.finish()?;
+    Ok(RouteConfig { name, virtual_hosts })
+}
+
+fn parse_virtual_host(at: &At<'_>) -> Result<VirtualHost, ConfigError> {
+    let mut fields = at.map()?;
+    let name = fields.req("name")?.string()?;
+    let domains_at = fields.req("domains")?;
+    let mut domains = Vec::new();
+    for domain in domains_at.list()? {
+        let text = domain.string()?.to_ascii_lowercase();
+        let wildcards = text.matches('*').count();
+        let valid = text == "*"
+            || wildcards == 0
+            || (wildcards == 1 && (text.starts_with('*') || text.ends_with('*')));
+        if !valid {
+            return Err(domain.error(format!("{text:?}: wildcards are allowed only as a prefix or a suffix")));
+        }
+        domains.push(text);
+    }
+    let routes = fields
+        .req("routes")?
+        .list()?
+        .iter()
+        .map(parse_route)
+        .collect::<Result<Vec<_>, _>>()?;
+    fields.finish()?;
+    Ok(VirtualHost { name, domains, routes })
+}
+
+fn parse_route(at: &At<'_>) -> Result<Route, ConfigError> {
+    let mut fields = at.map()?;
+    let name = fields.opt("name").map(|n| n.string()).transpose()?;
+    let matcher = parse_route_match(&fields.req("match")?)?;
+    let action = parse_route_action(&fields.req("route")?)?;
+    fields.finish()?;
+    Ok(Route { name, matcher, action })
+}
+
+fn parse_route_match(at: &At<'_>) -> Result<RouteMatch, ConfigError> {
+    let mut fields = at.map()?;
+    let prefix = fields.opt("prefix").map(|p| p.string()).transpose()?;
+    let path = fields.opt("path").map(|p| p.string()).transpose()?;
+    let connect = match fields.opt("connect_matcher") {
+        Some(matcher) => {
+            matcher.map()?.finish()?;
+            true
+        }
+        None => false,
+    };
+    fields.finish()?;
+    match (prefix, path, connect) {
+        (Some(prefix), None, false) => Ok(RouteMatch::Prefix(prefix)),
+        (None, Some(path), false) => Ok(RouteMatch::Path(path)),
+        (None, None, true) => Ok(RouteMatch::Connect),
+        (None, None, false) => Err(at.error("a route match needs one of prefix, path or connect_matcher")),
+        _ => Err(at.error("a route match takes exactly one of prefix, path or connect_matcher")),
+    }
+}
+
+fn parse_route_action(at: &At<'_>) -> Result<RouteAction, ConfigError> {
+    let mut fields = at.map()?;
+    let cluster = fields.opt("cluster").map(|c| c.string()).transpose()?;
+    let cluster_header = fields.opt("cluster_header").map(|c| c.string()).transpose()?;
+    let target = match (cluster, cluster_header) {
+        (Some(cluster), None) => RouteTarget::Cluster(cluster),
+        (None, Some(header)) => RouteTarget::ClusterHeader(header.to_ascii_lowercase()),
+        (None, None) => return Err(at.error("a route needs cluster or cluster_header")),
+        (Some(_), Some(_)) => return Err(at.error("a route takes either cluster or cluster_header, not both")),
+    };
+    let timeout = match fields.opt("timeout") {
+        Some(timeout) => {
+            let timeout = timeout.duration()?;
+            (!timeout.is_zero()).then_some(timeout)
+        }
+        None => Some(DEFAULT_ROUTE_TIMEOUT),
+    };
+    let connect_terminate = match fields.opt("upgrade_configs") {
+        Some(upgrades) => parse_route_upgrades(&upgrades)?,
+        None => false,
+    };
+    fields.finish()?;
+    Ok(RouteAction {
+        target,
+        timeout,
+        connect_terminate,
+    })
+}
+
+/// Route-level `upgrade_configs`: `{upgrade_type: CONNECT, connect_config: {}}` terminates CONNECT here.
+fn parse_route_upgrades(at: &At<'_>) -> Result<bool, ConfigError> {
+    let mut terminate = false;
+    for upgrade in at.list()? {
+        let mut fields = upgrade.map()?;
+        let kind = fields.req("upgrade_type")?;
+        if !kind.string()?.eq_ignore_ascii_case("CONNECT") {
+            return Err(kind.error("host-sim implements only the CONNECT upgrade"));
+        }
+        let enabled = fields.opt("enabled").map(|e| e.bool()).transpose()?.unwrap_or(true);
+        match fields.opt("connect_config") {
+            Some(config) => {
+                config.map()?.finish()?;
+                terminate = enabled;
+            }
+            None => {
+                return Err(upgrade.error(
+                    "host-sim terminates CONNECT at the proxy only: add connect_config: {} (forwarding the CONNECT \
+                     request upstream is not implemented)",
+                ))
+            }
+        }
+        fields.finish()?;
+    }
+    Ok(terminate)
+}

@@ -1,0 +1,237 @@
+//! The subset of Envoy's v3 bootstrap that host-sim runs, parsed into a typed model.
+//!
+//! The same YAML file runs in Envoy and in host-sim. Anything host-sim does not implement and that would change
+//! behaviour is an error naming its YAML path; a few purely cosmetic fields are accepted (see `Fields::cosmetic`
+//! call sites, listed in the README). Relative file names resolve against the working directory, as in Envoy.
+
+mod cluster;
+mod dns_cache;
+mod filters;
+mod listener;
+mod node;
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use node::At;
+
+pub use cluster::{Cluster, ClusterKind, TlsContext, TrustedCa, UpstreamOptions};
+pub use dns_cache::{DnsCacheConfig, LookupFamily};
+pub use filters::{DfpFilterConfig, FailurePolicy, HttpFilter, WasmPlugin};
+pub use listener::{
+    HttpConnectionManager, Listener, Route, RouteAction, RouteConfig, RouteMatch, RouteTarget, VirtualHost,
+};
+
+/// An error in the bootstrap: where it is (a YAML path such as `static_resources.clusters[0].connect_timeout`) and
+/// what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {file}: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid YAML: {0}")]
+    Yaml(#[from] serde_yaml::Error),
+    #[error("{}: {message}", if path.is_empty() { "(document root)" } else { path.as_str() })]
+    Invalid { path: String, message: String },
+}
+
+/// The bootstrap: an admin endpoint, listeners and clusters (static resources only; no xDS).
+#[derive(Debug, Clone)]
+pub struct Bootstrap {
+    pub admin: Option<SocketAddr>,
+    pub listeners: Vec<Listener>,
+    pub clusters: Vec<Cluster>,
+}
+
+impl Bootstrap {
+    /// Reads and validates a bootstrap file (YAML or JSON, which is YAML too).
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.display().to_string(),
+            source,
+        })?;
+        Self::from_yaml(&text)
+    }
+
+    /// Parses and validates a bootstrap given as YAML text. Anchors, aliases and merge keys (`<<`) are allowed.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let mut document: serde_yaml::Value = serde_yaml::from_str(text)?;
+        document.apply_merge()?;
+        let bootstrap = parse_bootstrap(&At::root(&document))?;
+        bootstrap.check_references()?;
+        Ok(bootstrap)
+    }
+
+    pub fn cluster(&self, name: &str) -> Option<&Cluster> {
+        self.clusters.iter().find(|cluster| cluster.name == name)
+    }
+
+    /// Every DNS cache configuration with the YAML path it was found at: DFP clusters and DFP filters.
+    fn dns_caches(&self) -> Vec<(&DnsCacheConfig, String)> {
+        let mut caches = Vec::new();
+        for (index, cluster) in self.clusters.iter().enumerate() {
+            if let ClusterKind::DynamicForwardProxy { dns_cache } = &cluster.kind {
+                caches.push((
+                    dns_cache,
+                    format!("static_resources.clusters[{index}].cluster_type.typed_config.dns_cache_config"),
+                ));
+            }
+        }
+        for listener in &self.listeners {
+            for (f, filter) in listener.http.http_filters.iter().enumerate() {
+                if let HttpFilter::DynamicForwardProxy(dfp) = filter {
+                    caches.push((
+                        &dfp.dns_cache,
+                        format!("{}.http_filters[{f}].typed_config.dns_cache_config", listener.hcm_path()),
+                    ));
+                }
+            }
+        }
+        caches
+    }
+
+    /// Envoy shares one DNS cache per name, so one name must always come with the same configuration.
+    fn check_dns_caches(&self) -> Result<(), ConfigError> {
+        let caches = self.dns_caches();
+        for (index, (cache, path)) in caches.iter().enumerate() {
+            if let Some((_, first)) = caches[..index]
+                .iter()
+                .find(|(known, _)| known.name == cache.name && *known != *cache)
+            {
+                return Err(invalid(
+                    path.clone(),
+                    format!(
+                        "DNS cache {:?} is configured differently at {first}; Envoy requires one configuration per name",
+                        cache.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Cross-references Envoy checks at load time: route targets name existing clusters, names are unique, and
+    /// a DNS cache name always stands for one configuration.
+    fn check_references(&self) -> Result<(), ConfigError> {
+        for (index, cluster) in self.clusters.iter().enumerate() {
+            if self.clusters[..index].iter().any(|c| c.name == cluster.name) {
+                return Err(invalid(
+                    format!("static_resources.clusters[{index}].name"),
+                    format!("duplicate cluster name {:?}", cluster.name),
+                ));
+            }
+        }
+        self.check_dns_caches()?;
+        for listener in &self.listeners {
+            for (v, vhost) in listener.http.route_config.virtual_hosts.iter().enumerate() {
+                for (r, route) in vhost.routes.iter().enumerate() {
+                    if let RouteTarget::Cluster(name) = &route.action.target {
+                        if self.cluster(name).is_none() {
+                            return Err(invalid(
+                                format!(
+                                    "{}.route_config.virtual_hosts[{v}].routes[{r}].route.cluster",
+                                    listener.hcm_path()
+                                ),
+                                format!("unknown cluster {name:?}"),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn invalid(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+fn parse_bootstrap(root: &At<'_>) -> Result<Bootstrap, ConfigError> {
+    let mut fields = root.map()?;
+    let admin = fields.opt("admin").map(|admin| parse_admin(&admin)).transpose()?;
+    // Cosmetic: node identity and layered runtime only label the process.
+    fields.cosmetic("node");
+    fields.cosmetic("layered_runtime");
+    let resources = fields.req("static_resources")?;
+    fields.finish()?;
+
+    let mut resources = resources.map()?;
+    let listeners = match resources.opt("listeners") {
+        Some(list) => list
+            .list()?
+            .iter()
+            .enumerate()
+            .map(|(index, at)| listener::parse_listener(index, at))
+            .collect::<Result<Vec<_>, _>>()?,
+        None => Vec::new(),
+    };
+    let clusters = match resources.opt("clusters") {
+        Some(list) => list
+            .list()?
+            .iter()
+            .map(cluster::parse_cluster)
+            .collect::<Result<Vec<_>, _>>()?,
+        None => Vec::new(),
+    };
+    resources.finish()?;
+    Ok(Bootstrap {
+        admin,
+        listeners,
+        clusters,
+    })
+}
+
+fn parse_admin(admin: &At<'_>) -> Result<SocketAddr, ConfigError> {
+    let mut fields = admin.map()?;
+    let address = parse_address(&fields.req("address")?)?;
+    // Cosmetic: where Envoy writes its admin access log.
+    fields.cosmetic("access_log_path");
+    fields.cosmetic("access_log");
+    fields.finish()?;
+    Ok(address)
+}
+
+/// `address: { socket_address: { address: 127.0.0.1, port_value: 10000 } }`
+pub(crate) fn parse_address(address: &At<'_>) -> Result<SocketAddr, ConfigError> {
+    let mut fields = address.map()?;
+    let socket = fields.req("socket_address")?;
+    fields.finish()?;
+    let mut socket_fields = socket.map()?;
+    let ip = socket_fields.req("address")?.ip()?;
+    let port = socket_fields.req("port_value")?.port()?;
+    if let Some(protocol) = socket_fields.opt("protocol") {
+        protocol.enum_name(&["TCP"])?;
+    }
+    socket_fields.finish()?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// `typed_config` → (its `@type` without the `type.googleapis.com/` prefix, the remaining fields).
+pub(crate) fn typed_config<'a>(
+    at: &At<'a>,
+    expected: &[&str],
+) -> Result<(String, node::Fields<'a>), ConfigError> {
+    let mut fields = at.map()?;
+    let type_url = fields.req("@type")?.string()?;
+    let type_name = type_url
+        .strip_prefix("type.googleapis.com/")
+        .unwrap_or(&type_url)
+        .to_string();
+    if !expected.contains(&type_name.as_str()) {
+        return Err(at.error(format!(
+            "@type {type_url:?} is not supported by host-sim here (supported: {})",
+            expected.join(", ")
+        )));
+    }
+    Ok((type_name, fields))
+}
+
+#[cfg(test)]
+mod tests;
