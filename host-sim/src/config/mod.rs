@@ -33,7 +33,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     #[error("invalid YAML: {0}")]
-    Yaml(#[from] serde_yaml::Error),
+    Yaml(#[from] serde_yaml_ng::Error),
     #[error("{}: {message}", if path.is_empty() { "(document root)" } else { path.as_str() })]
     Invalid { path: String, message: String },
 }
@@ -58,7 +58,7 @@ impl Bootstrap {
 
     /// Parses and validates a bootstrap given as YAML text. Anchors, aliases and merge keys (`<<`) are allowed.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        let mut document: serde_yaml::Value = serde_yaml::from_str(text)?;
+        let mut document: serde_yaml_ng::Value = serde_yaml_ng::from_str(text)?;
         document.apply_merge()?;
         let bootstrap = parse_bootstrap(&At::root(&document))?;
         bootstrap.check_references()?;
