@@ -1,0 +1,56 @@
+//! `proxy_log`, `proxy_get_log_level`: guest logs go to `tracing` (target `wasm`, with the
+//! plugin name) and, when enabled, into the instance's captured records.
+
+use super::{Reg, C};
+use crate::types::{LogLevel, Status};
+use crate::vm::memory::{finish, with_slice, write_u32, HostResult};
+use crate::vm::{HostState, LogRecord};
+
+pub(super) fn add(reg: &mut Reg<'_>) -> wasmtime::Result<()> {
+    reg.env(
+        "proxy_log",
+        |mut c: C<'_>, level: u32, ptr: u32, size: u32| finish(log(&mut c, level, ptr, size)),
+    )?;
+    reg.env("proxy_get_log_level", |mut c: C<'_>, ptr: u32| {
+        let level = c.data().config.log_level as u32;
+        finish(write_u32(&mut c, ptr, level).map_err(Into::into))
+    })?;
+    Ok(())
+}
+
+fn log(c: &mut C<'_>, level: u32, ptr: u32, size: u32) -> HostResult {
+    let level = LogLevel::from_raw(level).ok_or(Status::BadArgument)?;
+    with_slice(c, ptr, size, |msg, st| {
+        emit(st, level, &String::from_utf8_lossy(msg));
+    })?;
+    Ok(())
+}
+
+/// Logs one message as Envoy would print it, and captures it.
+pub(crate) fn emit(st: &mut HostState, level: LogLevel, message: &str) {
+    if level < st.config.log_level {
+        return;
+    }
+    let plugin = st.config.name.as_str();
+    let context = st.context_id();
+    match level {
+        LogLevel::Trace => tracing::trace!(target: "wasm", plugin, context, "{message}"),
+        LogLevel::Debug => tracing::debug!(target: "wasm", plugin, context, "{message}"),
+        LogLevel::Info => tracing::info!(target: "wasm", plugin, context, "{message}"),
+        LogLevel::Warn => tracing::warn!(target: "wasm", plugin, context, "{message}"),
+        LogLevel::Error | LogLevel::Critical => {
+            tracing::error!(target: "wasm", plugin, context, "{message}")
+        }
+    }
+    if st.config.capture_logs {
+        if st.logs.len() < crate::vm::MAX_CAPTURED_LOGS {
+            st.logs.push(LogRecord {
+                level,
+                context_id: context,
+                message: message.to_string(),
+            });
+        } else {
+            st.dropped_logs += 1;
+        }
+    }
+}

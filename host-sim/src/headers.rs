@@ -1,0 +1,223 @@
+//! Header maps as Envoy keeps them (ordered, lower-case keys, repeated keys allowed) and the
+//! proxy-wasm "pairs" wire format used for maps, local-reply headers and map-typed properties.
+
+/// An ordered header map. Keys are stored lower-cased, as Envoy's `LowerCaseString` does;
+/// values are raw bytes (Envoy does not require UTF-8 in values).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderMap {
+    entries: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl HeaderMap {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Builds a map from `(key, value)` pairs, lower-casing keys.
+    pub fn from_pairs<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.add(k.as_ref(), v.as_ref());
+        }
+        map
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Iterates entries in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + Clone {
+        self.entries
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_slice()))
+    }
+
+    /// The first value of `key` (case-insensitive), as Envoy's `get_header_map_value` returns it.
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Option<&[u8]> {
+        let key = key.as_ref();
+        self.entries
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// The first value of `key` as UTF-8, if it is valid UTF-8.
+    pub fn get_str(&self, key: impl AsRef<[u8]>) -> Option<&str> {
+        self.get(key).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// Every value of `key`, in order.
+    pub fn get_all(&self, key: impl AsRef<[u8]>) -> Vec<&[u8]> {
+        let key = key.as_ref();
+        self.entries
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v.as_slice())
+            .collect()
+    }
+
+    /// Appends a value (Envoy's `addCopy`).
+    pub fn add(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        self.entries
+            .push((key.as_ref().to_ascii_lowercase(), value.as_ref().to_vec()));
+    }
+
+    /// Replaces every value of `key` with one value, keeping the position of the first one
+    /// (Envoy's `setCopy`), or appends when absent.
+    pub fn replace(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        let key = key.as_ref().to_ascii_lowercase();
+        let value = value.as_ref().to_vec();
+        match self.entries.iter().position(|(k, _)| *k == key) {
+            Some(first) => {
+                self.entries[first].1 = value;
+                let mut i = 0;
+                self.entries.retain(|(k, _)| {
+                    let keep = i <= first || *k != key;
+                    i += 1;
+                    keep
+                });
+            }
+            None => self.entries.push((key, value)),
+        }
+    }
+
+    /// Removes every value of `key`.
+    pub fn remove(&mut self, key: impl AsRef<[u8]>) {
+        let key = key.as_ref();
+        self.entries.retain(|(k, _)| !k.eq_ignore_ascii_case(key));
+    }
+
+    /// Sum of key and value lengths, as Envoy's `HeaderMap::byteSize`.
+    pub fn byte_size(&self) -> usize {
+        self.entries.iter().map(|(k, v)| k.len() + v.len()).sum()
+    }
+
+    /// Serialises the map in the pairs wire format.
+    pub fn to_pairs_bytes(&self) -> Vec<u8> {
+        encode_pairs(self.iter())
+    }
+}
+
+/// Errors decoding a pairs buffer that a guest handed over.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PairsError {
+    #[error("pairs buffer shorter than its header")]
+    Truncated,
+    #[error("pairs buffer declares {0} entries, more than it can hold")]
+    TooManyEntries(u32),
+    #[error("pairs buffer entry {0} runs past the end or lacks its NUL terminator")]
+    BadEntry(usize),
+}
+
+/// Encodes pairs: `u32 count`, `count × (u32 key_len, u32 value_len)`, then each key and value
+/// followed by a NUL byte. All integers little-endian (wasm is little-endian).
+pub fn encode_pairs<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone) -> Vec<u8> {
+    let count = pairs.clone().count();
+    let data: usize = pairs.clone().map(|(k, v)| k.len() + v.len() + 2).sum();
+    let mut out = Vec::with_capacity(4 + count * 8 + data);
+    out.extend_from_slice(&(count as u32).to_le_bytes());
+    for (k, v) in pairs.clone() {
+        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in pairs {
+        out.extend_from_slice(k);
+        out.push(0);
+        out.extend_from_slice(v);
+        out.push(0);
+    }
+    out
+}
+
+/// Decodes a pairs buffer, checking every length against the buffer (the guest is untrusted).
+/// An empty buffer is an empty map, as the C++ host treats it.
+pub fn decode_pairs(buf: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, PairsError> {
+    if buf.is_empty() {
+        return Ok(Vec::new());
+    }
+    let read_u32 = |at: usize| -> Option<u32> {
+        buf.get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let count = read_u32(0).ok_or(PairsError::Truncated)?;
+    let header_len = (count as usize)
+        .checked_mul(8)
+        .and_then(|n| n.checked_add(4))
+        .filter(|n| *n <= buf.len())
+        .ok_or(PairsError::TooManyEntries(count))?;
+    let mut sizes = Vec::with_capacity(count as usize);
+    for i in 0..count as usize {
+        let k = read_u32(4 + i * 8).ok_or(PairsError::Truncated)? as usize;
+        let v = read_u32(8 + i * 8).ok_or(PairsError::Truncated)? as usize;
+        sizes.push((k, v));
+    }
+    let mut at = header_len;
+    let mut out = Vec::with_capacity(sizes.len());
+    for (i, (k, v)) in sizes.into_iter().enumerate() {
+        let mut take = |len: usize| -> Result<Vec<u8>, PairsError> {
+            let end = at.checked_add(len).ok_or(PairsError::BadEntry(i))?;
+            let bytes = buf.get(at..end).ok_or(PairsError::BadEntry(i))?.to_vec();
+            if buf.get(end) != Some(&0) {
+                return Err(PairsError::BadEntry(i));
+            }
+            at = end + 1;
+            Ok(bytes)
+        };
+        let key = take(k)?;
+        let value = take(v)?;
+        out.push((key, value));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_round_trip_and_layout() {
+        let map = HeaderMap::from_pairs([(":path", "/a"), ("X-K", "v")]);
+        let bytes = map.to_pairs_bytes();
+        assert_eq!(&bytes[..4], &2u32.to_le_bytes());
+        assert_eq!(&bytes[4..8], &5u32.to_le_bytes());
+        assert_eq!(&bytes[20..26], b":path\0");
+        let back = decode_pairs(&bytes).expect("decodes");
+        assert_eq!(back[1], (b"x-k".to_vec(), b"v".to_vec()));
+    }
+
+    #[test]
+    fn hostile_pairs_are_rejected() {
+        assert_eq!(decode_pairs(&[1, 0]), Err(PairsError::Truncated));
+        assert_eq!(
+            decode_pairs(&u32::MAX.to_le_bytes()),
+            Err(PairsError::TooManyEntries(u32::MAX))
+        );
+        let mut bad = Vec::new();
+        bad.extend_from_slice(&1u32.to_le_bytes());
+        bad.extend_from_slice(&100u32.to_le_bytes());
+        bad.extend_from_slice(&0u32.to_le_bytes());
+        bad.extend_from_slice(b"ab\0\0");
+        assert_eq!(decode_pairs(&bad), Err(PairsError::BadEntry(0)));
+    }
+
+    #[test]
+    fn replace_keeps_first_position_and_drops_duplicates() {
+        let mut map = HeaderMap::from_pairs([("a", "1"), ("b", "2"), ("a", "3")]);
+        map.replace("A", "9");
+        let got: Vec<_> = map.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+        assert_eq!(
+            got,
+            vec![
+                (b"a".to_vec(), b"9".to_vec()),
+                (b"b".to_vec(), b"2".to_vec())
+            ]
+        );
+    }
+}

@@ -1,0 +1,27 @@
+//! State shared by every VM instance of a host: metrics, shared data and shared queues.
+//! Each is its own `Arc`-shared store passed in explicitly — no globals, so independent hosts
+//! (and tests) never see each other's state.
+
+pub mod metrics;
+pub mod queues;
+pub mod shared_data;
+
+use std::sync::Arc;
+
+pub use metrics::{MetricSnapshot, MetricsStore};
+pub use queues::SharedQueues;
+pub use shared_data::SharedData;
+
+/// The bundle of shared stores one host (one proxy process, or one test) uses.
+#[derive(Debug, Clone, Default)]
+pub struct SharedState {
+    pub metrics: Arc<MetricsStore>,
+    pub data: Arc<SharedData>,
+    pub queues: Arc<SharedQueues>,
+}
+
+impl SharedState {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
