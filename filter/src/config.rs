@@ -1,0 +1,988 @@
+//! The filter configuration (the wasm plugin `configuration`, a JSON string) and its validation.
+//!
+//! [`FilterConfig::from_json`] performs every check `on_configure` relies on, so tools (the
+//! gateway-manifest tests, for one) can validate a configuration natively. Errors name the key
+//! path and the offending value: `allow[2].host: invalid wildcard "*example.com": ...`.
+//!
+//! The JSON is read strictly: duplicate keys anywhere and unknown keys in any object are errors,
+//! because a security policy that silently keeps the last of two `allow` lists, or ignores a
+//! misspelt `deny`, is worse than one that refuses to load.
+
+use std::fmt::Write as _;
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+
+use crate::destination::{self, Host};
+use crate::net::{self, Cidr};
+
+/// Where the filter runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// An HTTP filter of the connection manager: decides the destination by name.
+    Downstream,
+    /// An upstream HTTP filter of the dynamic-forward-proxy cluster: decides the address Envoy
+    /// connects to (`upstream.address`), after DNS.
+    Upstream,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Downstream => "downstream",
+            Stage::Upstream => "upstream",
+        }
+    }
+}
+
+/// What a denial does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Deny with 403.
+    Enforce,
+    /// Log and count what would be denied, and forward it.
+    Report,
+}
+
+/// The host of a rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostPattern {
+    /// An exact DNS name, canonical (lower case, no trailing dot).
+    Exact(String),
+    /// `*.suffix`: one or more labels under `suffix` (stored without `*.`), never `suffix` itself.
+    Wildcard(String),
+    /// An IP literal (a one-address block) or a CIDR block.
+    Cidr(Cidr),
+}
+
+/// An `allow` rule, with defaults applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AllowRule {
+    pub host: HostPattern,
+    /// `[443]` when `tls` is true and `[80]` otherwise, unless given.
+    pub ports: Vec<u16>,
+    /// `None`: TLS when the port is 443.
+    pub tls: Option<bool>,
+    /// `None`: any method. Matched case-sensitively.
+    pub methods: Option<Vec<String>>,
+}
+
+/// A `deny` rule. Without `ports` or `methods` it denies every port or method of its host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DenyRule {
+    pub host: HostPattern,
+    pub ports: Option<Vec<u16>>,
+    pub methods: Option<Vec<String>>,
+}
+
+/// `cluster_header` with `clusters`: the header the route reads and the cluster names to write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterRouting {
+    pub header: String,
+    pub plain: String,
+    pub tls: String,
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FilterConfig {
+    pub stage: Stage,
+    pub mode: Mode,
+    pub allow: Vec<AllowRule>,
+    pub deny: Vec<DenyRule>,
+    pub cluster_routing: Option<ClusterRouting>,
+    pub destination_header: Option<String>,
+    /// `addresses.deny`, or every special-purpose range when absent.
+    pub address_deny: Vec<Cidr>,
+    /// `addresses.allow`: carve-outs from `address_deny`.
+    pub address_allow: Vec<Cidr>,
+}
+
+/// A configuration error: the key path (`allow[2].host`, or `configuration` for the document
+/// itself) and what is wrong with the value there.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    path: String,
+    message: String,
+}
+
+impl ConfigError {
+    fn new(path: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            path: path.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// The key path, e.g. `allow[2].host`.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+const TOP_KEYS: &[&str] = &[
+    "stage",
+    "mode",
+    "allow",
+    "deny",
+    "cluster_header",
+    "clusters",
+    "destination_header",
+    "addresses",
+];
+const ALLOW_KEYS: &[&str] = &["host", "ports", "tls", "methods"];
+const DENY_KEYS: &[&str] = &["host", "ports", "methods"];
+const CLUSTERS_KEYS: &[&str] = &["plain", "tls"];
+const ADDRESSES_KEYS: &[&str] = &["deny", "allow"];
+
+impl FilterConfig {
+    /// Parses and validates the plugin configuration. An empty document (or only whitespace)
+    /// is the empty object: downstream, enforce, no allow rules — everything denied.
+    pub fn from_json(text: &str) -> Result<FilterConfig, ConfigError> {
+        let value = if text.trim().is_empty() {
+            Value::Object(Map::new())
+        } else {
+            let mut de = serde_json::Deserializer::from_str(text);
+            let StrictValue(value) = StrictValue::deserialize(&mut de)
+                .map_err(|e| ConfigError::new("configuration", format!("invalid JSON: {e}")))?;
+            de.end()
+                .map_err(|e| ConfigError::new("configuration", format!("invalid JSON: {e}")))?;
+            value
+        };
+        from_value(&value)
+    }
+}
+
+fn from_value(value: &Value) -> Result<FilterConfig, ConfigError> {
+    let top = object(value, "configuration", TOP_KEYS)?;
+    let field = |k: &str| top.get(k).filter(|v| !v.is_null());
+
+    let stage = match field("stage") {
+        None => Stage::Downstream,
+        Some(v) => match v.as_str() {
+            Some("downstream") => Stage::Downstream,
+            Some("upstream") => Stage::Upstream,
+            _ => {
+                return Err(invalid(
+                    "stage",
+                    v,
+                    "expected \"downstream\" or \"upstream\"",
+                ))
+            }
+        },
+    };
+    let mode = match field("mode") {
+        None => Mode::Enforce,
+        Some(v) => match v.as_str() {
+            Some("enforce") => Mode::Enforce,
+            Some("report") => Mode::Report,
+            _ => return Err(invalid("mode", v, "expected \"enforce\" or \"report\"")),
+        },
+    };
+
+    let mut allow = Vec::new();
+    if let Some(v) = field("allow") {
+        for (i, item) in array(v, "allow")?.iter().enumerate() {
+            allow.push(allow_rule(item, &format!("allow[{i}]"))?);
+        }
+    }
+    let mut deny = Vec::new();
+    if let Some(v) = field("deny") {
+        for (i, item) in array(v, "deny")?.iter().enumerate() {
+            deny.push(deny_rule(item, &format!("deny[{i}]"))?);
+        }
+    }
+
+    let cluster_header = field("cluster_header")
+        .map(|v| header_name(v, "cluster_header"))
+        .transpose()?;
+    let clusters = field("clusters").map(clusters).transpose()?;
+    let destination_header = field("destination_header")
+        .map(|v| header_name(v, "destination_header"))
+        .transpose()?;
+    if stage == Stage::Upstream {
+        for key in ["cluster_header", "clusters", "destination_header"] {
+            if let Some(v) = field(key) {
+                return Err(invalid(
+                    key,
+                    v,
+                    "only valid with \"stage\": \"downstream\" (the upstream stage decides the connected address)",
+                ));
+            }
+        }
+    }
+    let cluster_routing = match (cluster_header, clusters) {
+        (Some(header), Some((plain, tls))) => Some(ClusterRouting { header, plain, tls }),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                "clusters",
+                "missing: required when cluster_header is set",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::new(
+                "cluster_header",
+                "missing: required when clusters is set",
+            ))
+        }
+    };
+    if let (Some(dest), Some(routing)) = (&destination_header, &cluster_routing) {
+        if *dest == routing.header {
+            return Err(ConfigError::new(
+                "destination_header",
+                format!("{dest:?} is also the cluster_header"),
+            ));
+        }
+    }
+
+    let (address_deny, address_allow) = match field("addresses") {
+        None => (net::special_purpose(), Vec::new()),
+        Some(v) => {
+            let map = object(v, "addresses", ADDRESSES_KEYS)?;
+            let deny = match map.get("deny").filter(|v| !v.is_null()) {
+                None => net::special_purpose(),
+                Some(list) => cidr_list(list, "addresses.deny")?,
+            };
+            let allow = match map.get("allow").filter(|v| !v.is_null()) {
+                None => Vec::new(),
+                Some(list) => cidr_list(list, "addresses.allow")?,
+            };
+            (deny, allow)
+        }
+    };
+
+    Ok(FilterConfig {
+        stage,
+        mode,
+        allow,
+        deny,
+        cluster_routing,
+        destination_header,
+        address_deny,
+        address_allow,
+    })
+}
+
+fn allow_rule(value: &Value, path: &str) -> Result<AllowRule, ConfigError> {
+    let map = object(value, path, ALLOW_KEYS)?;
+    let host = rule_host(map, path)?;
+    let tls = match map.get("tls").filter(|v| !v.is_null()) {
+        None => None,
+        Some(v) => Some(
+            v.as_bool()
+                .ok_or_else(|| invalid(&format!("{path}.tls"), v, "expected true or false"))?,
+        ),
+    };
+    let ports = match map.get("ports").filter(|v| !v.is_null()) {
+        Some(v) => ports(v, &format!("{path}.ports"))?,
+        None if tls == Some(true) => vec![443],
+        None => vec![80],
+    };
+    let methods = map
+        .get("methods")
+        .filter(|v| !v.is_null())
+        .map(|v| methods(v, &format!("{path}.methods")))
+        .transpose()?;
+    Ok(AllowRule {
+        host,
+        ports,
+        tls,
+        methods,
+    })
+}
+
+fn deny_rule(value: &Value, path: &str) -> Result<DenyRule, ConfigError> {
+    let map = object(value, path, DENY_KEYS)?;
+    let host = rule_host(map, path)?;
+    let ports = map
+        .get("ports")
+        .filter(|v| !v.is_null())
+        .map(|v| ports(v, &format!("{path}.ports")))
+        .transpose()?;
+    let methods = map
+        .get("methods")
+        .filter(|v| !v.is_null())
+        .map(|v| methods(v, &format!("{path}.methods")))
+        .transpose()?;
+    Ok(DenyRule {
+        host,
+        ports,
+        methods,
+    })
+}
+
+fn rule_host(map: &Map<String, Value>, path: &str) -> Result<HostPattern, ConfigError> {
+    let path = format!("{path}.host");
+    let value = map
+        .get("host")
+        .filter(|v| !v.is_null())
+        .ok_or_else(|| ConfigError::new(&path, "missing: every rule needs a host"))?;
+    let text = value
+        .as_str()
+        .ok_or_else(|| invalid(&path, value, "expected a string"))?;
+    parse_host_pattern(text).map_err(|why| invalid(&path, value, &why))
+}
+
+/// Parses a rule host: `*.suffix`, a CIDR, an IP literal (IPv6 with or without brackets) or an
+/// exact DNS name. Names are canonicalised like destinations (lower case, no trailing dot).
+pub fn parse_host_pattern(text: &str) -> Result<HostPattern, String> {
+    if text.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if text.contains('*') {
+        let suffix = text
+            .strip_prefix("*.")
+            .filter(|s| !s.contains('*') && !s.is_empty())
+            .ok_or_else(|| {
+                format!(
+                    "invalid wildcard {text:?}: only a whole leading label may be \"*\", as in \"*.example.org\""
+                )
+            })?;
+        let name = dns_name(suffix).map_err(|why| format!("invalid wildcard {text:?}: {why}"))?;
+        return Ok(HostPattern::Wildcard(name));
+    }
+    if text.contains('/') {
+        return Cidr::parse(text)
+            .map(HostPattern::Cidr)
+            .map_err(|e| format!("invalid CIDR {text:?}: {e}"));
+    }
+    if let Some(ip) = ip_literal(text) {
+        return Ok(HostPattern::Cidr(Cidr::host(ip)));
+    }
+    dns_name(text)
+        .map(HostPattern::Exact)
+        .map_err(|why| format!("invalid host {text:?}: {why}"))
+}
+
+fn ip_literal(text: &str) -> Option<std::net::IpAddr> {
+    let inner = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text);
+    net::parse_ipv4_strict(inner)
+        .map(std::net::IpAddr::V4)
+        .or_else(|| net::parse_ipv6(inner).map(std::net::IpAddr::V6))
+}
+
+/// A canonical DNS name, or why the text is not one.
+fn dns_name(text: &str) -> Result<String, String> {
+    match destination::parse(text.as_bytes().to_vec()) {
+        Ok(d) if d.port().is_some() => Err("a rule host takes no port; use \"ports\"".into()),
+        Ok(d) if d.kind() == Host::Name => Ok(d.host().to_owned()),
+        Ok(_) => Err("an IP address is not a DNS name".into()),
+        Err(reason) => Err(format!("not a valid DNS name or IP literal ({reason})")),
+    }
+}
+
+fn ports(value: &Value, path: &str) -> Result<Vec<u16>, ConfigError> {
+    let items = array(value, path)?;
+    if items.is_empty() {
+        return Err(invalid(
+            path,
+            value,
+            "must list at least one port (omit it for the default)",
+        ));
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            v.as_u64()
+                .filter(|p| (1..=65535).contains(p))
+                .and_then(|p| u16::try_from(p).ok())
+                .ok_or_else(|| {
+                    invalid(
+                        &format!("{path}[{i}]"),
+                        v,
+                        "expected a port number 1..=65535",
+                    )
+                })
+        })
+        .collect()
+}
+
+fn methods(value: &Value, path: &str) -> Result<Vec<String>, ConfigError> {
+    let items = array(value, path)?;
+    if items.is_empty() {
+        return Err(invalid(
+            path,
+            value,
+            "must list at least one method (omit it for any method)",
+        ));
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let ok = v.as_str().filter(|m| {
+                !m.is_empty()
+                    && m.bytes().all(|b| {
+                        b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                    })
+            });
+            ok.map(str::to_owned).ok_or_else(|| {
+                invalid(
+                    &format!("{path}[{i}]"),
+                    v,
+                    "expected an HTTP method in upper case, e.g. \"GET\" (methods are case-sensitive)",
+                )
+            })
+        })
+        .collect()
+}
+
+fn header_name(value: &Value, path: &str) -> Result<String, ConfigError> {
+    const TCHAR: &[u8] = b"!#$%&'*+-.^_`|~";
+    let name = value
+        .as_str()
+        .filter(|s| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || TCHAR.contains(&b))
+        })
+        .ok_or_else(|| {
+            invalid(
+                path,
+                value,
+                "expected a lower-case HTTP header name, e.g. \"x-dfp-cluster\"",
+            )
+        })?;
+    if name == "host" {
+        return Err(invalid(
+            path,
+            value,
+            "must not be \"host\" (the destination is :authority)",
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+fn clusters(value: &Value) -> Result<(String, String), ConfigError> {
+    let map = object(value, "clusters", CLUSTERS_KEYS)?;
+    let name = |key: &str| {
+        let path = format!("clusters.{key}");
+        let v = map
+            .get(key)
+            .filter(|v| !v.is_null())
+            .ok_or_else(|| ConfigError::new(&path, "missing: both plain and tls are required"))?;
+        v.as_str()
+            .filter(|s| !s.is_empty() && s.bytes().all(|b| (0x21..0x7f).contains(&b)))
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                invalid(
+                    &path,
+                    v,
+                    "expected a cluster name (visible ASCII, no spaces)",
+                )
+            })
+    };
+    Ok((name("plain")?, name("tls")?))
+}
+
+fn cidr_list(value: &Value, path: &str) -> Result<Vec<Cidr>, ConfigError> {
+    array(value, path)?
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let p = format!("{path}[{i}]");
+            let text = v
+                .as_str()
+                .ok_or_else(|| invalid(&p, v, "expected a CIDR or IP address string"))?;
+            Cidr::parse(text).map_err(|e| invalid(&p, v, &format!("invalid CIDR: {e}")))
+        })
+        .collect()
+}
+
+fn object<'a>(
+    value: &'a Value,
+    path: &str,
+    known: &[&str],
+) -> Result<&'a Map<String, Value>, ConfigError> {
+    let map = value
+        .as_object()
+        .ok_or_else(|| invalid(path, value, "expected an object"))?;
+    for key in map.keys() {
+        if !known.contains(&key.as_str()) {
+            let key_path = if path == "configuration" {
+                key.clone()
+            } else {
+                format!("{path}.{key}")
+            };
+            return Err(ConfigError::new(
+                &key_path,
+                format!("unknown key (expected one of: {})", known.join(", ")),
+            ));
+        }
+    }
+    Ok(map)
+}
+
+fn array<'a>(value: &'a Value, path: &str) -> Result<&'a Vec<Value>, ConfigError> {
+    value
+        .as_array()
+        .ok_or_else(|| invalid(path, value, "expected an array"))
+}
+
+/// An error quoting the value as JSON (escaped, and shortened when long).
+fn invalid(path: &str, value: &Value, why: &str) -> ConfigError {
+    let mut shown = value.to_string();
+    if shown.len() > 120 {
+        let mut cut = 117;
+        while !shown.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        shown.truncate(cut);
+        shown.push_str("...");
+    }
+    let mut message = String::new();
+    // The wildcard/host messages already quote the value; avoid quoting it twice.
+    if why.contains(&shown) {
+        message.push_str(why);
+    } else {
+        let _ = write!(message, "invalid value {shown}: {why}");
+    }
+    ConfigError::new(path, message)
+}
+
+/// A JSON value read with duplicate object keys refused (serde_json's `Value` keeps the last).
+struct StrictValue(Value);
+
+impl<'de> Deserialize<'de> for StrictValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<StrictValue, D::Error> {
+        deserializer.deserialize_any(StrictVisitor).map(StrictValue)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(StrictValue(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
+        let mut map = Map::new();
+        while let Some(key) = access.next_key::<String>()? {
+            if map.contains_key(&key) {
+                return Err(de::Error::custom(format_args!("duplicate key {key:?}")));
+            }
+            let StrictValue(v) = access.next_value()?;
+            map.insert(key, v);
+        }
+        Ok(Value::Object(map))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"{
+      "stage": "downstream",
+      "mode": "enforce",
+      "allow": [
+        { "host": "api.example.test", "ports": [8081], "tls": false },
+        { "host": "*.example.org", "tls": true, "methods": ["GET", "HEAD"] },
+        { "host": "203.0.113.0/24", "ports": [80] }
+      ],
+      "deny": [ { "host": "admin.example.org" } ],
+      "cluster_header": "x-dfp-cluster",
+      "clusters": { "plain": "dfp_plain", "tls": "dfp_tls" },
+      "destination_header": "x-dfp-destination",
+      "addresses": { "allow": ["127.0.0.0/8"] }
+    }"#;
+
+    fn cidr(s: &str) -> Cidr {
+        Cidr::parse(s).expect("cidr")
+    }
+
+    #[test]
+    fn design_example_parses_with_defaults() {
+        let c = FilterConfig::from_json(EXAMPLE).expect("valid");
+        assert_eq!(c.stage, Stage::Downstream);
+        assert_eq!(c.mode, Mode::Enforce);
+        assert_eq!(
+            c.allow,
+            vec![
+                AllowRule {
+                    host: HostPattern::Exact("api.example.test".into()),
+                    ports: vec![8081],
+                    tls: Some(false),
+                    methods: None,
+                },
+                AllowRule {
+                    host: HostPattern::Wildcard("example.org".into()),
+                    ports: vec![443],
+                    tls: Some(true),
+                    methods: Some(vec!["GET".into(), "HEAD".into()]),
+                },
+                AllowRule {
+                    host: HostPattern::Cidr(cidr("203.0.113.0/24")),
+                    ports: vec![80],
+                    tls: None,
+                    methods: None,
+                },
+            ]
+        );
+        assert_eq!(
+            c.deny,
+            vec![DenyRule {
+                host: HostPattern::Exact("admin.example.org".into()),
+                ports: None,
+                methods: None,
+            }]
+        );
+        assert_eq!(
+            c.cluster_routing,
+            Some(ClusterRouting {
+                header: "x-dfp-cluster".into(),
+                plain: "dfp_plain".into(),
+                tls: "dfp_tls".into(),
+            })
+        );
+        assert_eq!(c.destination_header.as_deref(), Some("x-dfp-destination"));
+        assert_eq!(c.address_deny, net::special_purpose());
+        assert_eq!(c.address_allow, vec![cidr("127.0.0.0/8")]);
+    }
+
+    #[test]
+    fn empty_and_minimal_documents() {
+        for text in ["", "  \n", "{}"] {
+            let c = FilterConfig::from_json(text).expect("valid");
+            assert_eq!(c.stage, Stage::Downstream);
+            assert_eq!(c.mode, Mode::Enforce);
+            assert!(c.allow.is_empty());
+            assert!(c.cluster_routing.is_none());
+            assert_eq!(c.address_deny, net::special_purpose());
+        }
+        let c = FilterConfig::from_json(r#"{"stage":"upstream","mode":"report"}"#).expect("valid");
+        assert_eq!((c.stage, c.mode), (Stage::Upstream, Mode::Report));
+    }
+
+    #[test]
+    fn default_ports_follow_tls() {
+        let c = FilterConfig::from_json(
+            r#"{"allow":[{"host":"a.test"},{"host":"b.test","tls":true},{"host":"c.test","tls":false},
+                {"host":"d.test","ports":[80,443]}]}"#,
+        )
+        .expect("valid");
+        let ports: Vec<_> = c.allow.iter().map(|r| r.ports.clone()).collect();
+        assert_eq!(ports, vec![vec![80], vec![443], vec![80], vec![80, 443]]);
+        assert_eq!(c.allow[3].tls, None);
+    }
+
+    #[test]
+    fn host_patterns() {
+        let ok: &[(&str, HostPattern)] = &[
+            ("Example.ORG.", HostPattern::Exact("example.org".into())),
+            ("*.Example.org", HostPattern::Wildcard("example.org".into())),
+            ("*.com", HostPattern::Wildcard("com".into())),
+            ("*.a.b.c", HostPattern::Wildcard("a.b.c".into())),
+            ("10.0.0.0/8", HostPattern::Cidr(cidr("10.0.0.0/8"))),
+            ("203.0.113.7", HostPattern::Cidr(cidr("203.0.113.7/32"))),
+            ("::1", HostPattern::Cidr(cidr("::1/128"))),
+            ("[2001:db8::1]", HostPattern::Cidr(cidr("2001:db8::1/128"))),
+            ("2001:db8::/32", HostPattern::Cidr(cidr("2001:db8::/32"))),
+        ];
+        for (text, want) in ok {
+            assert_eq!(parse_host_pattern(text).as_ref(), Ok(want), "{text}");
+        }
+        for bad in [
+            "",
+            "*",
+            "*.",
+            "**.example.com",
+            "*example.com",
+            "api.*.x",
+            "*.*.x",
+            "a*.example.com",
+            "example.*",
+            "*.1.2.3.4",
+            "*.0.0.1",
+            "10.0.0.1/8",
+            "10.0.0.0/33",
+            "example.org/24",
+            "127.1",
+            "0x7f.0.0.1",
+            "example.org:443",
+            "exa mple.org",
+            "a..b",
+            "-a.example",
+            "fe80::1%eth0",
+            "bücher.example",
+            "user@example.org",
+        ] {
+            assert!(
+                parse_host_pattern(bad).is_err(),
+                "{bad:?} should be refused"
+            );
+        }
+    }
+
+    /// Each case: the document, the error path and a fragment the message must contain.
+    #[test]
+    fn errors_name_the_key_and_value() {
+        let cases: &[(&str, &str, &str)] = &[
+            (r#"{"colour":1}"#, "colour", "unknown key"),
+            (
+                r#"{"allow":[{"host":"a.test","colour":1}]}"#,
+                "allow[0].colour",
+                "unknown key",
+            ),
+            (
+                r#"{"deny":[{"host":"a.test","tls":true}]}"#,
+                "deny[0].tls",
+                "unknown key",
+            ),
+            (
+                r#"{"clusters":{"plain":"p","tls":"t","x":1},"cluster_header":"h"}"#,
+                "clusters.x",
+                "unknown key",
+            ),
+            (
+                r#"{"addresses":{"denny":[]}}"#,
+                "addresses.denny",
+                "unknown key",
+            ),
+            (r#"{"stage":"sideways"}"#, "stage", "\"sideways\""),
+            (
+                r#"{"stage":1}"#,
+                "stage",
+                "expected \"downstream\" or \"upstream\"",
+            ),
+            (r#"{"mode":"audit"}"#, "mode", "\"audit\""),
+            (r#"{"allow":{}}"#, "allow", "expected an array"),
+            (r#"{"allow":["a.test"]}"#, "allow[0]", "expected an object"),
+            (r#"{"allow":[{"ports":[80]}]}"#, "allow[0].host", "missing"),
+            (
+                r#"{"allow":[{"host":"a.test"},{"host":"a.test"},{"host":"*example.com"}]}"#,
+                "allow[2].host",
+                "invalid wildcard \"*example.com\"",
+            ),
+            (
+                r#"{"allow":[{"host":"api.*.x"}]}"#,
+                "allow[0].host",
+                "invalid wildcard \"api.*.x\"",
+            ),
+            (
+                r#"{"allow":[{"host":"*"}]}"#,
+                "allow[0].host",
+                "invalid wildcard \"*\"",
+            ),
+            (
+                r#"{"deny":[{"host":"10.0.0.300/8"}]}"#,
+                "deny[0].host",
+                "invalid CIDR \"10.0.0.300/8\"",
+            ),
+            (
+                r#"{"deny":[{"host":"10.0.0.1/8"}]}"#,
+                "deny[0].host",
+                "host bits",
+            ),
+            (
+                r#"{"allow":[{"host":"127.1"}]}"#,
+                "allow[0].host",
+                "non_canonical_ipv4",
+            ),
+            (
+                r#"{"allow":[{"host":5}]}"#,
+                "allow[0].host",
+                "expected a string",
+            ),
+            (
+                r#"{"allow":[{"host":"a.test","ports":[0]}]}"#,
+                "allow[0].ports[0]",
+                "invalid value 0",
+            ),
+            (
+                r#"{"allow":[{"host":"a.test","ports":[80,65536]}]}"#,
+                "allow[0].ports[1]",
+                "65536",
+            ),
+            (
+                r#"{"allow":[{"host":"a.test","ports":["80"]}]}"#,
+                "allow[0].ports[0]",
+                "\"80\"",
+            ),
+            (
+                r#"{"allow":[{"host":"a.test","ports":[80.5]}]}"#,
+                "allow[0].ports[0]",
+                "80.5",
+            ),
+            (
+                r#"{"allow":[{"host":"a.test","ports":[]}]}"#,
+                "allow[0].ports",
+                "at least one",
+            ),
+            (
+                r#"{"allow":[{"host":"a.test","tls":"yes"}]}"#,
+                "allow[0].tls",
+                "\"yes\"",
+            ),
+            (
+                r#"{"allow":[{"host":"a.test","methods":["get"]}]}"#,
+                "allow[0].methods[0]",
+                "\"get\"",
+            ),
+            (
+                r#"{"allow":[{"host":"a.test","methods":[]}]}"#,
+                "allow[0].methods",
+                "at least one",
+            ),
+            (
+                r#"{"deny":[{"host":"a.test","ports":[-1]}]}"#,
+                "deny[0].ports[0]",
+                "-1",
+            ),
+            (
+                r#"{"cluster_header":"x-dfp-cluster"}"#,
+                "clusters",
+                "missing",
+            ),
+            (
+                r#"{"clusters":{"plain":"p","tls":"t"}}"#,
+                "cluster_header",
+                "missing",
+            ),
+            (
+                r#"{"cluster_header":"h","clusters":{"plain":"p"}}"#,
+                "clusters.tls",
+                "missing",
+            ),
+            (
+                r#"{"cluster_header":"h","clusters":{"plain":"p","tls":""}}"#,
+                "clusters.tls",
+                "cluster name",
+            ),
+            (
+                r#"{"cluster_header":"X-Dfp","clusters":{"plain":"p","tls":"t"}}"#,
+                "cluster_header",
+                "lower-case",
+            ),
+            (
+                r#"{"cluster_header":":authority","clusters":{"plain":"p","tls":"t"}}"#,
+                "cluster_header",
+                "lower-case",
+            ),
+            (
+                r#"{"destination_header":"host"}"#,
+                "destination_header",
+                "must not be \"host\"",
+            ),
+            (
+                r#"{"destination_header":"x-a","cluster_header":"x-a","clusters":{"plain":"p","tls":"t"}}"#,
+                "destination_header",
+                "also the cluster_header",
+            ),
+            (
+                r#"{"stage":"upstream","cluster_header":"h","clusters":{"plain":"p","tls":"t"}}"#,
+                "cluster_header",
+                "only valid with",
+            ),
+            (
+                r#"{"stage":"upstream","destination_header":"x-d"}"#,
+                "destination_header",
+                "only valid with",
+            ),
+            (
+                r#"{"addresses":{"deny":["10.0.0.0/8","nope"]}}"#,
+                "addresses.deny[1]",
+                "\"nope\"",
+            ),
+            (
+                r#"{"addresses":{"allow":["fe80::/129"]}}"#,
+                "addresses.allow[0]",
+                "prefix length",
+            ),
+            (r#"{"addresses":[]}"#, "addresses", "expected an object"),
+            (
+                r#"{"allow":[], "allow":[{"host":"a.test"}]}"#,
+                "configuration",
+                "duplicate key \"allow\"",
+            ),
+            (
+                r#"{"allow":[{"host":"a.test","host":"b.test"}]}"#,
+                "configuration",
+                "duplicate key \"host\"",
+            ),
+            (r#"{"allow":["#, "configuration", "invalid JSON"),
+            (r#"{} {}"#, "configuration", "invalid JSON"),
+            (r#"[]"#, "configuration", "expected an object"),
+        ];
+        for (text, path, fragment) in cases {
+            let err = FilterConfig::from_json(text).expect_err(text);
+            assert_eq!(err.path(), *path, "{text} -> {err}");
+            assert!(
+                err.to_string().contains(fragment),
+                "{text} -> {err} (want {fragment:?})"
+            );
+            assert!(err.to_string().starts_with(&format!("{path}: ")), "{err}");
+        }
+    }
+
+    #[test]
+    fn addresses_lists_replace_and_carve() {
+        let c = FilterConfig::from_json(r#"{"addresses":{"deny":["10.0.0.0/8"]}}"#).expect("valid");
+        assert_eq!(c.address_deny, vec![cidr("10.0.0.0/8")]);
+        let c = FilterConfig::from_json(r#"{"addresses":{"deny":[]}}"#).expect("valid");
+        assert!(c.address_deny.is_empty());
+        let c = FilterConfig::from_json(r#"{"addresses":{}}"#).expect("valid");
+        assert_eq!(c.address_deny, net::special_purpose());
+    }
+
+    #[test]
+    fn hostile_values_are_quoted_escaped_in_errors() {
+        let err = FilterConfig::from_json(r#"{"mode":"a\"b\n\u0000c"}"#).expect_err("bad mode");
+        let text = err.to_string();
+        assert!(text.contains(r#""a\"b\n\u0000c""#), "{text}");
+        assert!(!text.contains('\n') && !text.contains('\0'), "{text:?}");
+    }
+}

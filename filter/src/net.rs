@@ -1,0 +1,730 @@
+//! IP address helpers: strict literal parsing, CIDR blocks, sorted range sets, the special-purpose
+//! address registry, and the IPv6 forms that embed an IPv4 address.
+//!
+//! One rule runs through the whole filter: an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) *is* the
+//! IPv4 address `a.b.c.d` — a dual-stack socket connects to it over IPv4 — so it is [`normalize`]d
+//! before any rule or address set sees it, and CIDRs written inside `::ffff:0:0/96` are turned into
+//! their IPv4 equivalents (see [`Cidr::split_mapped`]).
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Parses the only IPv4 spelling we accept: four decimal octets, no leading zeros, each 0..=255.
+///
+/// Resolvers also accept `127.1`, `0177.0.0.1`, `0x7f.0.0.1` and `2130706433`; such spellings are
+/// how allowlists get bypassed, so they are not addresses here (the caller rejects them).
+pub fn parse_ipv4_strict(text: &str) -> Option<Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut parts = text.split('.');
+    for octet in &mut octets {
+        let part = parts.next()?;
+        let bytes = part.as_bytes();
+        if bytes.is_empty() || bytes.len() > 3 || (bytes.len() > 1 && bytes[0] == b'0') {
+            return None;
+        }
+        let mut value: u16 = 0;
+        for &b in bytes {
+            if !b.is_ascii_digit() {
+                return None;
+            }
+            value = value * 10 + u16::from(b - b'0');
+        }
+        *octet = u8::try_from(value).ok()?;
+    }
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(Ipv4Addr::from(octets))
+}
+
+/// Parses an IPv6 literal without brackets and without a zone (`%eth0` is refused).
+pub fn parse_ipv6(text: &str) -> Option<Ipv6Addr> {
+    // std refuses zones and IPv4 parts with leading zeros; the length cap keeps hostile input cheap.
+    if text.len() > 45 || text.contains('%') {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// Maps an IPv4-mapped IPv6 address to its IPv4 address; every other address is returned as is.
+pub fn normalize(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        },
+        v4 => v4,
+    }
+}
+
+/// The IPv4 address that a translation or tunnelling form of IPv6 carries to the network:
+/// NAT64 `64:ff9b::/96` (RFC 6052, the last 32 bits) and 6to4 `2002::/16` (RFC 3056, bits 16..48).
+/// A denial of the embedded address denies the IPv6 address too.
+pub fn embedded_ipv4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let bits = u128::from(ip);
+    if bits >> 32 == 0x0064_ff9b_0000_0000_0000_0000 {
+        return Some(Ipv4Addr::from(bits as u32));
+    }
+    if bits >> 112 == 0x2002 {
+        return Some(Ipv4Addr::from((bits >> 80) as u32));
+    }
+    None
+}
+
+/// An address block. `len` is the prefix length; the host bits of `addr` are always zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Cidr {
+    V4 { addr: u32, len: u8 },
+    V6 { addr: u128, len: u8 },
+}
+
+/// Why a CIDR or IP literal in the configuration is not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    #[error("not an IP address (IPv4 must be four decimal octets without leading zeros)")]
+    BadAddress,
+    #[error("prefix length must be a decimal number 0..={0}")]
+    BadLength(u8),
+    #[error("host bits are set below the /{0} prefix")]
+    HostBits(u8),
+}
+
+pub(crate) fn mask4(len: u8) -> u32 {
+    if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len))
+    }
+}
+
+pub(crate) fn mask6(len: u8) -> u128 {
+    if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(len))
+    }
+}
+
+impl Cidr {
+    /// Parses `a.b.c.d/len`, `v6/len`, or a single address (`/32`, `/128`); IPv6 may be bracketed.
+    pub fn parse(text: &str) -> Result<Cidr, CidrError> {
+        let (addr_text, len_text) = match text.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (text, None),
+        };
+        let addr_text = addr_text
+            .strip_prefix('[')
+            .and_then(|a| a.strip_suffix(']'))
+            .unwrap_or(addr_text);
+        let ip = if let Some(v4) = parse_ipv4_strict(addr_text) {
+            IpAddr::V4(v4)
+        } else if let Some(v6) = parse_ipv6(addr_text) {
+            IpAddr::V6(v6)
+        } else {
+            return Err(CidrError::BadAddress);
+        };
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let len = match len_text {
+            None => max,
+            Some(l) => {
+                let ok = !l.is_empty()
+                    && l.len() <= 3
+                    && l.bytes().all(|b| b.is_ascii_digit())
+                    && (l.len() == 1 || !l.starts_with('0'));
+                match l.parse::<u8>() {
+                    Ok(n) if ok && n <= max => n,
+                    _ => return Err(CidrError::BadLength(max)),
+                }
+            }
+        };
+        let cidr = match ip {
+            IpAddr::V4(v4) => Cidr::V4 {
+                addr: u32::from(v4),
+                len,
+            },
+            IpAddr::V6(v6) => Cidr::V6 {
+                addr: u128::from(v6),
+                len,
+            },
+        };
+        if cidr.masked() != cidr {
+            return Err(CidrError::HostBits(len));
+        }
+        Ok(cidr)
+    }
+
+    /// A block holding exactly one address.
+    pub fn host(ip: IpAddr) -> Cidr {
+        match ip {
+            IpAddr::V4(v4) => Cidr::V4 {
+                addr: u32::from(v4),
+                len: 32,
+            },
+            IpAddr::V6(v6) => Cidr::V6 {
+                addr: u128::from(v6),
+                len: 128,
+            },
+        }
+    }
+
+    fn masked(self) -> Cidr {
+        match self {
+            Cidr::V4 { addr, len } => Cidr::V4 {
+                addr: addr & mask4(len),
+                len,
+            },
+            Cidr::V6 { addr, len } => Cidr::V6 {
+                addr: addr & mask6(len),
+                len,
+            },
+        }
+    }
+
+    pub fn len(self) -> u8 {
+        match self {
+            Cidr::V4 { len, .. } | Cidr::V6 { len, .. } => len,
+        }
+    }
+
+    /// True when the block holds exactly one address.
+    pub fn is_host(self) -> bool {
+        match self {
+            Cidr::V4 { len, .. } => len == 32,
+            Cidr::V6 { len, .. } => len == 128,
+        }
+    }
+
+    /// Whether `ip` (taken literally, not normalised) lies in this block.
+    pub fn contains(self, ip: IpAddr) -> bool {
+        match (self, ip) {
+            (Cidr::V4 { addr, len }, IpAddr::V4(v4)) => u32::from(v4) & mask4(len) == addr,
+            (Cidr::V6 { addr, len }, IpAddr::V6(v6)) => u128::from(v6) & mask6(len) == addr,
+            _ => false,
+        }
+    }
+
+    /// Rewrites a block inside `::ffff:0:0/96` as the IPv4 block it denotes, because mapped
+    /// destinations are normalised to IPv4 before matching. Every other block is returned as is.
+    /// (`::ffff:0:0/96` itself therefore means `0.0.0.0/0`.)
+    pub fn split_mapped(self) -> Cidr {
+        match self {
+            Cidr::V6 { addr, len } if len >= 96 && addr >> 32 == 0xffff => Cidr::V4 {
+                addr: addr as u32,
+                len: len - 96,
+            },
+            other => other,
+        }
+    }
+
+    /// The first and last address of the block, as integers of the block's family.
+    fn bounds(self) -> Bounds {
+        match self {
+            Cidr::V4 { addr, len } => Bounds::V4(addr, addr | !mask4(len)),
+            Cidr::V6 { addr, len } => Bounds::V6(addr, addr | !mask6(len)),
+        }
+    }
+}
+
+enum Bounds {
+    V4(u32, u32),
+    V6(u128, u128),
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Cidr::V4 { addr, len } => write!(f, "{}/{}", Ipv4Addr::from(addr), len),
+            Cidr::V6 { addr, len } => write!(f, "{}/{}", Ipv6Addr::from(addr), len),
+        }
+    }
+}
+
+/// A set of addresses stored as sorted, merged, disjoint ranges: membership is one binary search,
+/// whatever the number of blocks that built it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RangeSet {
+    v4: Vec<(u32, u32)>,
+    v6: Vec<(u128, u128)>,
+}
+
+impl RangeSet {
+    /// Builds the set from blocks, after [`Cidr::split_mapped`].
+    pub fn from_cidrs<I: IntoIterator<Item = Cidr>>(cidrs: I) -> RangeSet {
+        let mut v4 = Vec::new();
+        let mut v6 = Vec::new();
+        for cidr in cidrs {
+            match cidr.split_mapped().bounds() {
+                Bounds::V4(lo, hi) => v4.push((lo, hi)),
+                Bounds::V6(lo, hi) => v6.push((lo, hi)),
+            }
+        }
+        RangeSet {
+            v4: merge(v4),
+            v6: merge(v6),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.v4.is_empty() && self.v6.is_empty()
+    }
+
+    /// Membership of `ip` as given (callers normalise first).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(v4) => find(&self.v4, u32::from(v4)),
+            IpAddr::V6(v6) => find(&self.v6, u128::from(v6)),
+        }
+    }
+}
+
+fn merge<T: Copy + Ord + num::Step>(mut ranges: Vec<(T, T)>) -> Vec<(T, T)> {
+    ranges.sort_unstable();
+    let mut out: Vec<(T, T)> = Vec::with_capacity(ranges.len());
+    for (lo, hi) in ranges {
+        if let Some(last) = out.last_mut() {
+            // Overlapping or adjacent: extend the previous range.
+            if lo <= last.1 || T::succ(last.1) == Some(lo) {
+                if hi > last.1 {
+                    last.1 = hi;
+                }
+                continue;
+            }
+        }
+        out.push((lo, hi));
+    }
+    out.shrink_to_fit();
+    out
+}
+
+fn find<T: Copy + Ord>(ranges: &[(T, T)], x: T) -> bool {
+    let idx = ranges.partition_point(|r| r.0 <= x);
+    idx > 0 && ranges[idx - 1].1 >= x
+}
+
+mod num {
+    /// Successor without overflow, for merging adjacent ranges.
+    pub trait Step: Sized {
+        fn succ(self) -> Option<Self>;
+    }
+    impl Step for u32 {
+        fn succ(self) -> Option<u32> {
+            self.checked_add(1)
+        }
+    }
+    impl Step for u128 {
+        fn succ(self) -> Option<u128> {
+            self.checked_add(1)
+        }
+    }
+}
+
+/// IPv4 blocks of the IANA IPv4 Special-Purpose Address Registry that are not globally reachable,
+/// plus multicast and the reserved class E space. These are `addresses.deny` by default.
+pub const SPECIAL_PURPOSE_V4: &[(Ipv4Addr, u8)] = &[
+    (Ipv4Addr::new(0, 0, 0, 0), 8),       // "this network" (RFC 791)
+    (Ipv4Addr::new(10, 0, 0, 0), 8),      // private (RFC 1918)
+    (Ipv4Addr::new(100, 64, 0, 0), 10),   // shared address space, CGNAT (RFC 6598)
+    (Ipv4Addr::new(127, 0, 0, 0), 8),     // loopback
+    (Ipv4Addr::new(169, 254, 0, 0), 16),  // link-local, including 169.254.169.254 metadata
+    (Ipv4Addr::new(172, 16, 0, 0), 12),   // private (RFC 1918)
+    (Ipv4Addr::new(192, 0, 0, 0), 24),    // IETF protocol assignments (RFC 6890)
+    (Ipv4Addr::new(192, 0, 2, 0), 24),    // documentation TEST-NET-1
+    (Ipv4Addr::new(192, 88, 99, 0), 24),  // deprecated 6to4 relay anycast (RFC 7526)
+    (Ipv4Addr::new(192, 168, 0, 0), 16),  // private (RFC 1918)
+    (Ipv4Addr::new(198, 18, 0, 0), 15),   // benchmarking (RFC 2544)
+    (Ipv4Addr::new(198, 51, 100, 0), 24), // documentation TEST-NET-2
+    (Ipv4Addr::new(203, 0, 113, 0), 24),  // documentation TEST-NET-3
+    (Ipv4Addr::new(224, 0, 0, 0), 4),     // multicast
+    (Ipv4Addr::new(240, 0, 0, 0), 4),     // reserved (RFC 1112), includes 255.255.255.255
+];
+
+/// IPv6 blocks that are `addresses.deny` by default: the IANA IPv6 Special-Purpose Address
+/// Registry entries that are not globally reachable, plus deprecated site-local and multicast.
+/// `::ffff:0:0/96` is absent on purpose: mapped addresses are checked as the IPv4 they denote.
+/// `64:ff9b::/96` (NAT64) is globally reachable, so it is absent too; its embedded IPv4 address
+/// is checked instead (see [`embedded_ipv4`]), as is 6to4's.
+pub const SPECIAL_PURPOSE_V6: &[(Ipv6Addr, u8)] = &[
+    (Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 0), 128), // unspecified
+    (Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 1), 128), // loopback
+    (Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 0), 96),  // deprecated IPv4-compatible (RFC 4291)
+    (Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0), 48), // local-use IPv4/IPv6 translation
+    (Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 0), 64), // discard-only (RFC 6666)
+    (Ipv6Addr::new(0x100, 0, 0, 1, 0, 0, 0, 0), 64), // dummy prefix (RFC 9780)
+    (Ipv6Addr::new(0x2001, 0, 0, 0, 0, 0, 0, 0), 23), // IETF protocol assignments, Teredo ...
+    (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0), 32), // documentation
+    (Ipv6Addr::new(0x2002, 0, 0, 0, 0, 0, 0, 0), 16), // 6to4
+    (Ipv6Addr::new(0x3fff, 0, 0, 0, 0, 0, 0, 0), 20), // documentation (RFC 9637)
+    (Ipv6Addr::new(0x5f00, 0, 0, 0, 0, 0, 0, 0), 16), // SRv6 SIDs (RFC 9602)
+    (Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0), 7), // unique local
+    (Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10), // link-local
+    (Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 0), 10), // site-local, deprecated (RFC 3879)
+    (Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8), // multicast
+];
+
+/// The default `addresses.deny` list as blocks.
+pub fn special_purpose() -> Vec<Cidr> {
+    let v4 = SPECIAL_PURPOSE_V4.iter().map(|&(a, len)| Cidr::V4 {
+        addr: u32::from(a),
+        len,
+    });
+    let v6 = SPECIAL_PURPOSE_V6.iter().map(|&(a, len)| Cidr::V6 {
+        addr: u128::from(a),
+        len,
+    });
+    v4.chain(v6).collect()
+}
+
+/// The address policy: `addresses.deny` minus `addresses.allow`.
+///
+/// `addresses.allow` wins over `addresses.deny` wherever they overlap, whatever the prefix lengths:
+/// it is the operator's explicit carve-out. To deny again inside a carve-out, use a `deny` rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddressPolicy {
+    deny: RangeSet,
+    allow: RangeSet,
+}
+
+impl AddressPolicy {
+    pub fn new(deny: &[Cidr], allow: &[Cidr]) -> AddressPolicy {
+        AddressPolicy {
+            deny: RangeSet::from_cidrs(deny.iter().copied()),
+            allow: RangeSet::from_cidrs(allow.iter().copied()),
+        }
+    }
+
+    fn denies_exact(&self, ip: IpAddr) -> bool {
+        self.deny.contains(ip) && !self.allow.contains(ip)
+    }
+
+    /// Whether the policy denies `ip`: after normalising a mapped address, the address itself or
+    /// the IPv4 address it embeds (NAT64, 6to4) is in `deny` and not carved out by `allow`.
+    pub fn denies(&self, ip: IpAddr) -> bool {
+        let ip = normalize(ip);
+        if self.denies_exact(ip) {
+            return true;
+        }
+        match ip {
+            IpAddr::V6(v6) => embedded_ipv4(v6).is_some_and(|v4| self.denies_exact(IpAddr::V4(v4))),
+            IpAddr::V4(_) => false,
+        }
+    }
+}
+
+/// Parses the `upstream.address` property Envoy reports: `a.b.c.d:port` or `[v6]:port`.
+pub fn parse_socket_address(bytes: &[u8]) -> Option<(IpAddr, u16)> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let (host, port) = text.rsplit_once(':')?;
+    let port = parse_port(port)?;
+    let ip = if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        // Envoy may append a scope id to link-local addresses; the address is what matters.
+        let inner = inner.split_once('%').map_or(inner, |(a, _)| a);
+        IpAddr::V6(parse_ipv6(inner)?)
+    } else {
+        IpAddr::V4(parse_ipv4_strict(host)?)
+    };
+    Some((ip, port))
+}
+
+/// A port in canonical decimal: 1..=65535, no sign, no leading zeros.
+pub fn parse_port(text: &str) -> Option<u16> {
+    let b = text.as_bytes();
+    if b.is_empty() || b.len() > 5 || b[0] == b'0' || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    text.parse::<u16>().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("test address")
+    }
+
+    #[test]
+    fn strict_ipv4() {
+        let cases: &[(&str, Option<[u8; 4]>)] = &[
+            ("127.0.0.1", Some([127, 0, 0, 1])),
+            ("0.0.0.0", Some([0, 0, 0, 0])),
+            ("255.255.255.255", Some([255, 255, 255, 255])),
+            ("256.0.0.1", None),
+            ("127.1", None),
+            ("127.0.1", None),
+            ("0177.0.0.1", None),
+            ("0x7f.0.0.1", None),
+            ("2130706433", None),
+            ("1.2.3.4.5", None),
+            ("01.2.3.4", None),
+            ("1.2.3.", None),
+            (".1.2.3", None),
+            ("1..2.3", None),
+            ("+1.2.3.4", None),
+            ("1.2.3.4 ", None),
+            ("1000.2.3.4", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_ipv4_strict(text), want.map(Ipv4Addr::from), "{text}");
+        }
+    }
+
+    #[test]
+    fn ipv6_refuses_zones_and_junk() {
+        assert_eq!(parse_ipv6("::1"), Some(Ipv6Addr::LOCALHOST));
+        assert_eq!(parse_ipv6("fe80::1%eth0"), None);
+        assert_eq!(parse_ipv6("fe80::1%2"), None);
+        assert_eq!(parse_ipv6("::ffff:127.0.0.01"), None);
+        assert_eq!(parse_ipv6("[::1]"), None);
+        assert_eq!(parse_ipv6("1:2:3:4:5:6:7:8:9"), None);
+        assert!(parse_ipv6("::FFFF:7F00:1").is_some());
+    }
+
+    #[test]
+    fn normalize_maps_only_mapped() {
+        assert_eq!(normalize(ip("::ffff:127.0.0.1")), ip("127.0.0.1"));
+        assert_eq!(normalize(ip("::ffff:7f00:1")), ip("127.0.0.1"));
+        assert_eq!(normalize(ip("::127.0.0.1")), ip("::127.0.0.1"));
+        assert_eq!(normalize(ip("2001:db8::1")), ip("2001:db8::1"));
+        assert_eq!(normalize(ip("10.0.0.1")), ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn embedded_forms() {
+        let v6 = |s: &str| s.parse::<Ipv6Addr>().expect("v6");
+        assert_eq!(
+            embedded_ipv4(v6("64:ff9b::7f00:1")),
+            Some(Ipv4Addr::new(127, 0, 0, 1))
+        );
+        assert_eq!(
+            embedded_ipv4(v6("64:ff9b::10.1.2.3")),
+            Some(Ipv4Addr::new(10, 1, 2, 3))
+        );
+        assert_eq!(
+            embedded_ipv4(v6("2002:a9fe:a9fe::1")),
+            Some(Ipv4Addr::new(169, 254, 169, 254))
+        );
+        assert_eq!(embedded_ipv4(v6("64:ff9b:1::1")), None);
+        assert_eq!(embedded_ipv4(v6("2001:db8::1")), None);
+    }
+
+    #[test]
+    fn cidr_parse_table() {
+        let ok: &[(&str, &str)] = &[
+            ("10.0.0.0/8", "10.0.0.0/8"),
+            ("203.0.113.7", "203.0.113.7/32"),
+            ("0.0.0.0/0", "0.0.0.0/0"),
+            ("2001:db8::/32", "2001:db8::/32"),
+            ("[2001:db8::1]", "2001:db8::1/128"),
+            ("::/0", "::/0"),
+            ("::ffff:0:0/96", "::ffff:0.0.0.0/96"),
+        ];
+        for (text, want) in ok {
+            assert_eq!(
+                Cidr::parse(text).map(|c| c.to_string()).as_deref(),
+                Ok(*want),
+                "{text}"
+            );
+        }
+        let bad: &[(&str, CidrError)] = &[
+            ("10.0.0.1/8", CidrError::HostBits(8)),
+            ("10.0.0.0/33", CidrError::BadLength(32)),
+            ("10.0.0.0/", CidrError::BadLength(32)),
+            ("10.0.0.0/08", CidrError::BadLength(32)),
+            ("10.0.0.0/-1", CidrError::BadLength(32)),
+            ("2001:db8::/129", CidrError::BadLength(128)),
+            ("010.0.0.0/8", CidrError::BadAddress),
+            ("10.0/8", CidrError::BadAddress),
+            ("fe80::%eth0/64", CidrError::BadAddress),
+            ("example.org/8", CidrError::BadAddress),
+            ("", CidrError::BadAddress),
+        ];
+        for (text, want) in bad {
+            assert_eq!(Cidr::parse(text).as_ref(), Err(want), "{text}");
+        }
+    }
+
+    #[test]
+    fn split_mapped_rewrites_only_inside_the_mapped_block() {
+        let c = |s: &str| Cidr::parse(s).expect("cidr");
+        assert_eq!(c("::ffff:10.0.0.0/104").split_mapped(), c("10.0.0.0/8"));
+        assert_eq!(c("::ffff:0:0/96").split_mapped(), c("0.0.0.0/0"));
+        assert_eq!(c("::ffff:127.0.0.1").split_mapped(), c("127.0.0.1/32"));
+        assert_eq!(c("::/0").split_mapped(), c("::/0"));
+        assert_eq!(c("2001:db8::/32").split_mapped(), c("2001:db8::/32"));
+    }
+
+    #[test]
+    fn range_set_merges_and_finds() {
+        let set = RangeSet::from_cidrs(
+            [
+                "10.0.0.0/9",
+                "10.128.0.0/9",
+                "192.168.1.0/24",
+                "fc00::/7",
+                "::ffff:1.2.3.0/120",
+            ]
+            .iter()
+            .map(|s| Cidr::parse(s).expect("cidr")),
+        );
+        assert_eq!(set.v4.len(), 3, "adjacent /9s merge into one range");
+        for (addr, want) in [
+            ("10.0.0.0", true),
+            ("10.255.255.255", true),
+            ("11.0.0.0", false),
+            ("9.255.255.255", false),
+            ("192.168.1.77", true),
+            ("192.168.2.1", false),
+            ("1.2.3.4", true),
+            ("1.2.4.4", false),
+            ("fd00::1", true),
+            ("fe00::1", false),
+            ("::ffff:1.2.3.4", false), // the set takes addresses literally; callers normalise
+        ] {
+            assert_eq!(set.contains(ip(addr)), want, "{addr}");
+        }
+    }
+
+    #[test]
+    fn range_set_edges() {
+        let set = RangeSet::from_cidrs([Cidr::parse("0.0.0.0/0").expect("cidr")]);
+        assert!(set.contains(ip("255.255.255.255")));
+        assert!(set.contains(ip("0.0.0.0")));
+        assert!(!set.contains(ip("::")));
+        let set = RangeSet::from_cidrs([Cidr::parse("::/0").expect("cidr")]);
+        assert!(set.contains(ip("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")));
+        assert!(RangeSet::from_cidrs([]).is_empty());
+    }
+
+    #[test]
+    fn default_address_policy_table() {
+        let policy = AddressPolicy::new(&special_purpose(), &[]);
+        let table: &[(&str, bool)] = &[
+            ("127.0.0.1", true),
+            ("127.255.255.254", true),
+            ("10.1.2.3", true),
+            ("172.16.0.1", true),
+            ("172.31.255.255", true),
+            ("172.32.0.1", false),
+            ("192.168.0.1", true),
+            ("169.254.169.254", true),
+            ("100.64.0.1", true),
+            ("100.128.0.1", false),
+            ("0.0.0.0", true),
+            ("0.1.2.3", true),
+            ("192.0.0.9", true),
+            ("192.0.2.1", true),
+            ("192.88.99.1", true),
+            ("198.18.0.1", true),
+            ("198.19.255.255", true),
+            ("198.20.0.1", false),
+            ("198.51.100.1", true),
+            ("203.0.113.9", true),
+            ("224.0.0.1", true),
+            ("239.255.255.250", true),
+            ("240.0.0.1", true),
+            ("255.255.255.255", true),
+            ("8.8.8.8", false),
+            ("1.1.1.1", false),
+            ("93.184.215.14", false),
+            ("::", true),
+            ("::1", true),
+            ("::127.0.0.1", true),
+            ("::ffff:127.0.0.1", true),
+            ("::ffff:7f00:1", true),
+            ("::ffff:169.254.169.254", true),
+            ("::ffff:8.8.8.8", false),
+            ("64:ff9b::127.0.0.1", true),
+            ("64:ff9b::a9fe:a9fe", true),
+            ("64:ff9b::8.8.8.8", false),
+            ("64:ff9b:1::1", true),
+            ("100::1", true),
+            ("2001::1", true),
+            ("2001:1ff::1", true),
+            ("2001:200::1", false),
+            ("2001:db8::1", true),
+            ("2002:7f00:1::1", true),
+            ("2002:808:808::1", true), // 6to4 is denied as a whole by default
+            ("3fff::1", true),
+            ("5f00::1", true),
+            ("fc00::1", true),
+            ("fd12:3456::1", true),
+            ("fe80::1", true),
+            ("febf::1", true),
+            ("fec0::1", true),
+            ("ff02::1", true),
+            ("2606:4700::1111", false),
+            ("2a00:1450:4001::1", false),
+        ];
+        for (addr, want) in table {
+            assert_eq!(policy.denies(ip(addr)), *want, "{addr}");
+        }
+    }
+
+    #[test]
+    fn allow_carves_out_and_embedded_v4_still_checked() {
+        let c = |s: &str| Cidr::parse(s).expect("cidr");
+        let policy = AddressPolicy::new(
+            &special_purpose(),
+            &[c("127.0.0.0/8"), c("2002::/16"), c("10.1.0.0/16")],
+        );
+        assert!(!policy.denies(ip("127.0.0.1")));
+        assert!(!policy.denies(ip("::ffff:127.0.0.1")));
+        assert!(!policy.denies(ip("10.1.2.3")));
+        assert!(policy.denies(ip("10.2.0.1")));
+        // 6to4 carved out: the embedded address decides.
+        assert!(!policy.denies(ip("2002:808:808::1")));
+        assert!(policy.denies(ip("2002:a9fe:a9fe::1")));
+        assert!(!policy.denies(ip("2002:7f00:1::1")), "127/8 is carved out");
+    }
+
+    #[test]
+    fn empty_deny_list_denies_nothing() {
+        let policy = AddressPolicy::new(&[], &[]);
+        assert!(!policy.denies(ip("127.0.0.1")));
+        assert!(!policy.denies(ip("64:ff9b::7f00:1")));
+    }
+
+    #[test]
+    fn socket_address_table() {
+        let cases: &[(&str, Option<(&str, u16)>)] = &[
+            ("10.0.0.1:80", Some(("10.0.0.1", 80))),
+            ("[::1]:443", Some(("::1", 443))),
+            ("[fe80::1%2]:443", Some(("fe80::1", 443))),
+            ("[::ffff:127.0.0.1]:8080", Some(("::ffff:127.0.0.1", 8080))),
+            ("10.0.0.1", None),
+            ("10.0.0.1:0", None),
+            ("10.0.0.1:65536", None),
+            ("::1:80", None),
+            ("example.org:80", None),
+            ("", None),
+            ("127.1:80", None),
+            ("[::1]", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(
+                parse_socket_address(text.as_bytes()),
+                want.map(|(a, p)| (ip(a), p)),
+                "{text}"
+            );
+        }
+        assert_eq!(parse_socket_address(b"\xff\xfe:80"), None);
+    }
+
+    #[test]
+    fn port_table() {
+        for (text, want) in [
+            ("1", Some(1)),
+            ("80", Some(80)),
+            ("65535", Some(65535)),
+            ("0", None),
+            ("65536", None),
+            ("080", None),
+            ("", None),
+            ("+80", None),
+            ("8o", None),
+            ("123456", None),
+        ] {
+            assert_eq!(parse_port(text), want, "{text}");
+        }
+    }
+}

@@ -1,0 +1,362 @@
+//! The decision engine: pure, no proxy-wasm types. [`Policy::compile`] indexes a validated
+//! [`FilterConfig`] once; [`Policy::decide`] (downstream) and [`Policy::decide_upstream`] then
+//! answer each request without allocating and without scanning the rules.
+//!
+//! Downstream order: the port (a destination without one gets the default of its most specific
+//! allow rule: 443 when that rule says `tls: true`, else 80; CONNECT must carry one), then `deny`
+//! rules (any match denies), then `allow` rules (host, then port, then method), then — for IP
+//! literals — the address policy. `mode: report` turns a denial into a report and forwards.
+//!
+//! Upstream order: the connected address (`upstream.address`) must be known, then `deny` rules
+//! with IP/CIDR hosts, then the address policy. `allow` rules and name rules are the downstream
+//! stage's business and are not consulted there.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::ops::ControlFlow;
+
+use crate::config::{ClusterRouting, FilterConfig, Mode, Stage};
+use crate::destination::{Destination, InvalidReason, Target};
+use crate::index::{HostIndex, RuleId};
+use crate::net::{self, AddressPolicy};
+
+/// Why a destination is denied (answered with 403). Stable strings, see [`DenyReason::as_str`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DenyReason {
+    /// A `deny` rule matched.
+    HostDenied,
+    /// No `allow` rule names the host.
+    HostNotAllowed,
+    /// `allow` rules name the host, but not this port.
+    PortNotAllowed,
+    /// `allow` rules name the host and port, but not this method.
+    MethodNotAllowed,
+    /// The address (an IP-literal destination, or upstream the resolved one) is in
+    /// `addresses.deny` and not carved out by `addresses.allow`.
+    AddressDenied,
+    /// The upstream stage could not read or parse `upstream.address` (fails closed).
+    UpstreamAddressUnknown,
+}
+
+impl DenyReason {
+    pub const ALL: [DenyReason; 6] = [
+        DenyReason::HostDenied,
+        DenyReason::HostNotAllowed,
+        DenyReason::PortNotAllowed,
+        DenyReason::MethodNotAllowed,
+        DenyReason::AddressDenied,
+        DenyReason::UpstreamAddressUnknown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenyReason::HostDenied => "host_denied",
+            DenyReason::HostNotAllowed => "host_not_allowed",
+            DenyReason::PortNotAllowed => "port_not_allowed",
+            DenyReason::MethodNotAllowed => "method_not_allowed",
+            DenyReason::AddressDenied => "address_denied",
+            DenyReason::UpstreamAddressUnknown => "upstream_address_unknown",
+        }
+    }
+}
+
+impl fmt::Display for DenyReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What to do with the request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Allow,
+    /// Answer 403.
+    Deny(DenyReason),
+    /// `mode: report`: would be denied; log, count, forward.
+    ReportOnly(DenyReason),
+}
+
+/// Which dynamic-forward-proxy cluster a forwarded request goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    Plain,
+    Tls,
+}
+
+/// A downstream decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub outcome: Outcome,
+    /// The cluster for a forwarded request, when `cluster_header`/`clusters` are configured.
+    /// CONNECT always goes plain: the tunnel carries the client's own TLS.
+    pub route: Option<Route>,
+}
+
+/// The request method, fetched only when a decision needs it (each fetch is a hostcall in Envoy).
+pub trait MethodSource {
+    fn method(&mut self) -> &[u8];
+}
+
+/// A method known up front.
+impl MethodSource for &[u8] {
+    fn method(&mut self) -> &[u8] {
+        self
+    }
+}
+
+#[derive(Debug)]
+struct Rule {
+    /// `None`: any port (deny rules only; allow rules always have ports).
+    ports: Option<Box<[u16]>>,
+    methods: Option<Box<[Box<[u8]>]>>,
+    tls: Option<bool>,
+}
+
+impl Rule {
+    fn port_ok(&self, port: u16) -> bool {
+        self.ports.as_deref().is_none_or(|p| p.contains(&port))
+    }
+
+    fn method_ok(&self, method: &mut dyn MethodSource) -> bool {
+        match &self.methods {
+            None => true,
+            Some(list) => {
+                let m = method.method();
+                list.iter().any(|x| **x == *m)
+            }
+        }
+    }
+}
+
+/// The compiled policy, shared by every HTTP context of a plugin.
+#[derive(Debug)]
+pub struct Policy {
+    stage: Stage,
+    mode: Mode,
+    allow: Vec<Rule>,
+    allow_index: HostIndex,
+    deny: Vec<Rule>,
+    deny_index: HostIndex,
+    addresses: AddressPolicy,
+    routing: Option<ClusterRouting>,
+    destination_header: Option<String>,
+}
+
+fn methods(list: &Option<Vec<String>>) -> Option<Box<[Box<[u8]>]>> {
+    list.as_ref()
+        .map(|m| m.iter().map(|s| s.as_bytes().into()).collect())
+}
+
+impl Policy {
+    pub fn compile(config: &FilterConfig) -> Policy {
+        let mut allow = Vec::with_capacity(config.allow.len());
+        let mut allow_index = HostIndex::default();
+        for (id, rule) in config.allow.iter().enumerate() {
+            allow_index.insert(&rule.host, id as RuleId);
+            allow.push(Rule {
+                ports: Some(rule.ports.as_slice().into()),
+                methods: methods(&rule.methods),
+                tls: rule.tls,
+            });
+        }
+        let mut deny = Vec::with_capacity(config.deny.len());
+        let mut deny_index = HostIndex::default();
+        for (id, rule) in config.deny.iter().enumerate() {
+            deny_index.insert(&rule.host, id as RuleId);
+            deny.push(Rule {
+                ports: rule.ports.as_deref().map(Into::into),
+                methods: methods(&rule.methods),
+                tls: None,
+            });
+        }
+        Policy {
+            stage: config.stage,
+            mode: config.mode,
+            allow,
+            allow_index,
+            deny,
+            deny_index,
+            addresses: AddressPolicy::new(&config.address_deny, &config.address_allow),
+            routing: config.cluster_routing.clone(),
+            destination_header: config.destination_header.clone(),
+        }
+    }
+
+    pub fn stage(&self) -> Stage {
+        self.stage
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    pub fn routing(&self) -> Option<&ClusterRouting> {
+        self.routing.as_ref()
+    }
+
+    pub fn destination_header(&self) -> Option<&str> {
+        self.destination_header.as_deref()
+    }
+
+    /// Decides a downstream request for `dest`, giving it its default port when it has none.
+    /// Errs only with [`InvalidReason::MissingPort`] (a CONNECT target without a port).
+    pub fn decide(
+        &self,
+        dest: &mut Destination,
+        method: &mut dyn MethodSource,
+    ) -> Result<Decision, InvalidReason> {
+        let mut connect = None;
+        let port = match dest.port() {
+            Some(p) => p,
+            None => {
+                if is_connect(method, &mut connect) {
+                    return Err(InvalidReason::MissingPort);
+                }
+                let p = self.default_port(dest.target());
+                dest.set_default_port(p);
+                p
+            }
+        };
+        let result = self.evaluate(dest.target(), port, method);
+        let outcome = self.verdict(result.err());
+        let wants_tls = match (outcome, result) {
+            (Outcome::Deny(_), _) => None,
+            (_, Ok(tls)) => Some(tls.unwrap_or(port == 443)),
+            (_, Err(_)) => Some(port == 443),
+        };
+        let route = match (&self.routing, wants_tls) {
+            (Some(_), Some(true)) if !is_connect(method, &mut connect) => Some(Route::Tls),
+            (Some(_), Some(_)) => Some(Route::Plain),
+            _ => None,
+        };
+        Ok(Decision { outcome, route })
+    }
+
+    /// Decides an upstream request from the address Envoy connects to (`None` when unknown).
+    pub fn decide_upstream(
+        &self,
+        address: Option<(IpAddr, u16)>,
+        method: &mut dyn MethodSource,
+    ) -> Outcome {
+        let reason = match address {
+            None => Some(DenyReason::UpstreamAddressUnknown),
+            Some((ip, port)) => {
+                let ip = net::normalize(ip);
+                if self.deny_matches(Target::Ip(ip), port, method) {
+                    Some(DenyReason::HostDenied)
+                } else if self.addresses.denies(ip) {
+                    Some(DenyReason::AddressDenied)
+                } else {
+                    None
+                }
+            }
+        };
+        self.verdict(reason)
+    }
+
+    /// Whether the address policy alone denies `ip` (exposed for tests and tools).
+    pub fn address_denied(&self, ip: IpAddr) -> bool {
+        self.addresses.denies(ip)
+    }
+
+    fn verdict(&self, reason: Option<DenyReason>) -> Outcome {
+        match (reason, self.mode) {
+            (None, _) => Outcome::Allow,
+            (Some(r), Mode::Enforce) => Outcome::Deny(r),
+            (Some(r), Mode::Report) => Outcome::ReportOnly(r),
+        }
+    }
+
+    /// `Ok(tls of the allowing rule)` or the reason to deny.
+    fn evaluate(
+        &self,
+        target: Target<'_>,
+        port: u16,
+        method: &mut dyn MethodSource,
+    ) -> Result<Option<bool>, DenyReason> {
+        if self.deny_matches(target, port, method) {
+            return Err(DenyReason::HostDenied);
+        }
+        let tls = self.find_allow(target, port, method)?;
+        if let Target::Ip(ip) = target {
+            if self.addresses.denies(ip) {
+                return Err(DenyReason::AddressDenied);
+            }
+        }
+        Ok(tls)
+    }
+
+    /// Any deny rule for the host (or, for NAT64/6to4 forms, for the IPv4 address they embed)
+    /// whose ports and methods cover the request.
+    fn deny_matches(&self, target: Target<'_>, port: u16, method: &mut dyn MethodSource) -> bool {
+        let mut check = |id: RuleId| {
+            let rule = &self.deny[id as usize];
+            if rule.port_ok(port) && rule.method_ok(method) {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        };
+        if self.deny_index.visit(target, &mut check).is_break() {
+            return true;
+        }
+        match target {
+            Target::Ip(IpAddr::V6(v6)) => net::embedded_ipv4(v6).is_some_and(|v4| {
+                self.deny_index
+                    .visit(Target::Ip(IpAddr::V4(v4)), &mut check)
+                    .is_break()
+            }),
+            _ => false,
+        }
+    }
+
+    fn find_allow(
+        &self,
+        target: Target<'_>,
+        port: u16,
+        method: &mut dyn MethodSource,
+    ) -> Result<Option<bool>, DenyReason> {
+        let mut reason = DenyReason::HostNotAllowed;
+        let mut tls = None;
+        let flow = self.allow_index.visit(target, |id| {
+            let rule = &self.allow[id as usize];
+            if !rule.port_ok(port) {
+                if reason == DenyReason::HostNotAllowed {
+                    reason = DenyReason::PortNotAllowed;
+                }
+                return ControlFlow::Continue(());
+            }
+            if !rule.method_ok(method) {
+                reason = DenyReason::MethodNotAllowed;
+                return ControlFlow::Continue(());
+            }
+            tls = rule.tls;
+            ControlFlow::Break(())
+        });
+        if flow.is_break() {
+            Ok(tls)
+        } else {
+            Err(reason)
+        }
+    }
+
+    /// The port of a destination that names none: 443 when its most specific allow rule says
+    /// `tls: true`, else 80.
+    fn default_port(&self, target: Target<'_>) -> u16 {
+        let mut port = 80;
+        let _ = self.allow_index.visit(target, |id| {
+            if self.allow[id as usize].tls == Some(true) {
+                port = 443;
+            }
+            ControlFlow::Break(())
+        });
+        port
+    }
+}
+
+fn is_connect(method: &mut dyn MethodSource, cache: &mut Option<bool>) -> bool {
+    *cache.get_or_insert_with(|| method.method() == b"CONNECT")
+}
+
+#[cfg(test)]
+mod tests;
