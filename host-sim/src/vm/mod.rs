@@ -20,7 +20,7 @@ use crate::types::LogLevel;
 pub(crate) use host::HostState;
 pub(crate) use host::MAX_CAPTURED_LOGS;
 pub use host::{HttpCallRequest, HttpCallResponse, LogRecord};
-pub use instance::{HttpStream, PluginInstance};
+pub use instance::{CallbackError, HttpStream, PluginInstance};
 
 /// ABI version markers a module may export; the first found decides.
 const ABI_MARKERS: &[(&str, AbiVersion)] = &[
