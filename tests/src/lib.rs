@@ -1,3 +1,16 @@
-//! Fixtures shared by the end-to-end suites.
+//! Fixtures shared by the end-to-end suites: a DNS server, upstream servers, a CA, the filter
+//! wasm, a raw HTTP client, and launchers for the proxies under test.
 
+pub mod cases;
+pub mod client;
 pub mod crd_schema;
+pub mod dns;
+pub mod envoy;
+pub mod pki;
+pub mod proxy;
+pub mod rt;
+pub mod suite;
+pub mod template;
+pub mod upstream;
+pub mod wasm;
+pub mod world;

@@ -1,0 +1,113 @@
+//! The end-to-end suite as a library: one shared [`World`], the case table, and "run every case
+//! of a variant against a proxy started with that variant". The Envoy suite
+//! (`tests/tests/envoy_e2e.rs`) uses it; a host-sim suite plugs in its own launcher.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio::sync::OnceCell;
+
+use crate::cases::{self, Case, Target, Variant};
+use crate::envoy::Envoy;
+use crate::proxy::Proxy;
+use crate::world::{tests_dir, World};
+
+/// How many cases run at once against one proxy.
+pub const PARALLEL_CASES: usize = 8;
+
+/// The fixtures, started once per test process and shared by every test in it.
+pub async fn shared_world() -> anyhow::Result<Arc<World>> {
+    static WORLD: OnceCell<Arc<World>> = OnceCell::const_new();
+    WORLD.get_or_try_init(World::start).await.cloned()
+}
+
+/// The variants and every case, placeholders filled from `world`.
+pub fn load(world: &World) -> anyhow::Result<(BTreeMap<String, Variant>, Vec<Case>)> {
+    let dir = tests_dir().join("cases");
+    let vars = world.vars();
+    let variants = cases::load_variants(&dir.join("variants.yaml"), &vars)?;
+    let cases = cases::load_case_dir(&dir.join("requests"), &vars)?;
+    for case in &cases {
+        anyhow::ensure!(
+            variants.contains_key(&case.variant),
+            "case {} names unknown variant {:?}",
+            case.id(),
+            case.variant
+        );
+    }
+    Ok((variants, cases))
+}
+
+/// The test bootstrap template (`tests/config/envoy.template.yaml`).
+pub fn bootstrap_template() -> anyhow::Result<String> {
+    let path = tests_dir().join("config").join("envoy.template.yaml");
+    std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))
+}
+
+/// Which proxy to start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyKind {
+    Envoy,
+}
+
+/// Starts a proxy of `kind` on the bootstrap for `variant`.
+pub async fn start_proxy(
+    kind: ProxyKind,
+    world: &World,
+    variant: &Variant,
+) -> anyhow::Result<Box<dyn Proxy>> {
+    let bootstrap = world.render_bootstrap(
+        &bootstrap_template()?,
+        &variant.downstream,
+        &variant.upstream,
+        0,
+        0,
+    )?;
+    match kind {
+        ProxyKind::Envoy => Ok(Box::new(Envoy::start(&bootstrap).await?)),
+    }
+}
+
+/// Starts a proxy with `variant_name` and runs that variant's cases against it. Returns the
+/// failures, each with the proxy's log appended once at the end when there are any.
+pub async fn run_variant(kind: ProxyKind, variant_name: &str) -> anyhow::Result<Vec<String>> {
+    let world = shared_world().await?;
+    let (variants, all_cases) = load(&world)?;
+    let variant = variants
+        .get(variant_name)
+        .ok_or_else(|| anyhow::anyhow!("no variant {variant_name:?}"))?;
+    let cases: Vec<Case> = all_cases
+        .into_iter()
+        .filter(|c| c.variant == variant_name)
+        .collect();
+    anyhow::ensure!(!cases.is_empty(), "variant {variant_name:?} has no cases");
+    let proxy = start_proxy(kind, &world, variant).await?;
+    let target = Target {
+        listener: proxy.listener(),
+        admin: proxy.admin(),
+        world: world.clone(),
+    };
+    let mut failures = cases::run_all(&target, &cases, PARALLEL_CASES).await;
+    eprintln!(
+        "variant {variant_name}: {} of {} cases passed against {}",
+        cases.len() - failures.len(),
+        cases.len(),
+        proxy.kind()
+    );
+    if !failures.is_empty() {
+        failures.push(format!(
+            "--- {} log ({} of {} cases failed) ---\n{}",
+            proxy.kind(),
+            failures.len(),
+            cases.len(),
+            tail(&proxy.log(), 200)
+        ));
+    }
+    Ok(failures)
+}
+
+/// The last `lines` lines of `text`.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

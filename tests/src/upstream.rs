@@ -1,0 +1,266 @@
+//! Upstream servers on loopback: an HTTP echo (plain or TLS) and a raw TCP echo for CONNECT.
+//!
+//! The HTTP echo answers every request with a JSON description of what it received, so a test
+//! can assert what the proxy actually forwarded (method, path, `Host`, headers, SNI). It also
+//! keeps that record itself: a request that must never reach an upstream is checked there.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+/// The header tests put on each request so upstreams can tell which case reached them.
+pub const CASE_ID_HEADER: &str = "x-case-id";
+
+/// What an HTTP echo server saw for one request; also the JSON body of its response.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Seen {
+    /// The server's name, chosen by the test (`plain`, `tls`, ...).
+    pub server: String,
+    pub tls: bool,
+    /// The SNI the client sent (TLS only).
+    pub sni: Option<String>,
+    pub method: String,
+    /// Request target as received (origin-form path and query).
+    pub path: String,
+    /// The `Host` header.
+    pub authority: Option<String>,
+    /// Every header in arrival order, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Seen {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Default)]
+struct Log {
+    seen: Mutex<Vec<Seen>>,
+    connections: AtomicUsize,
+}
+
+/// An HTTP/1.1 echo server (optionally TLS) on `127.0.0.1:<ephemeral>`; stops on drop.
+pub struct EchoServer {
+    name: String,
+    addr: SocketAddr,
+    log: Arc<Log>,
+    task: JoinHandle<()>,
+}
+
+impl EchoServer {
+    /// Starts a plain-text echo server named `name`.
+    pub async fn plain(name: &str) -> anyhow::Result<Self> {
+        Self::start(name, None).await
+    }
+
+    /// Starts a TLS echo server named `name` with `config` (see [`crate::pki::Leaf`]).
+    pub async fn tls(name: &str, config: Arc<rustls::ServerConfig>) -> anyhow::Result<Self> {
+        Self::start(name, Some(TlsAcceptor::from(config))).await
+    }
+
+    async fn start(name: &str, tls: Option<TlsAcceptor>) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let log = Arc::new(Log::default());
+        let task = tokio::spawn(accept_loop(listener, name.to_string(), tls, log.clone()));
+        Ok(EchoServer {
+            name: name.to_string(),
+            addr,
+            log,
+            task,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Every request received so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        lock(&self.log.seen).clone()
+    }
+
+    /// Requests that carried `x-case-id: <case_id>`.
+    pub fn seen_for_case(&self, case_id: &str) -> Vec<Seen> {
+        lock(&self.log.seen)
+            .iter()
+            .filter(|s| s.header(CASE_ID_HEADER) == Some(case_id))
+            .cloned()
+            .collect()
+    }
+
+    /// TCP connections accepted so far (a proxy may connect without sending a request).
+    pub fn connections(&self) -> usize {
+        self.log.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn accept_loop(listener: TcpListener, name: String, tls: Option<TlsAcceptor>, log: Arc<Log>) {
+    loop {
+        let Ok((stream, _peer)) = listener.accept().await else {
+            continue;
+        };
+        log.connections.fetch_add(1, Ordering::SeqCst);
+        let name = name.clone();
+        let log = log.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            match tls {
+                None => serve(stream, name, false, None, log).await,
+                Some(acceptor) => {
+                    // A failed handshake (say, the client rejected our certificate) just ends
+                    // the connection; the proxy reports it.
+                    let Ok(stream) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let sni = stream.get_ref().1.server_name().map(str::to_string);
+                    serve(stream, name, true, sni, log).await
+                }
+            }
+        });
+    }
+}
+
+async fn serve<S>(stream: S, name: String, tls: bool, sni: Option<String>, log: Arc<Log>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req: Request<Incoming>| {
+        let name = name.clone();
+        let sni = sni.clone();
+        let log = log.clone();
+        async move {
+            let (parts, body) = req.into_parts();
+            // A body that fails mid-way is recorded as what arrived before the failure.
+            let body = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let seen = Seen {
+                server: name,
+                tls,
+                sni,
+                method: parts.method.to_string(),
+                path: parts.uri.to_string(),
+                authority: parts
+                    .headers
+                    .get(hyper::header::HOST)
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+                headers: parts
+                    .headers
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.as_str().to_string(),
+                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                        )
+                    })
+                    .collect(),
+                body: String::from_utf8_lossy(&body).into_owned(),
+            };
+            let json = serde_json::to_vec(&seen).unwrap_or_default();
+            lock(&log.seen).push(seen);
+            let response = Response::builder()
+                .status(200)
+                .header("content-type", "application/json")
+                .header("x-echo-server", "1")
+                .body(Full::new(Bytes::from(json)));
+            Ok::<_, Infallible>(response.unwrap_or_else(|_| Response::new(Full::default())))
+        }
+    });
+    // Connection errors (a client that hangs up) only end this connection.
+    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .http1_only()
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+}
+
+/// A TCP server that writes back every byte it reads: the far end of CONNECT tunnels.
+pub struct TcpEcho {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl TcpEcho {
+    pub async fn start() -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counter = connections.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let (mut rd, mut wr) = stream.split();
+                    let _ = tokio::io::copy(&mut rd, &mut wr).await;
+                });
+            }
+        });
+        Ok(TcpEcho {
+            addr,
+            connections,
+            task,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for TcpEcho {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,63 @@
+//! The filter under test, built once per test process.
+//!
+//! It is built with the same cargo that runs the tests, into its own target dir: the outer
+//! `cargo test` may hold the lock on the main one. `DFP_WASM=<file>` skips the build and uses a
+//! prebuilt module instead.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The workspace root (the parent of this crate).
+pub fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// Path of the built `dfp_filter.wasm`; builds it on first use.
+pub fn filter_wasm() -> anyhow::Result<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| build().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
+fn build() -> anyhow::Result<PathBuf> {
+    if let Some(prebuilt) = std::env::var_os("DFP_WASM") {
+        let path = PathBuf::from(prebuilt);
+        anyhow::ensure!(path.is_file(), "DFP_WASM={} is not a file", path.display());
+        return Ok(path);
+    }
+    let root = workspace_root();
+    let target_dir = root.join("target").join("wasm-fixtures");
+    let output = Command::new(env!("CARGO"))
+        .current_dir(&root)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "dfp-filter",
+            "--target",
+            "wasm32-unknown-unknown",
+            "--target-dir",
+        ])
+        .arg(&target_dir)
+        // Flags meant for the host build must not leak into the guest build.
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "building dfp_filter.wasm failed ({}):\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let wasm = target_dir
+        .join("wasm32-unknown-unknown")
+        .join("release")
+        .join("dfp_filter.wasm");
+    anyhow::ensure!(wasm.is_file(), "cargo built no {}", wasm.display());
+    Ok(wasm)
+}
