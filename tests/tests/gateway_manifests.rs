@@ -18,6 +18,7 @@ const EEP: (&str, &str) = ("gateway.envoyproxy.io/v1alpha1", "EnvoyExtensionPoli
 /// built-in kinds) or Envoy Gateway's CRDs validate them on apply. If a CRD for one of them is
 /// added to `../shared/crds/`, it is used instead.
 const WITHOUT_CRD: &[(&str, &str, &str)] = &[
+    ("v1", "ConfigMap", "built-in Kubernetes kind"),
     ("v1", "Service", "built-in Kubernetes kind"),
     ("apps/v1", "Deployment", "built-in Kubernetes kind"),
     (
@@ -522,6 +523,41 @@ fn configmap_variant_points_at_its_in_cluster_server() {
         deployment.namespace(),
         Some("envoy-gateway-system"),
         "where Envoy Gateway runs"
+    );
+}
+
+#[test]
+fn envoy_gateway_config_enables_what_the_manifests_need() {
+    let install = docs_in("install");
+    let config_map = find(&install, "ConfigMap", "envoy-gateway-config");
+    assert_eq!(config_map.namespace(), Some("envoy-gateway-system"));
+    let text = str_at(config_map, "/data/envoy-gateway.yaml");
+    let inner =
+        crd_schema::parse_documents("envoy-gateway.yaml", text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(inner.len(), 1);
+    let config = &inner[0];
+    assert_eq!(
+        (config.api_version(), config.kind()),
+        ("gateway.envoyproxy.io/v1alpha1", "EnvoyGateway")
+    );
+    // Backend (the seed's DynamicResolver) and EnvoyPatchPolicy (the upstream stage) are off by
+    // default in Envoy Gateway.
+    assert_eq!(
+        config.value.pointer("/extensionApis/enableBackend"),
+        Some(&json!(true))
+    );
+    assert_eq!(
+        config
+            .value
+            .pointer("/extensionApis/enableEnvoyPatchPolicy"),
+        Some(&json!(true))
+    );
+    let base = docs_in("base");
+    let class = find(&base, "GatewayClass", "eg");
+    assert_eq!(
+        str_at(config, "/gateway/controllerName"),
+        str_at(class, "/spec/controllerName"),
+        "the GatewayClass must name the controller Envoy Gateway runs as"
     );
 }
 
