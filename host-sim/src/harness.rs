@@ -617,7 +617,11 @@ impl Harness {
 
     /// Stores the flight and returns its outcome, refreshed from the live stream state.
     fn park(&mut self, mut flight: Flight) -> Outcome {
-        if let Some(st) = self.instance.stream_state(flight.outcome.stream) {
+        let live = match flight.outcome.stage {
+            Stage::Failed | Stage::Finished => None,
+            _ => self.instance.stream_state(flight.outcome.stream),
+        };
+        if let Some(st) = live {
             let o = &mut flight.outcome;
             o.request_headers = st.request_headers.clone();
             o.request_body = st.request_body.clone();

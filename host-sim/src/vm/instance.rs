@@ -9,7 +9,7 @@ use wasmtime::{Store, TypedFunc, WasmParams, WasmResults};
 
 use crate::properties::Properties;
 use crate::stream::{Access, StreamState};
-use crate::types::Action;
+use crate::types::{Action, Status};
 use crate::vm::exports::Exports;
 use crate::vm::host::{HostState, HttpCallRequest, HttpCallResponse, LogRecord};
 use crate::vm::{LoadError, PluginFactory};
@@ -555,7 +555,8 @@ impl PluginInstance {
     /// Answers an http call: runs `proxy_on_http_call_response(root, token, headers, body
     /// size, trailers)` with the response readable through the HttpCallResponse* maps and
     /// buffer. `None` reports a failure (reset, timeout, no healthy upstream): Envoy then
-    /// calls back with zero headers, body and trailers.
+    /// calls back with zero headers, body and trailers, no response maps (reading them is
+    /// BadArgument), and `proxy_get_status` answering (BrokenConnection, "reset").
     pub fn deliver_http_call_response(
         &mut self,
         token: u32,
@@ -574,8 +575,8 @@ impl PluginInstance {
             )
         });
         if response.is_none() {
-            // Envoy reports the failure through proxy_get_status as gRPC Unavailable.
-            self.store.data_mut().status = (14, b"http call failed".to_vec());
+            // Envoy reports the failure through proxy_get_status: BrokenConnection, "reset".
+            self.store.data_mut().status = (Status::BrokenConnection.code(), b"reset".to_vec());
         }
         self.store.data_mut().call_response = response;
         let r = match self.exports.on_http_call_response.clone() {
