@@ -42,6 +42,13 @@ pub(crate) fn emit(st: &mut HostState, level: LogLevel, message: &str) {
             tracing::error!(target: "wasm", plugin, context, "{message}")
         }
     }
+    if st.booting && level >= LogLevel::Warn && st.boot_log.len() < 64 {
+        st.boot_log.push(LogRecord {
+            level,
+            context_id: context,
+            message: message.to_string(),
+        });
+    }
     if st.config.capture_logs {
         if st.logs.len() < crate::vm::MAX_CAPTURED_LOGS {
             st.logs.push(LogRecord {

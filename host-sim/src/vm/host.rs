@@ -74,6 +74,9 @@ pub(crate) struct HostState {
     pub metric_ids: HashMap<u32, Arc<Metric>>,
     pub next_metric_seq: u32,
     pub logs: Vec<LogRecord>,
+    /// Warn-or-worse lines logged while the plugin starts, to explain a refusal.
+    pub boot_log: Vec<LogRecord>,
+    pub booting: bool,
     pub dropped_logs: u64,
     pub done_called: bool,
     /// The root context's `proxy_on_done` returned false; `proxy_done` completes it.
@@ -108,6 +111,8 @@ impl HostState {
             metric_ids: HashMap::new(),
             next_metric_seq: 0,
             logs: Vec::new(),
+            boot_log: Vec::new(),
+            booting: true,
             dropped_logs: 0,
             done_called: false,
             pending_done: false,

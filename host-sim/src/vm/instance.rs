@@ -186,7 +186,9 @@ impl PluginInstance {
                 .invoke(root, &f, (root, size))
                 .map_err(trap("proxy_on_vm_start"))?;
             if ok == 0 {
-                return Err(LoadError::VmStartFailed);
+                return Err(LoadError::VmStartFailed {
+                    log: self.boot_log(),
+                });
             }
         }
         if let Some(f) = self.exports.on_configure.clone() {
@@ -195,10 +197,23 @@ impl PluginInstance {
             let r = self.invoke(root, &f, (root, size));
             self.store.data_mut().in_configure = false;
             if r.map_err(trap("proxy_on_configure"))? == 0 {
-                return Err(LoadError::ConfigureFailed);
+                return Err(LoadError::ConfigureFailed {
+                    log: self.boot_log(),
+                });
             }
         }
+        self.store.data_mut().booting = false;
         Ok(())
+    }
+
+    /// Warn-or-worse messages logged while starting (always kept, capture or not).
+    fn boot_log(&self) -> Vec<String> {
+        self.store
+            .data()
+            .boot_log
+            .iter()
+            .map(|r| r.message.clone())
+            .collect()
     }
 
     /// Calls a guest function with `ctx` as the running context.

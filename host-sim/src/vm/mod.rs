@@ -59,10 +59,19 @@ pub enum LoadError {
         phase: &'static str,
         message: String,
     },
-    #[error("proxy_on_vm_start returned false: the plugin refused its VM configuration")]
-    VmStartFailed,
-    #[error("proxy_on_configure returned false: the plugin refused its configuration")]
-    ConfigureFailed,
+    #[error("proxy_on_vm_start returned false: the plugin refused its VM configuration{}", last_words(.log))]
+    VmStartFailed { log: Vec<String> },
+    #[error("proxy_on_configure returned false: the plugin refused its configuration{}", last_words(.log))]
+    ConfigureFailed { log: Vec<String> },
+}
+
+/// The guest's log lines at warn or above during start-up, to explain a refusal.
+fn last_words(log: &[String]) -> String {
+    if log.is_empty() {
+        String::new()
+    } else {
+        format!(" (plugin log: {})", log.join("; "))
+    }
 }
 
 /// Per-plugin settings, mirroring the fields of Envoy's wasm `PluginConfig` and `VmConfig`.

@@ -30,13 +30,15 @@ fn lifecycle_and_configuration_buffers() {
     );
 
     let refused = probe().plugin_config("refuse").build();
-    assert!(
-        matches!(refused, Err(host_sim::vm::LoadError::ConfigureFailed)),
-        "{refused:?}"
-    );
+    match refused {
+        Err(host_sim::vm::LoadError::ConfigureFailed { log }) => {
+            assert_eq!(log, vec!["probe: configuration refused".to_string()])
+        }
+        other => panic!("{other:?}"),
+    }
     let refused = probe().vm_config("refuse").build();
     assert!(
-        matches!(refused, Err(host_sim::vm::LoadError::VmStartFailed)),
+        matches!(refused, Err(host_sim::vm::LoadError::VmStartFailed { .. })),
         "{refused:?}"
     );
 }
