@@ -732,6 +732,342 @@ fn collect_string_configurations(value: &Value, out: &mut Vec<String>) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// CEL rules (`x-kubernetes-validations`): the validator does not evaluate them; for the rules the
+// shipped manifests meet, these are hand-written equivalents, keyed by the rule's message and
+// given the node the rule is attached to (`self`). A rule without an entry fails the test.
+
+type CelCheck = fn(&Value) -> bool;
+
+fn field<'a>(node: &'a Value, name: &str) -> Option<&'a Value> {
+    node.get(name).filter(|v| !v.is_null())
+}
+
+fn text<'a>(node: &'a Value, name: &str) -> &'a str {
+    field(node, name).and_then(Value::as_str).unwrap_or("")
+}
+
+fn list<'a>(node: &'a Value, name: &str) -> &'a [Value] {
+    field(node, name)
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice)
+}
+
+fn items(node: &Value) -> &[Value] {
+    node.as_array().map_or(&[], Vec::as_slice)
+}
+
+fn all_distinct<T: PartialEq>(keys: &[T]) -> bool {
+    keys.iter().enumerate().all(|(i, k)| !keys[..i].contains(k))
+}
+
+const POLICY_TARGET_KINDS: &[&str] = &[
+    "Gateway",
+    "ListenerSet",
+    "HTTPRoute",
+    "GRPCRoute",
+    "UDPRoute",
+    "TCPRoute",
+    "TLSRoute",
+];
+const ROUTE_KINDS: &[&str] = &["HTTPRoute", "GRPCRoute", "UDPRoute", "TCPRoute", "TLSRoute"];
+
+fn uses_replace_prefix_match(filters: &[Value]) -> bool {
+    filters.iter().any(|f| {
+        ["requestRedirect", "urlRewrite"].iter().any(|kind| {
+            f.pointer(&format!("/{kind}/path/type")) == Some(&json!("ReplacePrefixMatch"))
+        })
+    })
+}
+
+fn auto_sni(tls: Option<&Value>) -> bool {
+    tls.and_then(|t| field(t, "autoSNIFromEndpointHostname")) == Some(&json!(true))
+}
+
+const CEL_EQUIVALENTS: &[(&str, CelCheck)] = &[
+    // HTTPRoute
+    ("sectionName or port must be specified when parentRefs includes 2 or more references to the same parent", |refs| {
+        // Sufficient: no parent is referenced twice.
+        let keys: Vec<_> = items(refs)
+            .iter()
+            .map(|r| (text(r, "group"), text(r, "kind"), text(r, "namespace"), text(r, "name")))
+            .collect();
+        all_distinct(&keys)
+    }),
+    ("sectionName or port must be unique when parentRefs includes 2 or more references to the same parent", |refs| {
+        let keys: Vec<_> = items(refs)
+            .iter()
+            .map(|r| (text(r, "group"), text(r, "kind"), text(r, "namespace"), text(r, "name")))
+            .collect();
+        all_distinct(&keys)
+    }),
+    ("While 16 rules and 64 matches per rule are allowed, the total number of matches across all rules in a route must be less than 128", |rules| {
+        items(rules).iter().map(|r| list(r, "matches").len()).sum::<usize>() <= 128
+    }),
+    ("Rule name must be unique within the route", |rules| {
+        let names: Vec<&str> = items(rules).iter().filter_map(|r| field(r, "name")?.as_str()).collect();
+        all_distinct(&names)
+    }),
+    ("RequestRedirect filter must not be used together with backendRefs", |rule| {
+        list(rule, "backendRefs").is_empty()
+            || list(rule, "filters").iter().all(|f| field(f, "requestRedirect").is_none())
+    }),
+    // Sufficient for the four replacePrefixMatch rules: no such rewrite at all.
+    ("When using RequestRedirect filter with path.replacePrefixMatch, exactly one PathPrefix match must be specified", |rule| {
+        !uses_replace_prefix_match(list(rule, "filters"))
+    }),
+    ("When using URLRewrite filter with path.replacePrefixMatch, exactly one PathPrefix match must be specified", |rule| {
+        !uses_replace_prefix_match(list(rule, "filters"))
+    }),
+    ("Within backendRefs, when using RequestRedirect filter with path.replacePrefixMatch, exactly one PathPrefix match must be specified", |rule| {
+        list(rule, "backendRefs").iter().all(|b| !uses_replace_prefix_match(list(b, "filters")))
+    }),
+    ("Within backendRefs, When using URLRewrite filter with path.replacePrefixMatch, exactly one PathPrefix match must be specified", |rule| {
+        list(rule, "backendRefs").iter().all(|b| !uses_replace_prefix_match(list(b, "filters")))
+    }),
+    ("Must have port for Service reference", |backend_ref| {
+        // `group` defaults to "" and `kind` to Service before CEL runs.
+        let kind = field(backend_ref, "kind").and_then(Value::as_str).unwrap_or("Service");
+        !(text(backend_ref, "group").is_empty() && kind == "Service") || field(backend_ref, "port").is_some()
+    }),
+    // Backend
+    ("DynamicResolver type cannot have endpoints specified", |spec| {
+        text(spec, "type") != "DynamicResolver" || field(spec, "endpoints").is_none()
+    }),
+    ("DynamicResolver type cannot use autoSNIFromEndpointHostname", |spec| {
+        text(spec, "type") != "DynamicResolver" || !auto_sni(field(spec, "tls"))
+    }),
+    ("when autoSNIFromEndpointHostname is enabled, IP and Unix endpoints must define a hostname", |spec| {
+        !auto_sni(field(spec, "tls"))
+            || list(spec, "endpoints").iter().all(|e| {
+                (field(e, "ip").is_none() && field(e, "unix").is_none()) || field(e, "hostname").is_some()
+            })
+    }),
+    ("must not contain both CACertificateRefs and WellKnownCACertificates", |tls| {
+        list(tls, "caCertificateRefs").is_empty() || text(tls, "wellKnownCACertificates").is_empty()
+    }),
+    ("must not contain either CACertificateRefs or WellKnownCACertificates when InsecureSkipVerify is enabled", |tls| {
+        field(tls, "insecureSkipVerify") != Some(&json!(true))
+            || (list(tls, "caCertificateRefs").is_empty() && text(tls, "wellKnownCACertificates").is_empty())
+    }),
+    ("sni and autoSNIFromEndpointHostname are mutually exclusive", |tls| {
+        field(tls, "sni").is_none() || !auto_sni(Some(tls))
+    }),
+    ("setting ciphers has no effect if the minimum possible TLS version is 1.3", |tls| {
+        text(tls, "minVersion") != "1.3" || field(tls, "ciphers").is_none()
+    }),
+    ("minVersion must be smaller or equal to maxVersion", |tls| {
+        let rank = |v: &str, auto: u8| match v {
+            "Auto" => Some(auto),
+            "1.0" => Some(1),
+            "1.1" => Some(2),
+            "1.2" => Some(3),
+            "1.3" => Some(4),
+            _ => None,
+        };
+        match (field(tls, "minVersion"), field(tls, "maxVersion")) {
+            (Some(min), Some(max)) => rank(min.as_str().unwrap_or(""), 0) <= rank(max.as_str().unwrap_or(""), 5),
+            (None, Some(max)) => Some(3) <= rank(max.as_str().unwrap_or(""), 5),
+            _ => true,
+        }
+    }),
+    // GatewayClass: only constrains updates; a manifest is a create.
+    ("Value is immutable", |_| true),
+    // Gateway
+    ("tls must not be specified for protocols ['HTTP', 'TCP', 'UDP']", |listeners| {
+        items(listeners)
+            .iter()
+            .all(|l| !["HTTP", "TCP", "UDP"].contains(&text(l, "protocol")) || field(l, "tls").is_none())
+    }),
+    ("tls mode must be Terminate for protocol HTTPS", |listeners| {
+        items(listeners).iter().all(|l| {
+            let mode = l.pointer("/tls/mode").and_then(Value::as_str).unwrap_or("");
+            text(l, "protocol") != "HTTPS" || mode.is_empty() || mode == "Terminate"
+        })
+    }),
+    ("tls mode must be set for protocol TLS", |listeners| {
+        items(listeners).iter().all(|l| {
+            text(l, "protocol") != "TLS" || !l.pointer("/tls/mode").and_then(Value::as_str).unwrap_or("").is_empty()
+        })
+    }),
+    ("hostname must not be specified for protocols ['TCP', 'UDP']", |listeners| {
+        items(listeners)
+            .iter()
+            .all(|l| !["TCP", "UDP"].contains(&text(l, "protocol")) || text(l, "hostname").is_empty())
+    }),
+    ("Listener name must be unique within the Gateway", |listeners| {
+        let names: Vec<&str> = items(listeners).iter().map(|l| text(l, "name")).collect();
+        all_distinct(&names)
+    }),
+    ("Combination of port, protocol and hostname must be unique for each listener", |listeners| {
+        let keys: Vec<_> = items(listeners)
+            .iter()
+            .map(|l| (field(l, "port").cloned(), text(l, "protocol"), field(l, "hostname").cloned()))
+            .collect();
+        all_distinct(&keys)
+    }),
+    // EnvoyExtensionPolicy
+    ("either targetRef or targetRefs must be used", |spec| {
+        (field(spec, "targetRef").is_some() != field(spec, "targetRefs").is_some())
+            || !list(spec, "targetSelectors").is_empty()
+    }),
+    ("this policy can only have a targetRef.group of gateway.networking.k8s.io", |spec| {
+        field(spec, "targetRef").is_none_or(|r| text(r, "group") == "gateway.networking.k8s.io")
+    }),
+    ("this policy can only have a targetRef.kind of Gateway/ListenerSet/HTTPRoute/GRPCRoute/TCPRoute/UDPRoute/TLSRoute", |spec| {
+        field(spec, "targetRef").is_none_or(|r| POLICY_TARGET_KINDS.contains(&text(r, "kind")))
+    }),
+    ("this policy can only have a targetRefs[*].group of gateway.networking.k8s.io", |spec| {
+        list(spec, "targetRefs").iter().all(|r| text(r, "group") == "gateway.networking.k8s.io")
+    }),
+    ("this policy can only have a targetRefs[*].kind of Gateway/ListenerSet/HTTPRoute/GRPCRoute/TCPRoute/UDPRoute/TLSRoute", |spec| {
+        list(spec, "targetRefs").iter().all(|r| POLICY_TARGET_KINDS.contains(&text(r, "kind")))
+    }),
+    ("mergeType can only be used with xRoute targets", |spec| {
+        field(spec, "mergeType").is_none()
+            || (field(spec, "targetRef").is_none_or(|r| ROUTE_KINDS.contains(&text(r, "kind")))
+                && list(spec, "targetRefs").iter().all(|r| ROUTE_KINDS.contains(&text(r, "kind")))
+                && list(spec, "targetSelectors").iter().all(|r| ROUTE_KINDS.contains(&text(r, "kind"))))
+    }),
+    ("If type is HTTP, http field needs to be set.", |code| {
+        (text(code, "type") == "HTTP") == field(code, "http").is_some()
+    }),
+    ("If type is Image, image field needs to be set.", |code| {
+        (text(code, "type") == "Image") == field(code, "image").is_some()
+    }),
+];
+
+/// `spec.rules[0].backendRefs` -> `/spec/rules/0/backendRefs`.
+fn pointer_of(path: &str) -> String {
+    let mut pointer = String::new();
+    for part in path.split('.') {
+        let (name, indices) = part
+            .split_once('[')
+            .map_or((part, ""), |(n, rest)| (n, rest));
+        pointer.push('/');
+        pointer.push_str(name);
+        for index in indices.split('[') {
+            let index = index.trim_end_matches(']');
+            if !index.is_empty() {
+                pointer.push('/');
+                pointer.push_str(index);
+            }
+        }
+    }
+    pointer
+}
+
+/// The CEL rules a document meets that its equivalent says are broken, or that have no
+/// equivalent: (path, message).
+fn cel_failures(doc: &Document, report: &Report) -> Vec<String> {
+    let mut failures = Vec::new();
+    for rule in &report.unchecked_rules {
+        let node = doc
+            .value
+            .pointer(&pointer_of(&rule.path))
+            .unwrap_or_else(|| panic!("{doc}: no node at {}", rule.path));
+        match CEL_EQUIVALENTS
+            .iter()
+            .find(|(message, _)| *message == rule.message)
+        {
+            None => failures.push(format!(
+                "{}: no equivalent for CEL rule {:?}",
+                rule.path, rule.message
+            )),
+            Some((_, holds)) if !holds(node) => {
+                failures.push(format!("{}: {}", rule.path, rule.message))
+            }
+            Some(_) => {}
+        }
+    }
+    failures
+}
+
+#[test]
+fn cel_rules_hold_on_the_shipped_manifests() {
+    let mut failures = Vec::new();
+    let mut rules = 0;
+    for doc in manifests() {
+        let Ok(report) = check(&doc) else {
+            continue; // every_manifest_validates reports these
+        };
+        rules += report.unchecked_rules.len();
+        failures.extend(
+            cel_failures(&doc, &report)
+                .into_iter()
+                .map(|f| format!("{doc}: {f}")),
+        );
+    }
+    assert!(failures.is_empty(), "CEL rules:\n{}", failures.join("\n"));
+    assert!(
+        rules > 0,
+        "the manifests meet CEL rules; none were reported"
+    );
+}
+
+#[test]
+fn broken_copies_fail_the_cel_equivalents() {
+    let cases: [(Document, &str); 5] = [
+        // A rule the table does not know is a failure, not a pass.
+        (
+            broken(shipped("base", "Gateway", "eg"), "/spec", |spec| {
+                spec["infrastructure"] = json!({"annotations": {"example.com/team": "edge"}});
+            }),
+            "spec.infrastructure.annotations: no equivalent for CEL rule",
+        ),
+        (
+            broken(
+                shipped("wasm-http", "EnvoyExtensionPolicy", "dfp-filter"),
+                "/spec/wasm/0/code",
+                |code| {
+                    code["image"] = json!({"url": "registry.example/dfp:1"});
+                },
+            ),
+            "spec.wasm[0].code: If type is Image, image field needs to be set.",
+        ),
+        (
+            broken(
+                shipped("base", "Backend", "backend-dynamic-resolver"),
+                "/spec",
+                |spec| {
+                    spec["endpoints"] = json!([{"fqdn": {"hostname": "example.com", "port": 443}}]);
+                },
+            ),
+            "spec: DynamicResolver type cannot have endpoints specified",
+        ),
+        (
+            broken(
+                shipped("base", "Gateway", "eg"),
+                "/spec/listeners",
+                |listeners| {
+                    let mut copy = listeners[0].clone();
+                copy["name"] = json!("http-again");
+                    listeners.as_array_mut().expect("listeners").push(copy);
+                },
+            ),
+            "spec.listeners: Combination of port, protocol and hostname must be unique for each listener",
+        ),
+        (
+            broken(
+                shipped("wasm-http", "EnvoyExtensionPolicy", "dfp-filter"),
+                "/spec",
+                |spec| {
+                    spec["targetRef"] = spec["targetRefs"][0].clone();
+                },
+            ),
+            "spec: either targetRef or targetRefs must be used",
+        ),
+    ];
+    for (doc, expected) in cases {
+        let report = check(&doc).unwrap_or_else(|v| panic!("schema: {}", describe(&doc, &v)));
+        let failures = cel_failures(&doc, &report);
+        assert!(
+            failures.iter().any(|f| f.starts_with(expected)),
+            "{doc}: expected {expected:?}, got {failures:?}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Broken copies: the checks above can fail, and say where
 
 /// A shipped document, to break.
