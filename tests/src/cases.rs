@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -120,6 +120,12 @@ pub struct Expect {
     /// received it.
     #[serde(default)]
     pub upstream: Option<ExpectUpstream>,
+    /// The response code details the proxy logs for the request (`%RESPONSE_CODE_DETAILS%`).
+    #[serde(default)]
+    pub details: Option<String>,
+    /// Like `details`, for details whose tail carries resolver or TLS library text.
+    #[serde(default)]
+    pub details_prefix: Option<String>,
     /// CONNECT: the tunnel bytes must come back (from the TCP echo).
     #[serde(default)]
     pub tunnel_echo: bool,
@@ -199,6 +205,8 @@ impl Case {
 pub struct Target {
     pub listener: SocketAddr,
     pub admin: SocketAddr,
+    /// The proxy's access log (`<case id> <status> <response code details>` lines), if any.
+    pub access_log: Option<PathBuf>,
     pub world: Arc<World>,
 }
 
@@ -254,6 +262,9 @@ pub async fn run_case(target: &Target, case: &Case) -> anyhow::Result<()> {
     };
     check_response(case, &response)?;
     check_upstreams(target, case)?;
+    if case.expect.details.is_some() || case.expect.details_prefix.is_some() {
+        check_details(target, case).await?;
+    }
 
     if !case.expect.counters.is_empty() {
         check_counters(target.admin, &case.expect.counters, &before).await?;
@@ -467,6 +478,42 @@ async fn check_counters(
         if overshoot || tokio::time::Instant::now() > deadline {
             anyhow::bail!("counter deltas {deltas:?}, expected {want:?}");
         }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits for the case's access log line and compares its response code details.
+async fn check_details(target: &Target, case: &Case) -> anyhow::Result<()> {
+    let path = target
+        .access_log
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("expects details, but the proxy has no access log"))?;
+    let prefix = format!("{} ", case.id());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = tokio::fs::read_to_string(path).await.unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.starts_with(&prefix)) {
+            // `<id> <status> <details>`; the id has no spaces.
+            let details = line.splitn(3, ' ').nth(2).unwrap_or_default();
+            if let Some(want) = &case.expect.details {
+                anyhow::ensure!(
+                    details == want,
+                    "response code details {details:?}, expected {want:?}"
+                );
+            }
+            if let Some(prefix) = &case.expect.details_prefix {
+                anyhow::ensure!(
+                    details.starts_with(prefix.as_str()),
+                    "response code details {details:?}, expected to start with {prefix:?}"
+                );
+            }
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no access log line for the case in {}",
+            path.display()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -175,6 +175,8 @@ impl Envoy {
             // No shared memory: parallel Envoys never clash over a base id.
             .arg("--disable-hot-restart")
             .args(["--concurrency", "2", "-l", "info"])
+            // Access log lines are checked by tests: flush them promptly.
+            .args(["--file-flush-interval-msec", "100"])
             .args([
                 "--component-log-level",
                 "wasm:debug,dns:debug,forward_proxy:debug",

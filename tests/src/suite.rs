@@ -3,7 +3,11 @@
 //! (`tests/tests/envoy_e2e.rs`) uses it; a host-sim suite plugs in its own launcher.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
+
+use serde_json::Value;
+use tempfile::TempDir;
 
 use tokio::sync::OnceCell;
 
@@ -50,22 +54,37 @@ pub enum ProxyKind {
     Envoy,
 }
 
-/// Starts a proxy of `kind` on the bootstrap for `variant`.
+/// A started proxy and where its access log goes.
+pub struct Running {
+    pub proxy: Box<dyn Proxy>,
+    pub access_log: PathBuf,
+    _dir: TempDir,
+}
+
+/// Starts a proxy of `kind` on the test bootstrap with the given filter configs.
 pub async fn start_proxy(
     kind: ProxyKind,
     world: &World,
-    variant: &Variant,
-) -> anyhow::Result<Box<dyn Proxy>> {
+    downstream: &Value,
+    upstream: &Value,
+) -> anyhow::Result<Running> {
+    let dir = tempfile::Builder::new().prefix("dfp-access-").tempdir()?;
+    let access_log = dir.path().join("access.log");
     let bootstrap = world.render_bootstrap(
         &bootstrap_template()?,
-        &variant.downstream,
-        &variant.upstream,
-        0,
-        0,
+        downstream,
+        upstream,
+        (0, 0),
+        &access_log,
     )?;
-    match kind {
-        ProxyKind::Envoy => Ok(Box::new(Envoy::start(&bootstrap).await?)),
-    }
+    let proxy: Box<dyn Proxy> = match kind {
+        ProxyKind::Envoy => Box::new(Envoy::start(&bootstrap).await?),
+    };
+    Ok(Running {
+        proxy,
+        access_log,
+        _dir: dir,
+    })
 }
 
 /// Starts a proxy with `variant_name` and runs that variant's cases against it. Returns the
@@ -81,10 +100,12 @@ pub async fn run_variant(kind: ProxyKind, variant_name: &str) -> anyhow::Result<
         .filter(|c| c.variant == variant_name)
         .collect();
     anyhow::ensure!(!cases.is_empty(), "variant {variant_name:?} has no cases");
-    let proxy = start_proxy(kind, &world, variant).await?;
+    let running = start_proxy(kind, &world, &variant.downstream, &variant.upstream).await?;
+    let proxy = &running.proxy;
     let target = Target {
         listener: proxy.listener(),
         admin: proxy.admin(),
+        access_log: Some(running.access_log.clone()),
         world: world.clone(),
     };
     let mut failures = cases::run_all(&target, &cases, PARALLEL_CASES).await;

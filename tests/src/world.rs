@@ -87,16 +87,18 @@ impl World {
     }
 
     /// Renders a bootstrap template with this world's addresses, the given filter configs
-    /// (JSON values) and listener/admin ports (0: let the proxy pick).
+    /// (JSON values), listener/admin ports (0: let the proxy pick) and access log file.
     pub fn render_bootstrap(
         &self,
         template_text: &str,
         downstream: &serde_json::Value,
         upstream: &serde_json::Value,
-        listener_port: u16,
-        admin_port: u16,
+        ports: (u16, u16),
+        access_log: &Path,
     ) -> anyhow::Result<String> {
+        let (listener_port, admin_port) = ports;
         let mut vars = self.vars();
+        vars.insert("ACCESS_LOG".into(), path_text(access_log));
         // A JSON string is a valid YAML double-quoted scalar: the config goes in verbatim.
         vars.insert(
             "DOWNSTREAM_CONFIG".into(),

@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde_json::Value;
 use tests::envoy;
-use tests::proxy::Proxy;
 use tests::rt::block_on;
 use tests::suite::{self, ProxyKind};
 use tests::template;
@@ -39,6 +38,25 @@ fn report_variant_cases() {
     run_variant("report");
 }
 
+#[test]
+fn header_variant_cases() {
+    run_variant("header");
+}
+
+/// The variants the tests above run; every variant in variants.yaml must be one of them.
+const TESTED_VARIANTS: [&str; 4] = ["enforce", "strict", "report", "header"];
+
+#[test]
+fn every_variant_is_run() {
+    let world = block_on(suite::shared_world()).expect("fixtures");
+    let (variants, _) = suite::load(&world).expect("cases");
+    let mut defined: Vec<&str> = variants.keys().map(String::as_str).collect();
+    let mut tested = TESTED_VARIANTS.to_vec();
+    defined.sort_unstable();
+    tested.sort_unstable();
+    assert_eq!(defined, tested, "add a #[test] for each new variant");
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct InvalidConfig {
@@ -65,8 +83,16 @@ fn invalid_filter_configs_are_refused() {
         let template_text = suite::bootstrap_template().expect("template");
 
         // The unchanged variant must pass, or every "refused" below would prove nothing.
+        let scratch = tempfile::tempdir().expect("tempdir");
+        let access_log = scratch.path().join("access.log");
         let baseline = world
-            .render_bootstrap(&template_text, &good.downstream, &good.upstream, 0, 0)
+            .render_bootstrap(
+                &template_text,
+                &good.downstream,
+                &good.upstream,
+                (0, 0),
+                &access_log,
+            )
             .expect("render");
         let outcome = envoy::validate(&baseline, &workspace_root()).expect("run envoy");
         assert!(
@@ -99,6 +125,10 @@ fn invalid_filter_configs_are_refused() {
             );
             vars.insert("LISTENER_PORT".into(), "0".into());
             vars.insert("ADMIN_PORT".into(), "0".into());
+            vars.insert(
+                "ACCESS_LOG".into(),
+                access_log.to_string_lossy().into_owned(),
+            );
             let bootstrap = template::render(&template_text, &vars).expect("render");
             let outcome = envoy::validate(&bootstrap, &workspace_root()).expect("run envoy");
             if outcome.success {
@@ -156,16 +186,10 @@ fn upstream_stage_stops_the_request_but_not_the_connect() {
             "clusters": { "plain": "dfp_plain", "tls": "dfp_tls" }
         });
         let upstream = serde_json::json!({ "stage": "upstream" });
-        let bootstrap = world
-            .render_bootstrap(
-                &suite::bootstrap_template().expect("template"),
-                &downstream,
-                &upstream,
-                0,
-                0,
-            )
-            .expect("render");
-        let envoy = envoy::Envoy::start(&bootstrap).await.expect("envoy");
+        let running = suite::start_proxy(ProxyKind::Envoy, &world, &downstream, &upstream)
+            .await
+            .expect("envoy");
+        let envoy = &running.proxy;
 
         let request = tests::client::Request {
             method: "GET".into(),
