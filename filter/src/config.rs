@@ -8,13 +8,10 @@
 //! because a security policy that silently keeps the last of two `allow` lists, or ignores a
 //! misspelt `deny`, is worse than one that refuses to load.
 
-use std::fmt::Write as _;
-
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_json::{Map, Value};
-
 use crate::destination::{self, Host};
+use crate::json::{self, Json};
 use crate::net::{self, Cidr};
+use crate::response::json_string;
 
 /// Where the filter runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -24,6 +21,15 @@ pub enum Stage {
     /// An upstream HTTP filter of the dynamic-forward-proxy cluster: decides the address Envoy
     /// connects to (`upstream.address`), after DNS.
     Upstream,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Report => "report",
+        }
+    }
 }
 
 impl Stage {
@@ -144,23 +150,22 @@ impl FilterConfig {
     /// Parses and validates the plugin configuration. An empty document (or only whitespace)
     /// is the empty object: downstream, enforce, no allow rules — everything denied.
     pub fn from_json(text: &str) -> Result<FilterConfig, ConfigError> {
-        let value = if text.trim().is_empty() {
-            Value::Object(Map::new())
+        let blank = text
+            .bytes()
+            .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+        let value = if blank {
+            Json::Object(Vec::new())
         } else {
-            let mut de = serde_json::Deserializer::from_str(text);
-            let StrictValue(value) = StrictValue::deserialize(&mut de)
-                .map_err(|e| ConfigError::new("configuration", format!("invalid JSON: {e}")))?;
-            de.end()
-                .map_err(|e| ConfigError::new("configuration", format!("invalid JSON: {e}")))?;
-            value
+            json::parse(text)
+                .map_err(|e| ConfigError::new("configuration", format!("invalid JSON: {e}")))?
         };
         from_value(&value)
     }
 }
 
-fn from_value(value: &Value) -> Result<FilterConfig, ConfigError> {
+fn from_value(value: &Json) -> Result<FilterConfig, ConfigError> {
     let top = object(value, "configuration", TOP_KEYS)?;
-    let field = |k: &str| top.get(k).filter(|v| !v.is_null());
+    let field = |k: &str| member(top, k);
 
     let stage = match field("stage") {
         None => Stage::Downstream,
@@ -236,7 +241,7 @@ fn from_value(value: &Value) -> Result<FilterConfig, ConfigError> {
         if *dest == routing.header {
             return Err(ConfigError::new(
                 "destination_header",
-                format!("{dest:?} is also the cluster_header"),
+                format!("{} is also the cluster_header", quote(dest)),
             ));
         }
     }
@@ -245,11 +250,11 @@ fn from_value(value: &Value) -> Result<FilterConfig, ConfigError> {
         None => (net::special_purpose(), Vec::new()),
         Some(v) => {
             let map = object(v, "addresses", ADDRESSES_KEYS)?;
-            let deny = match map.get("deny").filter(|v| !v.is_null()) {
+            let deny = match member(map, "deny") {
                 None => net::special_purpose(),
                 Some(list) => cidr_list(list, "addresses.deny")?,
             };
-            let allow = match map.get("allow").filter(|v| !v.is_null()) {
+            let allow = match member(map, "allow") {
                 None => Vec::new(),
                 Some(list) => cidr_list(list, "addresses.allow")?,
             };
@@ -269,24 +274,22 @@ fn from_value(value: &Value) -> Result<FilterConfig, ConfigError> {
     })
 }
 
-fn allow_rule(value: &Value, path: &str) -> Result<AllowRule, ConfigError> {
+fn allow_rule(value: &Json, path: &str) -> Result<AllowRule, ConfigError> {
     let map = object(value, path, ALLOW_KEYS)?;
     let host = rule_host(map, path)?;
-    let tls = match map.get("tls").filter(|v| !v.is_null()) {
+    let tls = match member(map, "tls") {
         None => None,
         Some(v) => Some(
             v.as_bool()
                 .ok_or_else(|| invalid(&format!("{path}.tls"), v, "expected true or false"))?,
         ),
     };
-    let ports = match map.get("ports").filter(|v| !v.is_null()) {
+    let ports = match member(map, "ports") {
         Some(v) => ports(v, &format!("{path}.ports"))?,
         None if tls == Some(true) => vec![443],
         None => vec![80],
     };
-    let methods = map
-        .get("methods")
-        .filter(|v| !v.is_null())
+    let methods = member(map, "methods")
         .map(|v| methods(v, &format!("{path}.methods")))
         .transpose()?;
     Ok(AllowRule {
@@ -297,17 +300,13 @@ fn allow_rule(value: &Value, path: &str) -> Result<AllowRule, ConfigError> {
     })
 }
 
-fn deny_rule(value: &Value, path: &str) -> Result<DenyRule, ConfigError> {
+fn deny_rule(value: &Json, path: &str) -> Result<DenyRule, ConfigError> {
     let map = object(value, path, DENY_KEYS)?;
     let host = rule_host(map, path)?;
-    let ports = map
-        .get("ports")
-        .filter(|v| !v.is_null())
+    let ports = member(map, "ports")
         .map(|v| ports(v, &format!("{path}.ports")))
         .transpose()?;
-    let methods = map
-        .get("methods")
-        .filter(|v| !v.is_null())
+    let methods = member(map, "methods")
         .map(|v| methods(v, &format!("{path}.methods")))
         .transpose()?;
     Ok(DenyRule {
@@ -317,16 +316,14 @@ fn deny_rule(value: &Value, path: &str) -> Result<DenyRule, ConfigError> {
     })
 }
 
-fn rule_host(map: &Map<String, Value>, path: &str) -> Result<HostPattern, ConfigError> {
+fn rule_host(map: &[(String, Json)], path: &str) -> Result<HostPattern, ConfigError> {
     let path = format!("{path}.host");
-    let value = map
-        .get("host")
-        .filter(|v| !v.is_null())
+    let value = member(map, "host")
         .ok_or_else(|| ConfigError::new(&path, "missing: every rule needs a host"))?;
     let text = value
         .as_str()
         .ok_or_else(|| invalid(&path, value, "expected a string"))?;
-    parse_host_pattern(text).map_err(|why| invalid(&path, value, &why))
+    parse_host_pattern(text).map_err(|why| ConfigError::new(&path, why))
 }
 
 /// Parses a rule host: `*.suffix`, a CIDR, an IP literal (IPv6 with or without brackets) or an
@@ -341,23 +338,25 @@ pub fn parse_host_pattern(text: &str) -> Result<HostPattern, String> {
             .filter(|s| !s.contains('*') && !s.is_empty())
             .ok_or_else(|| {
                 format!(
-                    "invalid wildcard {text:?}: only a whole leading label may be \"*\", as in \"*.example.org\""
+                    "invalid wildcard {}: only a whole leading label may be \"*\", as in \"*.example.org\"",
+                    quote(text)
                 )
             })?;
-        let name = dns_name(suffix).map_err(|why| format!("invalid wildcard {text:?}: {why}"))?;
+        let name =
+            dns_name(suffix).map_err(|why| format!("invalid wildcard {}: {why}", quote(text)))?;
         return Ok(HostPattern::Wildcard(name));
     }
     if text.contains('/') {
         return Cidr::parse(text)
             .map(HostPattern::Cidr)
-            .map_err(|e| format!("invalid CIDR {text:?}: {e}"));
+            .map_err(|e| format!("invalid CIDR {}: {e}", quote(text)));
     }
     if let Some(ip) = ip_literal(text) {
         return Ok(HostPattern::Cidr(Cidr::host(ip)));
     }
     dns_name(text)
         .map(HostPattern::Exact)
-        .map_err(|why| format!("invalid host {text:?}: {why}"))
+        .map_err(|why| format!("invalid host {}: {why}", quote(text)))
 }
 
 fn ip_literal(text: &str) -> Option<std::net::IpAddr> {
@@ -380,7 +379,7 @@ fn dns_name(text: &str) -> Result<String, String> {
     }
 }
 
-fn ports(value: &Value, path: &str) -> Result<Vec<u16>, ConfigError> {
+fn ports(value: &Json, path: &str) -> Result<Vec<u16>, ConfigError> {
     let items = array(value, path)?;
     if items.is_empty() {
         return Err(invalid(
@@ -407,7 +406,7 @@ fn ports(value: &Value, path: &str) -> Result<Vec<u16>, ConfigError> {
         .collect()
 }
 
-fn methods(value: &Value, path: &str) -> Result<Vec<String>, ConfigError> {
+fn methods(value: &Json, path: &str) -> Result<Vec<String>, ConfigError> {
     let items = array(value, path)?;
     if items.is_empty() {
         return Err(invalid(
@@ -437,7 +436,7 @@ fn methods(value: &Value, path: &str) -> Result<Vec<String>, ConfigError> {
         .collect()
 }
 
-fn header_name(value: &Value, path: &str) -> Result<String, ConfigError> {
+fn header_name(value: &Json, path: &str) -> Result<String, ConfigError> {
     const TCHAR: &[u8] = b"!#$%&'*+-.^_`|~";
     let name = value
         .as_str()
@@ -463,13 +462,11 @@ fn header_name(value: &Value, path: &str) -> Result<String, ConfigError> {
     Ok(name.to_owned())
 }
 
-fn clusters(value: &Value) -> Result<(String, String), ConfigError> {
+fn clusters(value: &Json) -> Result<(String, String), ConfigError> {
     let map = object(value, "clusters", CLUSTERS_KEYS)?;
     let name = |key: &str| {
         let path = format!("clusters.{key}");
-        let v = map
-            .get(key)
-            .filter(|v| !v.is_null())
+        let v = member(map, key)
             .ok_or_else(|| ConfigError::new(&path, "missing: both plain and tls are required"))?;
         v.as_str()
             .filter(|s| !s.is_empty() && s.bytes().all(|b| (0x21..0x7f).contains(&b)))
@@ -485,7 +482,7 @@ fn clusters(value: &Value) -> Result<(String, String), ConfigError> {
     Ok((name("plain")?, name("tls")?))
 }
 
-fn cidr_list(value: &Value, path: &str) -> Result<Vec<Cidr>, ConfigError> {
+fn cidr_list(value: &Json, path: &str) -> Result<Vec<Cidr>, ConfigError> {
     array(value, path)?
         .iter()
         .enumerate()
@@ -500,14 +497,14 @@ fn cidr_list(value: &Value, path: &str) -> Result<Vec<Cidr>, ConfigError> {
 }
 
 fn object<'a>(
-    value: &'a Value,
+    value: &'a Json,
     path: &str,
     known: &[&str],
-) -> Result<&'a Map<String, Value>, ConfigError> {
+) -> Result<&'a [(String, Json)], ConfigError> {
     let map = value
         .as_object()
         .ok_or_else(|| invalid(path, value, "expected an object"))?;
-    for key in map.keys() {
+    for (key, _) in map {
         if !known.contains(&key.as_str()) {
             let key_path = if path == "configuration" {
                 key.clone()
@@ -516,21 +513,28 @@ fn object<'a>(
             };
             return Err(ConfigError::new(
                 &key_path,
-                format!("unknown key (expected one of: {})", known.join(", ")),
+                format!("unknown key (expected one of: {})", list(known)),
             ));
         }
     }
     Ok(map)
 }
 
-fn array<'a>(value: &'a Value, path: &str) -> Result<&'a Vec<Value>, ConfigError> {
+/// The member `key` of an object, with `null` read as absent.
+fn member<'a>(map: &'a [(String, Json)], key: &str) -> Option<&'a Json> {
+    map.iter()
+        .find_map(|(k, v)| (k == key).then_some(v))
+        .filter(|v| !v.is_null())
+}
+
+fn array<'a>(value: &'a Json, path: &str) -> Result<&'a [Json], ConfigError> {
     value
         .as_array()
         .ok_or_else(|| invalid(path, value, "expected an array"))
 }
 
 /// An error quoting the value as JSON (escaped, and shortened when long).
-fn invalid(path: &str, value: &Value, why: &str) -> ConfigError {
+fn invalid(path: &str, value: &Json, why: &str) -> ConfigError {
     let mut shown = value.to_string();
     if shown.len() > 120 {
         let mut cut = 117;
@@ -540,85 +544,25 @@ fn invalid(path: &str, value: &Value, why: &str) -> ConfigError {
         shown.truncate(cut);
         shown.push_str("...");
     }
-    let mut message = String::new();
-    // The wildcard/host messages already quote the value; avoid quoting it twice.
-    if why.contains(&shown) {
-        message.push_str(why);
-    } else {
-        let _ = write!(message, "invalid value {shown}: {why}");
-    }
-    ConfigError::new(path, message)
+    ConfigError::new(path, format!("invalid value {shown}: {why}"))
 }
 
-/// A JSON value read with duplicate object keys refused (serde_json's `Value` keeps the last).
-struct StrictValue(Value);
-
-impl<'de> Deserialize<'de> for StrictValue {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<StrictValue, D::Error> {
-        deserializer.deserialize_any(StrictVisitor).map(StrictValue)
-    }
+/// `s` as a JSON string literal, for quoting values in messages safely.
+fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    json_string(&mut out, s);
+    out
 }
 
-struct StrictVisitor;
-
-impl<'de> Visitor<'de> for StrictVisitor {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
-    }
-
-    fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-
-    fn visit_none<E: de::Error>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = Vec::new();
-        while let Some(StrictValue(v)) = seq.next_element()? {
-            items.push(v);
+fn list(items: &[&str]) -> String {
+    let mut out = String::new();
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
         }
-        Ok(Value::Array(items))
+        out.push_str(item);
     }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
-        let mut map = Map::new();
-        while let Some(key) = access.next_key::<String>()? {
-            if map.contains_key(&key) {
-                return Err(de::Error::custom(format_args!("duplicate key {key:?}")));
-            }
-            let StrictValue(v) = access.next_value()?;
-            map.insert(key, v);
-        }
-        Ok(Value::Object(map))
-    }
+    out
 }
 
 #[cfg(test)]
@@ -946,12 +890,12 @@ mod tests {
             (
                 r#"{"allow":[], "allow":[{"host":"a.test"}]}"#,
                 "configuration",
-                "duplicate key \"allow\"",
+                "duplicate key at line 1 column 14",
             ),
             (
                 r#"{"allow":[{"host":"a.test","host":"b.test"}]}"#,
                 "configuration",
-                "duplicate key \"host\"",
+                "duplicate key at line 1 column 28",
             ),
             (r#"{"allow":["#, "configuration", "invalid JSON"),
             (r#"{} {}"#, "configuration", "invalid JSON"),

@@ -114,7 +114,7 @@ pub struct Destination {
 impl Destination {
     /// The canonical host: a lower-case name, dotted-quad IPv4, or bracketed IPv6.
     pub fn host(&self) -> &str {
-        &self.text[..self.host_len]
+        self.text.get(..self.host_len).unwrap_or_default()
     }
 
     pub fn kind(&self) -> Host {
@@ -150,25 +150,9 @@ impl Destination {
             return;
         }
         self.text.push(':');
-        push_decimal(&mut self.text, port);
+        net::push_decimal(&mut self.text, u32::from(port));
         self.port = Some(port);
         self.rewritten = true;
-    }
-}
-
-fn push_decimal(out: &mut String, mut n: u16) {
-    let mut digits = [0u8; 5];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for &d in &digits[i..] {
-        out.push(char::from(d));
     }
 }
 
@@ -223,7 +207,7 @@ pub fn parse(input: Vec<u8>) -> Result<Destination, InvalidReason> {
     let host_len = text.len();
     if let Some(p) = port {
         text.push(':');
-        push_decimal(&mut text, p);
+        net::push_decimal(&mut text, u32::from(p));
     }
     Ok(Destination {
         text,
@@ -275,14 +259,12 @@ fn parse_bracketed(input: Vec<u8>) -> Result<Destination, InvalidReason> {
     };
     let mut text = String::with_capacity(input.len());
     text.push('[');
-    // Display writes RFC 5952 text: lower case, longest zero run compressed.
-    use fmt::Write as _;
-    let _ = write!(text, "{addr}");
+    net::push_ipv6(&mut text, addr);
     text.push(']');
     let host_len = text.len();
     if let Some(p) = port {
         text.push(':');
-        push_decimal(&mut text, p);
+        net::push_decimal(&mut text, u32::from(p));
     }
     let rewritten = text.as_bytes() != input.as_slice();
     Ok(Destination {

@@ -1,15 +1,17 @@
-//! Lookup structures compiled once from rule hosts, so that matching a destination costs a fixed
-//! number of hash probes (one per label, one per distinct prefix length) instead of a scan over
-//! the rules.
+//! Lookup structures compiled once from rule hosts, so that matching a destination costs one
+//! binary search per label and per distinct prefix length — logarithmic in the number of rules,
+//! never a scan over them.
+//!
+//! Sorted vectors rather than hash maps: lookups are as fast for the rule counts a proxy sees,
+//! and they keep `dfp_filter.wasm` small (no second hash table implementation next to the SDK's,
+//! no std sort instantiations; see [`heap_sort`]).
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 use std::ops::ControlFlow;
 
 use crate::config::HostPattern;
 use crate::destination::Target;
-use crate::net::{mask4, mask6, Cidr};
+use crate::net::{mask6, Cidr};
 
 /// Position of a rule in its list (configuration order).
 pub(crate) type RuleId = u32;
@@ -19,37 +21,71 @@ pub(crate) type RuleId = u32;
 /// longest prefix to the shortest. Rules of equal specificity keep configuration order.
 #[derive(Debug, Default)]
 pub(crate) struct HostIndex {
-    exact: FastMap<Box<str>, Vec<RuleId>>,
+    exact: SortedMap<Box<str>>,
     /// Keyed by the suffix after `*.`.
-    wildcard: FastMap<Box<str>, Vec<RuleId>>,
-    /// One table per prefix length present, longest first.
-    v4: Vec<(u8, FastMap<u32, Vec<RuleId>>)>,
-    v6: Vec<(u8, FastMap<u128, Vec<RuleId>>)>,
+    wildcard: SortedMap<Box<str>>,
+    v4: IpTable,
+    v6: IpTable,
 }
 
-impl HostIndex {
+/// Address rules keyed by (prefix length, masked address bits); IPv4 bits are kept as u128 so
+/// one table type serves both families.
+#[derive(Debug, Default)]
+struct IpTable {
+    /// The prefix lengths present, longest first: one binary search each.
+    lengths: Vec<u8>,
+    map: SortedMap<(u8, u128)>,
+}
+
+impl IpTable {
+    fn new(entries: Vec<((u8, u128), RuleId)>) -> IpTable {
+        let mut present = [false; 129];
+        for ((len, _), _) in &entries {
+            present[usize::from(*len)] = true;
+        }
+        IpTable {
+            lengths: (0..=128u8)
+                .rev()
+                .filter(|&l| present[usize::from(l)])
+                .collect(),
+            map: SortedMap::new(entries),
+        }
+    }
+}
+
+/// Builds a [`HostIndex`]; rules must be added in configuration order.
+#[derive(Default)]
+pub(crate) struct HostIndexBuilder {
+    exact: Vec<(Box<str>, RuleId)>,
+    wildcard: Vec<(Box<str>, RuleId)>,
+    v4: Vec<((u8, u128), RuleId)>,
+    v6: Vec<((u8, u128), RuleId)>,
+}
+
+impl HostIndexBuilder {
     pub(crate) fn insert(&mut self, pattern: &HostPattern, id: RuleId) {
         match pattern {
-            HostPattern::Exact(name) => {
-                self.exact.entry(name.as_str().into()).or_default().push(id)
-            }
-            HostPattern::Wildcard(suffix) => self
-                .wildcard
-                .entry(suffix.as_str().into())
-                .or_default()
-                .push(id),
+            HostPattern::Exact(name) => self.exact.push((name.as_str().into(), id)),
+            HostPattern::Wildcard(suffix) => self.wildcard.push((suffix.as_str().into(), id)),
             // Mapped destinations arrive as IPv4, so blocks inside ::ffff:0:0/96 are stored so.
             HostPattern::Cidr(cidr) => match cidr.split_mapped() {
-                Cidr::V4 { addr, len } => {
-                    table(&mut self.v4, len).entry(addr).or_default().push(id)
-                }
-                Cidr::V6 { addr, len } => {
-                    table(&mut self.v6, len).entry(addr).or_default().push(id)
-                }
+                Cidr::V4 { addr, len } => self.v4.push(((len, u128::from(addr)), id)),
+                Cidr::V6 { addr, len } => self.v6.push(((len, addr), id)),
             },
         }
     }
 
+    pub(crate) fn build(self) -> HostIndex {
+        HostIndex {
+            exact: SortedMap::new(self.exact),
+            wildcard: SortedMap::new(self.wildcard),
+            v4: IpTable::new(self.v4),
+            v6: IpTable::new(self.v6),
+        }
+    }
+}
+
+impl HostIndex {
     /// Calls `f` for every rule whose host matches `target`, most specific first, until `f`
     /// breaks. `target` must already be normalised (see [`crate::net::normalize`]).
     pub(crate) fn visit(
@@ -59,17 +95,15 @@ impl HostIndex {
     ) -> ControlFlow<()> {
         match target {
             Target::Name(name) => {
-                if !self.exact.is_empty() {
-                    if let Some(ids) = self.exact.get(name) {
-                        ids.iter().try_for_each(|&id| f(id))?;
-                    }
+                if let Some(ids) = self.exact.get(name) {
+                    ids.iter().try_for_each(|&id| f(id))?;
                 }
                 if !self.wildcard.is_empty() {
                     // Each proper suffix that starts after a dot, longest first: label-aware, and
                     // the name itself is never a candidate (`*.example.org` excludes the apex).
                     for (i, b) in name.bytes().enumerate() {
                         if b == b'.' {
-                            if let Some(ids) = self.wildcard.get(&name[i + 1..]) {
+                            if let Some(ids) = self.wildcard.get(name.get(i + 1..).unwrap_or("")) {
                                 ids.iter().try_for_each(|&id| f(id))?;
                             }
                         }
@@ -77,19 +111,14 @@ impl HostIndex {
                 }
                 ControlFlow::Continue(())
             }
-            Target::Ip(IpAddr::V4(v4)) => {
-                let bits = u32::from(v4);
-                for (len, map) in &self.v4 {
-                    if let Some(ids) = map.get(&(bits & mask4(*len))) {
-                        ids.iter().try_for_each(|&id| f(id))?;
-                    }
-                }
-                ControlFlow::Continue(())
-            }
-            Target::Ip(IpAddr::V6(v6)) => {
-                let bits = u128::from(v6);
-                for (len, map) in &self.v6 {
-                    if let Some(ids) = map.get(&(bits & mask6(*len))) {
+            Target::Ip(ip) => {
+                // IPv4 bits go to the top 32 so that one mask function serves both families.
+                let (bits, shift, table) = match ip {
+                    IpAddr::V4(v4) => (u128::from(u32::from(v4)) << 96, 96, &self.v4),
+                    IpAddr::V6(v6) => (u128::from(v6), 0, &self.v6),
+                };
+                for &len in &table.lengths {
+                    if let Some(ids) = table.map.get(&(len, (bits & mask6(len)) >> shift)) {
                         ids.iter().try_for_each(|&id| f(id))?;
                     }
                 }
@@ -99,89 +128,85 @@ impl HostIndex {
     }
 }
 
-/// The table for prefix length `len`, created in its place (tables stay sorted longest first).
-fn table<K>(
-    tables: &mut Vec<(u8, FastMap<K, Vec<RuleId>>)>,
-    len: u8,
-) -> &mut FastMap<K, Vec<RuleId>> {
-    let pos = match tables.iter().position(|(l, _)| *l <= len) {
-        Some(p) if tables[p].0 == len => p,
-        Some(p) => {
-            tables.insert(p, (len, FastMap::default()));
-            p
+/// Keys with the rule ids filed under each, sorted by key for binary search.
+#[derive(Debug)]
+pub(crate) struct SortedMap<K> {
+    keys: Vec<K>,
+    /// `ids[starts[i]..starts[i + 1]]` belong to `keys[i]`, in configuration order.
+    starts: Vec<u32>,
+    ids: Vec<RuleId>,
+}
+
+impl<K> Default for SortedMap<K> {
+    fn default() -> Self {
+        SortedMap {
+            keys: Vec::new(),
+            starts: vec![0],
+            ids: Vec::new(),
         }
-        None => {
-            tables.push((len, FastMap::default()));
-            tables.len() - 1
+    }
+}
+
+impl<K: Ord> SortedMap<K> {
+    fn new(mut entries: Vec<(K, RuleId)>) -> SortedMap<K> {
+        // Sorting by (key, id) keeps configuration order among equal keys.
+        heap_sort(&mut entries, |a, b| a.0 < b.0 || (a.0 == b.0 && a.1 < b.1));
+        let mut map = SortedMap::default();
+        for (key, id) in entries {
+            if map.keys.last() != Some(&key) {
+                if !map.keys.is_empty() {
+                    map.starts.push(map.ids.len() as u32);
+                }
+                map.keys.push(key);
+            }
+            map.ids.push(id);
         }
+        if !map.keys.is_empty() {
+            map.starts.push(map.ids.len() as u32);
+        }
+        map
+    }
+
+    fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    fn get<Q>(&self, key: &Q) -> Option<&[RuleId]>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
+        let i = self.keys.binary_search_by(|k| k.borrow().cmp(key)).ok()?;
+        let from = *self.starts.get(i)? as usize;
+        let to = *self.starts.get(i + 1)? as usize;
+        self.ids.get(from..to)
+    }
+}
+
+/// In-place heapsort with a strict "less than". Small generated code, O(n log n) worst case;
+/// callers make keys unique (by adding the rule id) wherever order among equals matters.
+pub(crate) fn heap_sort<T>(v: &mut [T], less: impl Fn(&T, &T) -> bool) {
+    let sift_down = |v: &mut [T], mut node: usize, end: usize| loop {
+        let mut child = 2 * node + 1;
+        if child >= end {
+            break;
+        }
+        if child + 1 < end && less(&v[child], &v[child + 1]) {
+            child += 1;
+        }
+        if !less(&v[node], &v[child]) {
+            break;
+        }
+        v.swap(node, child);
+        node = child;
     };
-    &mut tables[pos].1
-}
-
-pub(crate) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
-
-/// The multiply-rotate hash used by rustc ("Fx"): a few cycles per word. Keys are short names
-/// and integers from the configuration; flooding is not a concern because lookups never insert.
-#[derive(Clone, Copy, Default)]
-pub(crate) struct FxHasher {
-    hash: u64,
-}
-
-const FX_SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-
-impl FxHasher {
-    #[inline]
-    fn add(&mut self, word: u64) {
-        self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(FX_SEED);
+    let n = v.len();
+    for i in (0..n / 2).rev() {
+        sift_down(v, i, n);
     }
-}
-
-impl Hasher for FxHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            self.add(u64::from_le_bytes(word));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut word = [0u8; 8];
-            word[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(word) ^ ((rest.len() as u64) << 56));
-        }
-    }
-
-    #[inline]
-    fn write_u8(&mut self, n: u8) {
-        self.add(u64::from(n));
-    }
-
-    #[inline]
-    fn write_u32(&mut self, n: u32) {
-        self.add(u64::from(n));
-    }
-
-    #[inline]
-    fn write_u64(&mut self, n: u64) {
-        self.add(n);
-    }
-
-    #[inline]
-    fn write_u128(&mut self, n: u128) {
-        self.add(n as u64);
-        self.add((n >> 64) as u64);
-    }
-
-    #[inline]
-    fn write_usize(&mut self, n: usize) {
-        self.add(n as u64);
-    }
-
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.hash
+    for end in (1..n).rev() {
+        v.swap(0, end);
+        sift_down(v, 0, end);
     }
 }
 
@@ -191,11 +216,11 @@ mod tests {
     use crate::config::parse_host_pattern;
 
     fn index(patterns: &[&str]) -> HostIndex {
-        let mut idx = HostIndex::default();
+        let mut b = HostIndexBuilder::default();
         for (i, p) in patterns.iter().enumerate() {
-            idx.insert(&parse_host_pattern(p).expect("pattern"), i as RuleId);
+            b.insert(&parse_host_pattern(p).expect("pattern"), i as RuleId);
         }
-        idx
+        b.build()
     }
 
     fn matches(idx: &HostIndex, target: Target<'_>) -> Vec<RuleId> {
@@ -263,13 +288,16 @@ mod tests {
             "2001:db8::/32",          // 5
             "2001:db8::1",            // 6
             "::ffff:192.168.0.0/112", // 7: stored as 192.168.0.0/16
+            "10.0.0.0/8",             // 8
         ]);
-        assert_eq!(matches(&idx, ip("10.1.2.3")), vec![1, 3, 0, 2]);
-        assert_eq!(matches(&idx, ip("10.2.0.1")), vec![0, 2]);
+        assert_eq!(matches(&idx, ip("10.1.2.3")), vec![1, 3, 0, 8, 2]);
+        assert_eq!(matches(&idx, ip("10.2.0.1")), vec![0, 8, 2]);
         assert_eq!(matches(&idx, ip("8.8.8.8")), vec![2]);
         assert_eq!(matches(&idx, ip("192.168.7.7")), vec![7, 2]);
         assert_eq!(matches(&idx, ip("2001:db8::1")), vec![6, 5, 4]);
         assert_eq!(matches(&idx, ip("2001:db9::1")), vec![4]);
+        // IPv4 bits never collide with IPv6 keys of the same value.
+        assert_eq!(matches(&idx, ip("::a01:203")), vec![4]);
         // Names never match address rules, nor addresses name rules.
         assert!(matches(&idx, Target::Name("10.example")).is_empty());
         let names = index(&["*.example", "a.example"]);
@@ -277,15 +305,32 @@ mod tests {
     }
 
     #[test]
-    fn fx_hasher_distinguishes_lengths_and_words() {
-        use std::hash::Hash;
-        let h = |s: &str| {
-            let mut hasher = FxHasher::default();
-            s.hash(&mut hasher);
-            hasher.finish()
-        };
-        assert_ne!(h("a"), h("a\0"));
-        assert_ne!(h("example.org"), h("example.orh"));
-        assert_ne!(h("abcdefgh"), h("abcdefghi"));
+    fn heap_sort_sorts() {
+        let mut seed = 0x2545_f491_u64;
+        for n in [0usize, 1, 2, 3, 7, 64, 1000] {
+            let mut v: Vec<u64> = (0..n)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed % 50
+                })
+                .collect();
+            let mut want = v.clone();
+            want.sort();
+            heap_sort(&mut v, |a, b| a < b);
+            assert_eq!(v, want, "n={n}");
+        }
+    }
+
+    #[test]
+    fn sorted_map_groups_ids_in_order() {
+        let map = SortedMap::new(vec![(5u128, 3), (1, 0), (5, 1), (9, 2), (1, 4)]);
+        assert_eq!(map.keys, vec![1, 5, 9]);
+        assert_eq!(map.get(&1), Some(&[0, 4][..]));
+        assert_eq!(map.get(&5), Some(&[1, 3][..]));
+        assert_eq!(map.get(&9), Some(&[2][..]));
+        assert_eq!(map.get(&2), None);
+        assert!(SortedMap::<u128>::new(Vec::new()).get(&0).is_none());
     }
 }

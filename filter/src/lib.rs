@@ -13,6 +13,7 @@
 pub mod config;
 pub mod destination;
 mod index;
+pub mod json;
 pub mod net;
 pub mod policy;
 pub mod response;

@@ -17,7 +17,7 @@ use std::ops::ControlFlow;
 
 use crate::config::{ClusterRouting, FilterConfig, Mode, Stage};
 use crate::destination::{Destination, InvalidReason, Target};
-use crate::index::{HostIndex, RuleId};
+use crate::index::{HostIndex, HostIndexBuilder, RuleId};
 use crate::net::{self, AddressPolicy};
 
 /// Why a destination is denied (answered with 403). Stable strings, see [`DenyReason::as_str`].
@@ -150,7 +150,7 @@ fn methods(list: &Option<Vec<String>>) -> Option<Box<[Box<[u8]>]>> {
 impl Policy {
     pub fn compile(config: &FilterConfig) -> Policy {
         let mut allow = Vec::with_capacity(config.allow.len());
-        let mut allow_index = HostIndex::default();
+        let mut allow_index = HostIndexBuilder::default();
         for (id, rule) in config.allow.iter().enumerate() {
             allow_index.insert(&rule.host, id as RuleId);
             allow.push(Rule {
@@ -160,7 +160,7 @@ impl Policy {
             });
         }
         let mut deny = Vec::with_capacity(config.deny.len());
-        let mut deny_index = HostIndex::default();
+        let mut deny_index = HostIndexBuilder::default();
         for (id, rule) in config.deny.iter().enumerate() {
             deny_index.insert(&rule.host, id as RuleId);
             deny.push(Rule {
@@ -173,9 +173,9 @@ impl Policy {
             stage: config.stage,
             mode: config.mode,
             allow,
-            allow_index,
+            allow_index: allow_index.build(),
             deny,
-            deny_index,
+            deny_index: deny_index.build(),
             addresses: AddressPolicy::new(&config.address_deny, &config.address_allow),
             routing: config.cluster_routing.clone(),
             destination_header: config.destination_header.clone(),

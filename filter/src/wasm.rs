@@ -7,7 +7,6 @@
 //! increment. `:method` is read only when the decision asks for it.
 
 use std::cell::Cell;
-use std::net::SocketAddr;
 use std::ptr::null_mut;
 use std::rc::Rc;
 
@@ -50,7 +49,10 @@ impl RootContext for Root {
         ) {
             Ok(b) => b.unwrap_or_default(),
             Err(status) => {
-                log::error!("dfp-filter: cannot read the plugin configuration: {status:?}");
+                log::error!(
+                    "dfp-filter: cannot read the plugin configuration (status {})",
+                    status as u32
+                );
                 return false;
             }
         };
@@ -71,9 +73,9 @@ impl RootContext for Root {
         };
         let policy = Policy::compile(&config);
         log::info!(
-            "dfp-filter: configured stage={} mode={:?} allow={} deny={}",
+            "dfp-filter: configured stage={} mode={} allow={} deny={}",
             config.stage.as_str(),
-            config.mode,
+            config.mode.as_str(),
             config.allow.len(),
             config.deny.len()
         );
@@ -192,7 +194,11 @@ fn upstream(shared: &Shared) -> Action {
     let address = upstream_address().and_then(|b| net::parse_socket_address(&b));
     let mut method = LazyMethod::default();
     let outcome = shared.policy.decide_upstream(address, &mut method);
-    let shown = address.map(|(ip, port)| SocketAddr::new(ip, port).to_string());
+    let shown = address.map(|(ip, port)| {
+        let mut s = String::with_capacity(48);
+        net::push_socket_address(&mut s, ip, port);
+        s
+    });
     let shown = shown.as_deref().unwrap_or("unknown");
     match outcome {
         Outcome::Allow => shared.metrics.bump(shared.metrics.allowed),
@@ -319,7 +325,8 @@ fn clear_route_cache() {
     }
     if let Err(status) = hostcalls::call_foreign_function("clear_route_cache", Some(&[])) {
         log::debug!(
-            "dfp-filter: clear_route_cache unavailable ({status:?}); the route is not re-picked"
+            "dfp-filter: clear_route_cache unavailable (status {}); the route is not re-picked",
+            status as u32
         );
         if status == Status::NotFound {
             NO_CLEAR_ROUTE_CACHE.with(|c| c.set(true));
