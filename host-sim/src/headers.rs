@@ -105,6 +105,9 @@ impl HeaderMap {
     }
 }
 
+/// Decoded pairs: (key, value) byte strings in order.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Errors decoding a pairs buffer that a guest handed over.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PairsError {
@@ -138,7 +141,7 @@ pub fn encode_pairs<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])> + Clon
 
 /// Decodes a pairs buffer, checking every length against the buffer (the guest is untrusted).
 /// An empty buffer is an empty map, as the C++ host treats it.
-pub fn decode_pairs(buf: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, PairsError> {
+pub fn decode_pairs(buf: &[u8]) -> Result<Pairs, PairsError> {
     if buf.is_empty() {
         return Ok(Vec::new());
     }

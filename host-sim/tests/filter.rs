@@ -300,8 +300,7 @@ fn report_mode_forwards_and_logs() {
 fn invalid_configuration_is_refused_with_the_key_named() {
     let err = filter(r#"{ "allow": [], "colour": "blue" }"#)
         .build()
-        .err()
-        .expect("unknown keys must fail on_configure")
+        .expect_err("unknown keys must fail on_configure")
         .to_string();
     assert!(err.contains("refused its configuration"), "{err}");
     assert!(err.contains("colour"), "the refusal names the key: {err}");

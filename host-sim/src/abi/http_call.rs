@@ -112,7 +112,7 @@ fn http_call(c: &mut C<'_>, p: [u32; 8], timeout: u32, token_ptr: u32) -> HostRe
     let cluster = String::from_utf8(cluster).map_err(|_| Status::BadArgument)?;
     let st = c.data_mut();
     // Envoy: a negative timeout, an unknown cluster, or missing :path/:method/:authority.
-    if timeout > i32::MAX as u32 || !st.config.clusters.iter().any(|k| *k == cluster) {
+    if timeout > i32::MAX as u32 || !st.config.clusters.contains(&cluster) {
         return Err(Status::BadArgument.into());
     }
     if [":path", ":method", ":authority"]

@@ -5,10 +5,12 @@ use std::sync::Mutex;
 
 use crate::types::Status;
 
+/// (vm_id, key) -> (value, cas)
+type Entries = HashMap<(String, Vec<u8>), (Vec<u8>, u32)>;
+
 #[derive(Debug, Default)]
 pub struct SharedData {
-    // (vm_id, key) -> (value, cas)
-    entries: Mutex<HashMap<(String, Vec<u8>), (Vec<u8>, u32)>>,
+    entries: Mutex<Entries>,
     next_cas: Mutex<u32>,
 }
 

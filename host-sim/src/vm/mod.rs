@@ -125,12 +125,15 @@ pub fn engine_config() -> Config {
     config
 }
 
+/// Hash of the bytes -> (bytes, compiled module); the bytes settle hash collisions.
+type ModuleCache = HashMap<u64, Vec<(Arc<[u8]>, Module)>>;
+
 /// One engine and a cache of compiled modules keyed by the module bytes.
 pub struct Runtime {
     engine: Engine,
     linker: Arc<Linker<HostState>>,
     provided: Vec<(&'static str, &'static str)>,
-    cache: Mutex<HashMap<u64, Vec<(Arc<[u8]>, Module)>>>,
+    cache: Mutex<ModuleCache>,
 }
 
 impl std::fmt::Debug for Runtime {

@@ -184,8 +184,7 @@ fn modules_without_abi_marker_or_exports_are_refused_clearly() {
         Harness::builder(wat.as_bytes())
             .runtime(rt.clone())
             .build()
-            .err()
-            .expect("must be refused")
+            .expect_err("must be refused")
     };
     let e = load(
         r#"(module (memory (export "memory") 1) (func (export "malloc") (param i32) (result i32) (i32.const 0)))"#,
@@ -648,8 +647,7 @@ fn traps_in_root_and_async_callbacks_are_reported_and_recovered() {
         let e = Harness::builder(wat.as_bytes())
             .runtime(runtime())
             .build()
-            .err()
-            .expect("refused");
+            .expect_err("refused");
         assert!(
             matches!(&e, LoadError::Trap { phase: p, .. } if *p == phase),
             "{e}"
