@@ -135,6 +135,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 async fn accept_loop(listener: TcpListener, name: String, tls: Option<TlsAcceptor>, log: Arc<Log>) {
     loop {
         let Ok((stream, _peer)) = listener.accept().await else {
+            // Out of descriptors or similar: back off instead of spinning.
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             continue;
         };
         log.connections.fetch_add(1, Ordering::SeqCst);
@@ -229,6 +231,7 @@ impl TcpEcho {
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut stream, _)) = listener.accept().await else {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                     continue;
                 };
                 counter.fetch_add(1, Ordering::SeqCst);
