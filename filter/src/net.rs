@@ -358,7 +358,7 @@ impl Cidr {
         }
     }
 
-    pub fn len(self) -> u8 {
+    pub fn prefix_len(self) -> u8 {
         match self {
             Cidr::V4 { len, .. } | Cidr::V6 { len, .. } => len,
         }
