@@ -126,6 +126,9 @@ pub struct Expect {
     /// Like `details`, for details whose tail carries resolver or TLS library text.
     #[serde(default)]
     pub details_prefix: Option<String>,
+    /// The cluster the route picked (`%UPSTREAM_CLUSTER%`; `-` when none was).
+    #[serde(default)]
+    pub cluster: Option<String>,
     /// CONNECT: the tunnel bytes must come back (from the TCP echo).
     #[serde(default)]
     pub tunnel_echo: bool,
@@ -205,7 +208,7 @@ impl Case {
 pub struct Target {
     pub listener: SocketAddr,
     pub admin: SocketAddr,
-    /// The proxy's access log (`<case id> <status> <response code details>` lines), if any.
+    /// The proxy's access log (`<case id> <status> <cluster> <details>` lines), if any.
     pub access_log: Option<PathBuf>,
     pub world: Arc<World>,
 }
@@ -262,8 +265,9 @@ pub async fn run_case(target: &Target, case: &Case) -> anyhow::Result<()> {
     };
     check_response(case, &response)?;
     check_upstreams(target, case)?;
-    if case.expect.details.is_some() || case.expect.details_prefix.is_some() {
-        check_details(target, case).await?;
+    let expect = &case.expect;
+    if expect.details.is_some() || expect.details_prefix.is_some() || expect.cluster.is_some() {
+        check_access_log(target, case).await?;
     }
 
     if !case.expect.counters.is_empty() {
@@ -482,8 +486,8 @@ async fn check_counters(
     }
 }
 
-/// Waits for the case's access log line and compares its response code details.
-async fn check_details(target: &Target, case: &Case) -> anyhow::Result<()> {
+/// Waits for the case's access log line and compares its cluster and response code details.
+async fn check_access_log(target: &Target, case: &Case) -> anyhow::Result<()> {
     let path = target
         .access_log
         .as_ref()
@@ -493,8 +497,13 @@ async fn check_details(target: &Target, case: &Case) -> anyhow::Result<()> {
     loop {
         let text = tokio::fs::read_to_string(path).await.unwrap_or_default();
         if let Some(line) = text.lines().find(|l| l.starts_with(&prefix)) {
-            // `<id> <status> <details>`; the id has no spaces.
-            let details = line.splitn(3, ' ').nth(2).unwrap_or_default();
+            // `<id> <status> <cluster> <details>`; only the details may contain spaces.
+            let mut fields = line.splitn(4, ' ').skip(2);
+            let cluster = fields.next().unwrap_or_default();
+            let details = fields.next().unwrap_or_default();
+            if let Some(want) = &case.expect.cluster {
+                anyhow::ensure!(cluster == want, "cluster {cluster:?}, expected {want:?}");
+            }
             if let Some(want) = &case.expect.details {
                 anyhow::ensure!(
                     details == want,

@@ -29,7 +29,8 @@ pub async fn shared_world() -> anyhow::Result<Arc<World>> {
 pub fn load(world: &World) -> anyhow::Result<(BTreeMap<String, Variant>, Vec<Case>)> {
     let dir = tests_dir().join("cases");
     let vars = world.vars();
-    let variants = cases::load_variants(&dir.join("variants.yaml"), &vars)?;
+    let mut variants = cases::load_variants(&dir.join("variants.yaml"), &vars)?;
+    variants.insert(SHIPPED.to_string(), shipped_variant()?);
     let cases = cases::load_case_dir(&dir.join("requests"), &vars)?;
     for case in &cases {
         anyhow::ensure!(
@@ -40,6 +41,67 @@ pub fn load(world: &World) -> anyhow::Result<(BTreeMap<String, Variant>, Vec<Cas
         );
     }
     Ok((variants, cases))
+}
+
+/// The variant whose filter configs are the ones in `envoy-config/envoy.yaml`.
+pub const SHIPPED: &str = "shipped";
+
+/// The shipped bootstrap's filter configs, so the cases can check the allowlist users get.
+/// Every wasm `configuration` in the file is read; the downstream ones and the upstream ones
+/// must each be identical (both clusters run the same upstream policy).
+pub fn shipped_variant() -> anyhow::Result<Variant> {
+    let path = crate::wasm::workspace_root()
+        .join("envoy-config")
+        .join("envoy.yaml");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+    let yaml: Value =
+        serde_yaml_ng::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let mut configs = Vec::new();
+    collect_wasm_configs(&yaml, &mut configs);
+    let mut by_stage: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for text in configs {
+        let config: Value = serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}: a wasm configuration: {e}", path.display()))?;
+        let stage = config["stage"].as_str().unwrap_or("downstream").to_string();
+        by_stage.entry(stage).or_default().push(config);
+    }
+    let mut pick = |stage: &str| -> anyhow::Result<Value> {
+        let found = by_stage.remove(stage).unwrap_or_default();
+        let first = found
+            .first()
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("{}: no {stage} filter config", path.display()))?;
+        anyhow::ensure!(
+            found.iter().all(|c| *c == first),
+            "{}: the {stage} filter configs differ",
+            path.display()
+        );
+        Ok(first)
+    };
+    Ok(Variant {
+        description: "the filter configs of envoy-config/envoy.yaml".into(),
+        downstream: pick("downstream")?,
+        upstream: pick("upstream")?,
+    })
+}
+
+/// Every `configuration: {"@type": ...StringValue, value: ...}` string under `node`.
+fn collect_wasm_configs(node: &Value, out: &mut Vec<String>) {
+    match node {
+        Value::Object(map) => {
+            if let Some(value) = map
+                .get("configuration")
+                .and_then(|c| c.get("value"))
+                .and_then(Value::as_str)
+            {
+                out.push(value.to_string());
+            }
+            map.values().for_each(|v| collect_wasm_configs(v, out));
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_wasm_configs(v, out)),
+        _ => {}
+    }
 }
 
 /// The test bootstrap template (`tests/config/envoy.template.yaml`).

@@ -4,7 +4,8 @@
 //! Test zone (`*.dfp.test`): every name resolves to 127.0.0.1, where the upstreams listen,
 //! except `nxdomain.dfp.test` (NXDOMAIN) and `never.dfp.test` (no answer at all). The TLS
 //! upstream's certificate names `secure.dfp.test` only, so any other name reaching it fails
-//! certificate validation.
+//! certificate validation. The shipped config's hosts (`httpbin.org`, `gateway.envoyproxy.io`)
+//! resolve to 127.0.0.1 too: nothing leaves the machine.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -15,6 +16,9 @@ use crate::pki::Pki;
 use crate::template::{self, Vars};
 use crate::upstream::{EchoServer, TcpEcho};
 use crate::wasm;
+
+/// The hosts the shipped envoy-config/envoy.yaml allows (the seed's examples).
+pub const SEED_HOSTS: [&str; 2] = ["gateway.envoyproxy.io", "httpbin.org"];
 
 /// The name the TLS upstream's certificate is issued for.
 pub const TLS_NAME: &str = "secure.dfp.test";
@@ -43,6 +47,10 @@ impl World {
         dns.set("*.dfp.test", Answer::ips(&[loopback]));
         dns.set("nxdomain.dfp.test", Answer::NxDomain);
         dns.set("never.dfp.test", Answer::NeverAnswer);
+        // The hosts envoy-config/envoy.yaml allows, pointed at loopback like everything else.
+        for seed in SEED_HOSTS {
+            dns.set(seed, Answer::ips(&[loopback]));
+        }
 
         let pki = Pki::new()?;
         let leaf = pki.leaf("secure", &[TLS_NAME])?;

@@ -43,8 +43,13 @@ fn header_variant_cases() {
     run_variant("header");
 }
 
+#[test]
+fn shipped_variant_cases() {
+    run_variant(suite::SHIPPED);
+}
+
 /// The variants the tests above run; every variant in variants.yaml must be one of them.
-const TESTED_VARIANTS: [&str; 4] = ["enforce", "strict", "report", "header"];
+const TESTED_VARIANTS: [&str; 5] = ["enforce", "strict", "report", "header", suite::SHIPPED];
 
 #[test]
 fn every_variant_is_run() {
