@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Once};
 
 use serde_json::Value;
 use tempfile::TempDir;
@@ -22,7 +22,38 @@ pub const PARALLEL_CASES: usize = 8;
 /// The fixtures, started once per test process and shared by every test in it.
 pub async fn shared_world() -> anyhow::Result<Arc<World>> {
     static WORLD: OnceCell<Arc<World>> = OnceCell::const_new();
-    WORLD.get_or_try_init(World::start).await.cloned()
+    WORLD
+        .get_or_try_init(|| async {
+            let world = World::start().await?;
+            // A static is never dropped, so its temp files would outlive the process.
+            remove_at_exit(world.pki.dir().to_path_buf());
+            Ok::<_, anyhow::Error>(world)
+        })
+        .await
+        .cloned()
+}
+
+static AT_EXIT: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Removes `dir` when the process exits normally (the test harness returns from `main`).
+fn remove_at_exit(dir: PathBuf) {
+    static REGISTER: Once = Once::new();
+    AT_EXIT.lock().unwrap_or_else(|p| p.into_inner()).push(dir);
+    REGISTER.call_once(|| {
+        // SAFETY: registers a plain `extern "C" fn` that only touches a static; if
+        // registration fails the files merely stay behind.
+        unsafe {
+            libc::atexit(remove_registered_dirs);
+        }
+    });
+}
+
+extern "C" fn remove_registered_dirs() {
+    if let Ok(dirs) = AT_EXIT.lock() {
+        for dir in dirs.iter() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 /// The variants and every case, placeholders filled from `world`.
