@@ -275,23 +275,8 @@ fn from_value(value: &Json) -> Result<FilterConfig, ConfigError> {
 }
 
 fn allow_rule(value: &Json, path: &str) -> Result<AllowRule, ConfigError> {
-    let map = object(value, path, ALLOW_KEYS)?;
-    let host = rule_host(map, path)?;
-    let tls = match member(map, "tls") {
-        None => None,
-        Some(v) => Some(
-            v.as_bool()
-                .ok_or_else(|| invalid(&format!("{path}.tls"), v, "expected true or false"))?,
-        ),
-    };
-    let ports = match member(map, "ports") {
-        Some(v) => ports(v, &format!("{path}.ports"))?,
-        None if tls == Some(true) => vec![443],
-        None => vec![80],
-    };
-    let methods = member(map, "methods")
-        .map(|v| methods(v, &format!("{path}.methods")))
-        .transpose()?;
+    let (host, ports, tls, methods) = rule(value, path, ALLOW_KEYS)?;
+    let ports = ports.unwrap_or_else(|| vec![if tls == Some(true) { 443 } else { 80 }]);
     Ok(AllowRule {
         host,
         ports,
@@ -301,19 +286,94 @@ fn allow_rule(value: &Json, path: &str) -> Result<AllowRule, ConfigError> {
 }
 
 fn deny_rule(value: &Json, path: &str) -> Result<DenyRule, ConfigError> {
-    let map = object(value, path, DENY_KEYS)?;
-    let host = rule_host(map, path)?;
-    let ports = member(map, "ports")
-        .map(|v| ports(v, &format!("{path}.ports")))
-        .transpose()?;
-    let methods = member(map, "methods")
-        .map(|v| methods(v, &format!("{path}.methods")))
-        .transpose()?;
+    let (host, ports, _, methods) = rule(value, path, DENY_KEYS)?;
     Ok(DenyRule {
         host,
         ports,
         methods,
     })
+}
+
+type RuleParts = (
+    HostPattern,
+    Option<Vec<u16>>,
+    Option<bool>,
+    Option<Vec<String>>,
+);
+
+/// The fields shared by allow and deny rules (`known` says which keys the rule may have).
+fn rule(value: &Json, path: &str, known: &[&str]) -> Result<RuleParts, ConfigError> {
+    let map = object(value, path, known)?;
+    let host = rule_host(map, path)?;
+    let tls = match member(map, "tls") {
+        None => None,
+        Some(v) => Some(
+            v.as_bool()
+                .ok_or_else(|| invalid(&format!("{path}.tls"), v, "expected true or false"))?,
+        ),
+    };
+    let ports = match member(map, "ports") {
+        None => None,
+        Some(v) => Some(list_of(
+            v,
+            &format!("{path}.ports"),
+            Some("must list at least one port (omit it for the default)"),
+            |item| {
+                item.as_u64()
+                    .filter(|p| (1..=65535).contains(p))
+                    .map(|p| p as u16)
+                    .ok_or_else(|| "expected a port number 1..=65535".to_owned())
+            },
+        )?),
+    };
+    let methods = match member(map, "methods") {
+        None => None,
+        Some(v) => Some(list_of(
+            v,
+            &format!("{path}.methods"),
+            Some("must list at least one method (omit it for any method)"),
+            |item| {
+                item.as_str()
+                    .filter(|m| {
+                        !m.is_empty()
+                            && m.bytes().all(|b| {
+                                b.is_ascii_uppercase()
+                                    || b.is_ascii_digit()
+                                    || b == b'-'
+                                    || b == b'_'
+                            })
+                    })
+                    .map(str::to_owned)
+                    .ok_or_else(|| {
+                        "expected an HTTP method in upper case, e.g. \"GET\" (methods are case-sensitive)"
+                            .to_owned()
+                    })
+            },
+        )?),
+    };
+    Ok((host, ports, tls, methods))
+}
+
+/// Validates each item of an array with `item` (the value, or why not); `empty` is the
+/// complaint about an empty array, when one is not allowed.
+fn list_of<T>(
+    value: &Json,
+    path: &str,
+    empty: Option<&str>,
+    item: impl Fn(&Json) -> Result<T, String>,
+) -> Result<Vec<T>, ConfigError> {
+    let items = array(value, path)?;
+    if let (true, Some(why)) = (items.is_empty(), empty) {
+        return Err(invalid(path, value, why));
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for (i, v) in items.iter().enumerate() {
+        match item(v) {
+            Ok(x) => out.push(x),
+            Err(why) => return Err(invalid(&format!("{path}[{i}]"), v, &why)),
+        }
+    }
+    Ok(out)
 }
 
 fn rule_host(map: &[(String, Json)], path: &str) -> Result<HostPattern, ConfigError> {
@@ -379,63 +439,6 @@ fn dns_name(text: &str) -> Result<String, String> {
     }
 }
 
-fn ports(value: &Json, path: &str) -> Result<Vec<u16>, ConfigError> {
-    let items = array(value, path)?;
-    if items.is_empty() {
-        return Err(invalid(
-            path,
-            value,
-            "must list at least one port (omit it for the default)",
-        ));
-    }
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            v.as_u64()
-                .filter(|p| (1..=65535).contains(p))
-                .and_then(|p| u16::try_from(p).ok())
-                .ok_or_else(|| {
-                    invalid(
-                        &format!("{path}[{i}]"),
-                        v,
-                        "expected a port number 1..=65535",
-                    )
-                })
-        })
-        .collect()
-}
-
-fn methods(value: &Json, path: &str) -> Result<Vec<String>, ConfigError> {
-    let items = array(value, path)?;
-    if items.is_empty() {
-        return Err(invalid(
-            path,
-            value,
-            "must list at least one method (omit it for any method)",
-        ));
-    }
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            let ok = v.as_str().filter(|m| {
-                !m.is_empty()
-                    && m.bytes().all(|b| {
-                        b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
-                    })
-            });
-            ok.map(str::to_owned).ok_or_else(|| {
-                invalid(
-                    &format!("{path}[{i}]"),
-                    v,
-                    "expected an HTTP method in upper case, e.g. \"GET\" (methods are case-sensitive)",
-                )
-            })
-        })
-        .collect()
-}
-
 fn header_name(value: &Json, path: &str) -> Result<String, ConfigError> {
     const TCHAR: &[u8] = b"!#$%&'*+-.^_`|~";
     let name = value
@@ -483,17 +486,12 @@ fn clusters(value: &Json) -> Result<(String, String), ConfigError> {
 }
 
 fn cidr_list(value: &Json, path: &str) -> Result<Vec<Cidr>, ConfigError> {
-    array(value, path)?
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            let p = format!("{path}[{i}]");
-            let text = v
-                .as_str()
-                .ok_or_else(|| invalid(&p, v, "expected a CIDR or IP address string"))?;
-            Cidr::parse(text).map_err(|e| invalid(&p, v, &format!("invalid CIDR: {e}")))
-        })
-        .collect()
+    list_of(value, path, None, |item| {
+        let text = item
+            .as_str()
+            .ok_or_else(|| "expected a CIDR or IP address string".to_owned())?;
+        Cidr::parse(text).map_err(|e| format!("invalid CIDR: {e}"))
+    })
 }
 
 fn object<'a>(
@@ -535,15 +533,19 @@ fn array<'a>(value: &'a Json, path: &str) -> Result<&'a [Json], ConfigError> {
 
 /// An error quoting the value as JSON (escaped, and shortened when long).
 fn invalid(path: &str, value: &Json, why: &str) -> ConfigError {
-    let mut shown = value.to_string();
-    if shown.len() > 120 {
-        let mut cut = 117;
-        while !shown.is_char_boundary(cut) {
-            cut -= 1;
+    let shown = match value {
+        Json::String(s) if s.chars().count() > 100 => {
+            let cut: String = s.chars().take(97).collect();
+            format!("{}...", quote(&cut))
         }
-        shown.truncate(cut);
-        shown.push_str("...");
-    }
+        Json::String(s) => quote(s),
+        Json::Number(n) => n.clone(),
+        Json::Bool(true) => "true".into(),
+        Json::Bool(false) => "false".into(),
+        Json::Null => "null".into(),
+        Json::Array(_) => "[...]".into(),
+        Json::Object(_) => "{...}".into(),
+    };
     ConfigError::new(path, format!("invalid value {shown}: {why}"))
 }
 

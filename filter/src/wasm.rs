@@ -31,6 +31,8 @@ proxy_wasm::main! {{
 struct Shared {
     policy: Policy,
     metrics: Metrics,
+    /// Set once the host says it lacks `clear_route_cache`, so we stop asking (and logging).
+    no_clear_route_cache: Cell<bool>,
 }
 
 struct Root {
@@ -79,7 +81,11 @@ impl RootContext for Root {
             config.allow.len(),
             config.deny.len()
         );
-        self.shared = Some(Rc::new(Shared { policy, metrics }));
+        self.shared = Some(Rc::new(Shared {
+            policy,
+            metrics,
+            no_clear_route_cache: Cell::new(false),
+        }));
         true
     }
 
@@ -185,7 +191,7 @@ fn downstream(shared: &Shared) -> Action {
         clear = true;
     }
     if clear {
-        clear_route_cache();
+        clear_route_cache(shared);
     }
     Action::Continue
 }
@@ -194,22 +200,29 @@ fn upstream(shared: &Shared) -> Action {
     let address = upstream_address().and_then(|b| net::parse_socket_address(&b));
     let mut method = LazyMethod::default();
     let outcome = shared.policy.decide_upstream(address, &mut method);
-    let shown = address.map(|(ip, port)| {
+    // Only denials and reports describe the address, so only they format it.
+    let shown = || {
         let mut s = String::with_capacity(48);
-        net::push_socket_address(&mut s, ip, port);
+        match address {
+            Some((ip, port)) => net::push_socket_address(&mut s, ip, port),
+            None => s.push_str("unknown"),
+        }
         s
-    });
-    let shown = shown.as_deref().unwrap_or("unknown");
+    };
     match outcome {
         Outcome::Allow => shared.metrics.bump(shared.metrics.allowed),
         Outcome::ReportOnly(reason) => {
             shared
                 .metrics
                 .bump(shared.metrics.report_only[reason as usize]);
-            log::info!("dfp-filter: report-only: would deny upstream address {shown} ({reason})");
+            log::info!(
+                "dfp-filter: report-only: would deny upstream address {} ({reason})",
+                shown()
+            );
         }
         Outcome::Deny(reason) => {
             shared.metrics.bump(shared.metrics.denied[reason as usize]);
+            let shown = shown();
             // The authority was canonicalised downstream; re-validate before echoing it.
             let authority = request_header(AUTHORITY)
                 .and_then(|a| destination::parse(a).ok())
@@ -221,7 +234,7 @@ fn upstream(shared: &Shared) -> Action {
             let body = response::deny_body(
                 reason,
                 authority.as_deref(),
-                address.is_some().then_some(shown),
+                address.is_some().then_some(shown.as_str()),
             );
             deny(reason, &body);
             return Action::Pause;
@@ -314,13 +327,8 @@ fn set_request_header(name: &str, value: &str) {
     let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
 }
 
-thread_local! {
-    /// Whether the host lacks `clear_route_cache`, so we stop asking (and logging).
-    static NO_CLEAR_ROUTE_CACHE: Cell<bool> = const { Cell::new(false) };
-}
-
-fn clear_route_cache() {
-    if NO_CLEAR_ROUTE_CACHE.with(Cell::get) {
+fn clear_route_cache(shared: &Shared) {
+    if shared.no_clear_route_cache.get() {
         return;
     }
     if let Err(status) = hostcalls::call_foreign_function("clear_route_cache", Some(&[])) {
@@ -329,7 +337,7 @@ fn clear_route_cache() {
             status as u32
         );
         if status == Status::NotFound {
-            NO_CLEAR_ROUTE_CACHE.with(|c| c.set(true));
+            shared.no_clear_route_cache.set(true);
         }
     }
 }
