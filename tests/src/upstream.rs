@@ -56,6 +56,7 @@ impl Seen {
 struct Log {
     seen: Mutex<Vec<Seen>>,
     connections: AtomicUsize,
+    handshakes: AtomicUsize,
 }
 
 /// An HTTP/1.1 echo server (optionally TLS) on `127.0.0.1:<ephemeral>`; stops on drop.
@@ -120,6 +121,11 @@ impl EchoServer {
     pub fn connections(&self) -> usize {
         self.log.connections.load(Ordering::SeqCst)
     }
+
+    /// TLS handshakes completed so far (TLS servers only).
+    pub fn handshakes(&self) -> usize {
+        self.log.handshakes.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for EchoServer {
@@ -152,6 +158,7 @@ async fn accept_loop(listener: TcpListener, name: String, tls: Option<TlsAccepto
                     let Ok(stream) = acceptor.accept(stream).await else {
                         return;
                     };
+                    log.handshakes.fetch_add(1, Ordering::SeqCst);
                     let sni = stream.get_ref().1.server_name().map(str::to_string);
                     serve(stream, name, true, sni, log).await
                 }

@@ -6,10 +6,12 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 use serde_json::Value;
+use tests::client::{self, Request};
 use tests::envoy;
 use tests::rt::block_on;
 use tests::suite::{self, ProxyKind};
 use tests::template;
+use tests::upstream::EchoServer;
 use tests::wasm::workspace_root;
 use tests::world::tests_dir;
 
@@ -174,19 +176,27 @@ fn shipped_envoy_yaml_validates() {
 /// from the host its load balancer picked, which is set before the upstream filter chain runs,
 /// so the stage sees the resolved address and denies. But Envoy asks the connection pool for a
 /// stream *before* running upstream filters (`UpstreamRequest::acceptHeadersFromRouter` calls
-/// `conn_pool_->newStream` first), so the TCP connection to the denied address is opened
-/// anyway; only the request itself never leaves. This test pins both facts down on a private
-/// upstream so no other test's traffic is counted.
+/// `conn_pool_->newStream` first), so the connection to the denied address is opened anyway,
+/// TLS handshake included on dfp_tls; only the request itself never leaves. This test pins
+/// those facts down on private upstreams so no other test's traffic is counted.
 #[test]
 fn upstream_stage_stops_the_request_but_not_the_connect() {
     block_on(async {
         let world = suite::shared_world().await.expect("fixtures");
-        let probe = tests::upstream::EchoServer::plain("probe")
+        let plain = EchoServer::plain("probe").await.expect("probe");
+        let leaf = world
+            .pki
+            .leaf("probe", &["probe-tls.dfp.test"])
+            .expect("leaf");
+        let tls = EchoServer::tls("probe-tls", leaf.server_config().expect("tls config"))
             .await
-            .expect("probe");
+            .expect("tls probe");
         let downstream = serde_json::json!({
             "stage": "downstream",
-            "allow": [ { "host": "probe.dfp.test", "ports": [probe.port()] } ],
+            "allow": [
+                { "host": "probe.dfp.test", "ports": [plain.port()] },
+                { "host": "probe-tls.dfp.test", "ports": [tls.port()], "tls": true }
+            ],
             "cluster_header": "x-dfp-cluster",
             "clusters": { "plain": "dfp_plain", "tls": "dfp_tls" }
         });
@@ -194,34 +204,34 @@ fn upstream_stage_stops_the_request_but_not_the_connect() {
         let running = suite::start_proxy(ProxyKind::Envoy, &world, &downstream, &upstream)
             .await
             .expect("envoy");
-        let envoy = &running.proxy;
 
-        let request = tests::client::Request {
-            method: "GET".into(),
-            target: "/probe".into(),
-            headers: vec![
-                ("host".into(), format!("probe.dfp.test:{}", probe.port())),
-                ("connection".into(), "close".into()),
-            ],
-            body: Vec::new(),
-        };
-        let response = tests::client::exchange(envoy.listener(), &request.to_bytes(), false)
-            .await
-            .expect("request");
-        assert_eq!(response.status, 403, "{}", response.body_text());
-        assert_eq!(response.header("x-dfp-denied"), Some("address_denied"));
-        assert!(
-            probe.seen().is_empty(),
-            "the request must not reach the upstream"
-        );
+        for (name, server) in [("probe.dfp.test", &plain), ("probe-tls.dfp.test", &tls)] {
+            let request = Request {
+                method: "GET".into(),
+                target: "/probe".into(),
+                headers: vec![
+                    ("host".into(), format!("{name}:{}", server.port())),
+                    ("connection".into(), "close".into()),
+                ],
+                body: Vec::new(),
+            };
+            let response = client::exchange(running.proxy.listener(), &request.to_bytes(), false)
+                .await
+                .expect("request");
+            assert_eq!(response.status, 403, "{name}: {}", response.body_text());
+            assert_eq!(response.header("x-dfp-denied"), Some("address_denied"));
+            assert!(
+                server.seen().is_empty(),
+                "{name}: the request must not arrive"
+            );
+        }
 
-        // Give a connect that Envoy started a moment to be accepted, then look.
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        assert_eq!(
-            probe.connections(),
-            1,
-            "Envoy 1.40 opens the upstream connection before upstream filters decide; if this \
-             changed, update the docs on what the upstream stage prevents"
-        );
+        // Give connects that Envoy started a moment to be accepted, then look.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let note = "Envoy 1.40 connects before upstream filters decide; if this changed, \
+                    update what envoy-config/envoy.yaml says the upstream stage prevents";
+        assert_eq!(plain.connections(), 1, "{note}");
+        assert_eq!(tls.connections(), 1, "{note}");
+        assert_eq!(tls.handshakes(), 1, "{note}");
     });
 }
