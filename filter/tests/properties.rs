@@ -409,12 +409,13 @@ fn pattern_matches(pattern: &HostPattern, target: Target<'_>) -> bool {
     }
 }
 
-/// More specific sorts first: exact, then longer wildcard suffixes, then longer prefixes.
+/// More specific sorts first: exact, then longer wildcard suffixes, then longer prefixes (a
+/// mapped-IPv6 CIDR counts as the IPv4 CIDR it denotes).
 fn specificity(pattern: &HostPattern) -> (u8, i64) {
     match pattern {
         HostPattern::Exact(_) => (0, 0),
         HostPattern::Wildcard(s) => (1, -(s.len() as i64)),
-        HostPattern::Cidr(c) => (2, -i64::from(c.prefix_len())),
+        HostPattern::Cidr(c) => (2, -i64::from(c.split_mapped().prefix_len())),
     }
 }
 
