@@ -31,9 +31,13 @@
 //! ```
 
 pub mod abi;
+pub(crate) mod admin;
+pub mod config;
+pub mod dfp;
 pub mod harness;
 pub mod headers;
 pub mod properties;
+pub mod proxy;
 pub mod shared;
 pub mod stream;
 pub mod types;

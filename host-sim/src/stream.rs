@@ -22,17 +22,19 @@ pub struct LocalReply {
 
 impl LocalReply {
     /// The response headers a proxy sends for this reply, as Envoy's `sendLocalReply` builds
-    /// them: `:status`, `content-length`, `content-type: text/plain` when there is a body, then
-    /// the guest's additional headers.
+    /// them: `:status`, the guest's additional headers, then `content-length` and — unless the
+    /// guest set one — `content-type: text/plain` when there is a body.
     pub fn response_headers(&self) -> HeaderMap {
         let mut h = HeaderMap::new();
         h.add(":status", self.status.to_string());
-        if !self.body.is_empty() {
-            h.add("content-length", self.body.len().to_string());
-            h.add("content-type", "text/plain");
-        }
         for (k, v) in self.headers.iter() {
             h.add(k, v);
+        }
+        if !self.body.is_empty() {
+            h.replace("content-length", self.body.len().to_string());
+            if h.get("content-type").is_none() {
+                h.add("content-type", "text/plain");
+            }
         }
         h
     }

@@ -145,6 +145,8 @@ pub fn bootstrap_template() -> anyhow::Result<String> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProxyKind {
     Envoy,
+    /// host-sim, in this test process (same YAML, same wasm).
+    HostSim,
 }
 
 /// A started proxy and where its access log goes.
@@ -172,6 +174,7 @@ pub async fn start_proxy(
     )?;
     let proxy: Box<dyn Proxy> = match kind {
         ProxyKind::Envoy => Box::new(Envoy::start(&bootstrap).await?),
+        ProxyKind::HostSim => Box::new(crate::host_sim::HostSim::start(&bootstrap)?),
     };
     Ok(Running {
         proxy,

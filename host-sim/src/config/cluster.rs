@@ -23,6 +23,8 @@ pub struct Cluster {
     /// `None`: plain TCP.
     pub tls: Option<TlsContext>,
     pub upstream: UpstreamOptions,
+    /// Local address upstream connections bind to (`upstream_bind_config.source_address`).
+    pub bind: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -71,7 +73,7 @@ pub(crate) fn parse_cluster(at: &At<'_>) -> Result<Cluster, ConfigError> {
         .map(|t| t.duration())
         .transpose()?
         .unwrap_or(Duration::from_secs(5));
-    let kind = parse_kind(&mut fields)?;
+    let (kind, allow_insecure) = parse_kind(&mut fields)?;
     let tls = match fields.opt("transport_socket") {
         Some(socket) => parse_transport_socket(&socket)?,
         None => None,
@@ -80,6 +82,33 @@ pub(crate) fn parse_cluster(at: &At<'_>) -> Result<Cluster, ConfigError> {
         Some(options) => parse_protocol_options(&options)?,
         None => UpstreamOptions::default(),
     };
+    let bind = match fields.opt("upstream_bind_config") {
+        Some(bind) => {
+            let mut bind_fields = bind.map()?;
+            let source = bind_fields.req("source_address")?;
+            bind_fields.finish()?;
+            let mut source_fields = source.map()?;
+            let ip = source_fields.req("address")?.ip()?;
+            let port = source_fields
+                .opt("port_value")
+                .map(|p| p.port())
+                .transpose()?
+                .unwrap_or(0);
+            source_fields.finish()?;
+            Some(SocketAddr::new(ip, port))
+        }
+        None => None,
+    };
+    if let ClusterKind::DynamicForwardProxy { .. } = &kind {
+        // Envoy refuses a DFP cluster that would not send SNI and check the certificate against the host.
+        let verifies_host = upstream.auto_sni && upstream.auto_san_validation;
+        if !verifies_host && !allow_insecure {
+            return Err(fields.error(
+                "a dynamic forward proxy cluster needs upstream_http_protocol_options with auto_sni and \
+                 auto_san_validation true (as Envoy requires), unless allow_insecure_cluster_options is set",
+            ));
+        }
+    }
     fields.finish()?;
     Ok(Cluster {
         name,
@@ -87,10 +116,11 @@ pub(crate) fn parse_cluster(at: &At<'_>) -> Result<Cluster, ConfigError> {
         kind,
         tls,
         upstream,
+        bind,
     })
 }
 
-fn parse_kind(fields: &mut Fields<'_>) -> Result<ClusterKind, ConfigError> {
+fn parse_kind(fields: &mut Fields<'_>) -> Result<(ClusterKind, bool), ConfigError> {
     let lb_policy = fields.opt("lb_policy").map(|p| p.string()).transpose()?;
     if let Some(cluster_type) = fields.opt("cluster_type") {
         let mut type_fields = cluster_type.map()?;
@@ -99,7 +129,11 @@ fn parse_kind(fields: &mut Fields<'_>) -> Result<ClusterKind, ConfigError> {
         type_fields.finish()?;
         let (_, mut config) = typed_config(&typed, &[DFP_CLUSTER_TYPE])?;
         let dns_cache = parse_dns_cache(&config.req("dns_cache_config")?)?;
-        config.cosmetic("allow_insecure_cluster_options");
+        let allow_insecure = config
+            .opt("allow_insecure_cluster_options")
+            .map(|a| a.bool())
+            .transpose()?
+            .unwrap_or(false);
         config.finish()?;
         if let Some(policy) = lb_policy.as_deref() {
             if policy != "CLUSTER_PROVIDED" {
@@ -108,13 +142,18 @@ fn parse_kind(fields: &mut Fields<'_>) -> Result<ClusterKind, ConfigError> {
                 )));
             }
         }
-        return Ok(ClusterKind::DynamicForwardProxy { dns_cache });
+        return Ok((
+            ClusterKind::DynamicForwardProxy { dns_cache },
+            allow_insecure,
+        ));
     }
     let kind = fields.req("type")?;
     kind.enum_name(&["STATIC"])?;
     if let Some(policy) = lb_policy.as_deref() {
         if policy != "ROUND_ROBIN" {
-            return Err(fields.error(format!("lb_policy {policy:?}: host-sim balances STATIC clusters round robin")));
+            return Err(fields.error(format!(
+                "lb_policy {policy:?}: host-sim balances STATIC clusters round robin"
+            )));
         }
     }
     let assignment = fields.req("load_assignment")?;
@@ -137,7 +176,7 @@ fn parse_kind(fields: &mut Fields<'_>) -> Result<ClusterKind, ConfigError> {
     if endpoints.is_empty() {
         return Err(assignment.error("a STATIC cluster needs at least one endpoint"));
     }
-    Ok(ClusterKind::Static { endpoints })
+    Ok((ClusterKind::Static { endpoints }, false))
 }
 
 fn parse_transport_socket(at: &At<'_>) -> Result<Option<TlsContext>, ConfigError> {
@@ -156,7 +195,11 @@ fn parse_transport_socket(at: &At<'_>) -> Result<Option<TlsContext>, ConfigError
     if let Some(common) = config.opt("common_tls_context") {
         let mut common_fields = common.map()?;
         if let Some(protocols) = common_fields.opt("alpn_protocols") {
-            alpn = protocols.list()?.iter().map(|p| p.string()).collect::<Result<_, _>>()?;
+            alpn = protocols
+                .list()?
+                .iter()
+                .map(|p| p.string())
+                .collect::<Result<_, _>>()?;
         }
         if let Some(validation) = common_fields.opt("validation_context") {
             trusted_ca = parse_validation_context(&validation)?;
@@ -164,7 +207,11 @@ fn parse_transport_socket(at: &At<'_>) -> Result<Option<TlsContext>, ConfigError
         common_fields.finish()?;
     }
     config.finish()?;
-    Ok(Some(TlsContext { trusted_ca, sni, alpn }))
+    Ok(Some(TlsContext {
+        trusted_ca,
+        sni,
+        alpn,
+    }))
 }
 
 fn parse_validation_context(at: &At<'_>) -> Result<TrustedCa, ConfigError> {
@@ -189,8 +236,12 @@ fn parse_validation_context(at: &At<'_>) -> Result<TrustedCa, ConfigError> {
     match (file, system) {
         (Some(file), false) => Ok(TrustedCa::File(file)),
         (None, true) => Ok(TrustedCa::System),
-        (None, false) => Err(at.error("a validation_context needs trusted_ca or system_root_certs")),
-        (Some(_), true) => Err(at.error("trusted_ca and system_root_certs together are not supported by host-sim")),
+        (None, false) => {
+            Err(at.error("a validation_context needs trusted_ca or system_root_certs"))
+        }
+        (Some(_), true) => {
+            Err(at.error("trusted_ca and system_root_certs together are not supported by host-sim"))
+        }
     }
 }
 
@@ -205,7 +256,11 @@ fn parse_protocol_options(at: &At<'_>) -> Result<UpstreamOptions, ConfigError> {
     let mut result = UpstreamOptions::default();
     if let Some(http) = config.opt("upstream_http_protocol_options") {
         let mut http_fields = http.map()?;
-        result.auto_sni = http_fields.opt("auto_sni").map(|b| b.bool()).transpose()?.unwrap_or(false);
+        result.auto_sni = http_fields
+            .opt("auto_sni")
+            .map(|b| b.bool())
+            .transpose()?
+            .unwrap_or(false);
         result.auto_san_validation = http_fields
             .opt("auto_san_validation")
             .map(|b| b.bool())

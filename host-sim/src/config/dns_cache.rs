@@ -62,13 +62,22 @@ pub(crate) fn parse_dns_cache(at: &At<'_>) -> Result<DnsCacheConfig, ConfigError
         None => LookupFamily::V4Preferred,
     };
     let duration_or = |fields: &mut super::node::Fields<'_>, name: &str, default: Duration| {
-        fields.opt(name).map(|d| d.duration()).transpose().map(|d| d.unwrap_or(default))
+        fields
+            .opt(name)
+            .map(|d| d.duration())
+            .transpose()
+            .map(|d| d.unwrap_or(default))
     };
     let host_ttl = duration_or(&mut fields, "host_ttl", Duration::from_secs(300))?;
     let refresh_rate = duration_or(&mut fields, "dns_refresh_rate", Duration::from_secs(60))?;
-    let min_refresh_rate = duration_or(&mut fields, "dns_min_refresh_rate", Duration::from_secs(5))?;
+    let min_refresh_rate =
+        duration_or(&mut fields, "dns_min_refresh_rate", Duration::from_secs(5))?;
     let query_timeout = duration_or(&mut fields, "dns_query_timeout", Duration::from_secs(5))?;
-    let max_hosts = fields.opt("max_hosts").map(|m| m.u32()).transpose()?.unwrap_or(1024);
+    let max_hosts = fields
+        .opt("max_hosts")
+        .map(|m| m.u32())
+        .transpose()?
+        .unwrap_or(1024);
     if max_hosts == 0 {
         return Err(fields.error("max_hosts must be at least 1"));
     }
@@ -120,7 +129,11 @@ fn parse_resolver(at: &At<'_>) -> Result<ResolverSettings, ConfigError> {
     fields.finish()?;
     let (_, mut config) = typed_config(&typed, &[CARES_TYPE])?;
     let resolvers = match config.opt("resolvers") {
-        Some(list) => list.list()?.iter().map(parse_address).collect::<Result<Vec<_>, _>>()?,
+        Some(list) => list
+            .list()?
+            .iter()
+            .map(parse_address)
+            .collect::<Result<Vec<_>, _>>()?,
         None => Vec::new(),
     };
     let use_resolvers_as_fallback = config
@@ -139,7 +152,9 @@ fn parse_resolver(at: &At<'_>) -> Result<ResolverSettings, ConfigError> {
         // host-sim's resolver never appends search domains: only `true` matches what it does.
         if let Some(no_search) = option_fields.opt("no_default_search_domain") {
             if !no_search.bool()? {
-                return Err(no_search.error("host-sim never uses search domains; set no_default_search_domain: true"));
+                return Err(no_search.error(
+                    "host-sim never uses search domains; set no_default_search_domain: true",
+                ));
             }
         }
         option_fields.finish()?;

@@ -61,7 +61,10 @@ pub struct DfpFilterConfig {
     pub dns_cache: DnsCacheConfig,
 }
 
-pub(crate) fn parse_http_filters(at: &At<'_>, stage: FilterStage) -> Result<Vec<HttpFilter>, ConfigError> {
+pub(crate) fn parse_http_filters(
+    at: &At<'_>,
+    stage: FilterStage,
+) -> Result<Vec<HttpFilter>, ConfigError> {
     let items = at.list()?;
     let mut filters = Vec::with_capacity(items.len());
     for item in &items {
@@ -69,7 +72,8 @@ pub(crate) fn parse_http_filters(at: &At<'_>, stage: FilterStage) -> Result<Vec<
     }
     let terminal_ok = matches!(
         (stage, filters.last()),
-        (FilterStage::Downstream, Some(HttpFilter::Router)) | (FilterStage::Upstream, Some(HttpFilter::UpstreamCodec))
+        (FilterStage::Downstream, Some(HttpFilter::Router))
+            | (FilterStage::Upstream, Some(HttpFilter::UpstreamCodec))
     );
     if !terminal_ok {
         let terminal = match stage {
@@ -139,7 +143,11 @@ fn parse_plugin(at: &At<'_>, filter_name: &str) -> Result<WasmPlugin, ConfigErro
         .map(|n| n.string())
         .transpose()?
         .unwrap_or_else(|| filter_name.to_string());
-    let root_id = fields.opt("root_id").map(|r| r.string()).transpose()?.unwrap_or_default();
+    let root_id = fields
+        .opt("root_id")
+        .map(|r| r.string())
+        .transpose()?
+        .unwrap_or_default();
     let vm = fields.req("vm_config")?;
     let configuration = match fields.opt("configuration") {
         Some(value) => string_value(&value)?,
@@ -160,7 +168,11 @@ fn parse_plugin(at: &At<'_>, filter_name: &str) -> Result<WasmPlugin, ConfigErro
     fields.finish()?;
 
     let mut vm_fields = vm.map()?;
-    let vm_id = vm_fields.opt("vm_id").map(|v| v.string()).transpose()?.unwrap_or_default();
+    let vm_id = vm_fields
+        .opt("vm_id")
+        .map(|v| v.string())
+        .transpose()?
+        .unwrap_or_default();
     let runtime = vm_fields.req("runtime")?.enum_name(&[
         "envoy.wasm.runtime.v8",
         "envoy.wasm.runtime.wasmtime",
@@ -168,7 +180,9 @@ fn parse_plugin(at: &At<'_>, filter_name: &str) -> Result<WasmPlugin, ConfigErro
         "envoy.wasm.runtime.null",
     ])?;
     if runtime == "envoy.wasm.runtime.null" {
-        return Err(vm_fields.error("the null runtime runs plugins compiled into Envoy; host-sim needs a .wasm file"));
+        return Err(vm_fields.error(
+            "the null runtime runs plugins compiled into Envoy; host-sim needs a .wasm file",
+        ));
     }
     let code = parse_local_code(&mut vm_fields)?;
     let vm_configuration = match vm_fields.opt("configuration") {
@@ -206,7 +220,11 @@ fn parse_local_code(vm_fields: &mut Fields<'_>) -> Result<PathBuf, ConfigError> 
 /// A `google.protobuf.StringValue` in Any form: `{"@type": ".../google.protobuf.StringValue", value: "..."}`.
 fn string_value(at: &At<'_>) -> Result<String, ConfigError> {
     let (_, mut fields) = typed_config(at, &[STRING_VALUE_TYPE])?;
-    let value = fields.opt("value").map(|v| v.string()).transpose()?.unwrap_or_default();
+    let value = fields
+        .opt("value")
+        .map(|v| v.string())
+        .transpose()?
+        .unwrap_or_default();
     fields.finish()?;
     Ok(value)
 }

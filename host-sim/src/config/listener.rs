@@ -7,7 +7,8 @@ use super::filters::{parse_http_filters, FilterStage, HttpFilter};
 use super::node::At;
 use super::{parse_address, typed_config, ConfigError};
 
-const HCM_TYPE: &str = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const HCM_TYPE: &str =
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 
 #[derive(Debug, Clone)]
 pub struct Listener {
@@ -21,7 +22,10 @@ pub struct Listener {
 impl Listener {
     /// The YAML path of this listener's HTTP connection manager config.
     pub fn hcm_path(&self) -> String {
-        format!("static_resources.listeners[{}].filter_chains[0].filters[0].typed_config", self.index)
+        format!(
+            "static_resources.listeners[{}].filter_chains[0].filters[0].typed_config",
+            self.index
+        )
     }
 }
 
@@ -32,6 +36,15 @@ pub struct HttpConnectionManager {
     pub http_filters: Vec<HttpFilter>,
     /// `upgrade_configs` with `upgrade_type: CONNECT` at the connection manager: CONNECT requests are accepted.
     pub connect_enabled: bool,
+    /// File access logs written when a request ends.
+    pub access_logs: Vec<AccessLog>,
+}
+
+/// `envoy.access_loggers.file`: a path and a text format of Envoy command operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLog {
+    pub path: std::path::PathBuf,
+    pub format: String,
 }
 
 #[derive(Debug, Clone)]
@@ -43,6 +56,8 @@ pub struct RouteConfig {
 #[derive(Debug, Clone)]
 pub struct VirtualHost {
     pub name: String,
+    /// Headers removed from the request before it goes upstream (`request_headers_to_remove`).
+    pub request_headers_to_remove: Vec<String>,
     /// Lower-case domains: exact, `*`, `*.suffix` / `*-suffix` (suffix wildcard) or `prefix.*` (prefix wildcard).
     pub domains: Vec<String>,
     pub routes: Vec<Route>,
@@ -51,6 +66,7 @@ pub struct VirtualHost {
 #[derive(Debug, Clone)]
 pub struct Route {
     pub name: Option<String>,
+    pub request_headers_to_remove: Vec<String>,
     pub matcher: RouteMatch,
     pub action: RouteAction,
 }
@@ -85,7 +101,11 @@ const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub(crate) fn parse_listener(index: usize, at: &At<'_>) -> Result<Listener, ConfigError> {
     let mut fields = at.map()?;
-    let name = fields.opt("name").map(|n| n.string()).transpose()?.unwrap_or_default();
+    let name = fields
+        .opt("name")
+        .map(|n| n.string())
+        .transpose()?
+        .unwrap_or_default();
     let address = parse_address(&fields.req("address")?)?;
     let chains_at = fields.req("filter_chains")?;
     // Cosmetic for a single-chain plain-text listener.
@@ -131,9 +151,16 @@ fn parse_hcm(at: &At<'_>) -> Result<HttpConnectionManager, ConfigError> {
         Some(upgrades) => parse_upgrade_types(&upgrades)?,
         None => false,
     };
+    let access_logs = match fields.opt("access_log") {
+        Some(logs) => logs
+            .list()?
+            .iter()
+            .map(parse_access_log)
+            .collect::<Result<Vec<_>, _>>()?,
+        None => Vec::new(),
+    };
     // HTTP/2 options only matter for h2 downstreams, which host-sim does not serve; allow_connect is implied.
     fields.cosmetic("http2_protocol_options");
-    fields.cosmetic("access_log");
     fields.cosmetic("generate_request_id");
     fields.finish()?;
     Ok(HttpConnectionManager {
@@ -141,7 +168,54 @@ fn parse_hcm(at: &At<'_>) -> Result<HttpConnectionManager, ConfigError> {
         route_config,
         http_filters,
         connect_enabled,
+        access_logs,
     })
+}
+
+const FILE_ACCESS_LOG_TYPE: &str = "envoy.extensions.access_loggers.file.v3.FileAccessLog";
+
+/// Envoy's default access log format (used when `log_format` is absent).
+pub const DEFAULT_ACCESS_LOG_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% \
+%PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% \
+%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \
+\"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\"\n";
+
+fn parse_access_log(at: &At<'_>) -> Result<AccessLog, ConfigError> {
+    let mut fields = at.map()?;
+    fields.cosmetic("name");
+    let typed = fields.req("typed_config")?;
+    fields.finish()?;
+    let (_, mut config) = typed_config(&typed, &[FILE_ACCESS_LOG_TYPE])?;
+    let path = std::path::PathBuf::from(config.req("path")?.string()?);
+    let format = match config.opt("log_format") {
+        Some(log_format) => {
+            let mut format_fields = log_format.map()?;
+            let source = format_fields.req("text_format_source")?;
+            format_fields.finish()?;
+            let mut source_fields = source.map()?;
+            let inline = source_fields.req("inline_string")?;
+            source_fields.finish()?;
+            let text = inline.string()?;
+            if let Err(message) = crate::proxy::access_log::check_format(&text) {
+                return Err(inline.error(message));
+            }
+            text
+        }
+        None => DEFAULT_ACCESS_LOG_FORMAT.to_string(),
+    };
+    config.finish()?;
+    Ok(AccessLog { path, format })
+}
+
+fn header_list(at: Option<At<'_>>) -> Result<Vec<String>, ConfigError> {
+    match at {
+        Some(list) => list
+            .list()?
+            .iter()
+            .map(|h| h.string().map(|s| s.to_ascii_lowercase()))
+            .collect(),
+        None => Ok(Vec::new()),
+    }
 }
 
 /// HCM-level `upgrade_configs`: only CONNECT is implemented.
@@ -173,7 +247,10 @@ fn parse_route_config(at: &At<'_>) -> Result<RouteConfig, ConfigError> {
         .map(parse_virtual_host)
         .collect::<Result<Vec<_>, _>>()?;
     fields.finish()?;
-    Ok(RouteConfig { name, virtual_hosts })
+    Ok(RouteConfig {
+        name,
+        virtual_hosts,
+    })
 }
 
 fn parse_virtual_host(at: &At<'_>) -> Result<VirtualHost, ConfigError> {
@@ -188,7 +265,9 @@ fn parse_virtual_host(at: &At<'_>) -> Result<VirtualHost, ConfigError> {
             || wildcards == 0
             || (wildcards == 1 && (text.starts_with('*') || text.ends_with('*')));
         if !valid {
-            return Err(domain.error(format!("{text:?}: wildcards are allowed only as a prefix or a suffix")));
+            return Err(domain.error(format!(
+                "{text:?}: wildcards are allowed only as a prefix or a suffix"
+            )));
         }
         domains.push(text);
     }
@@ -198,8 +277,14 @@ fn parse_virtual_host(at: &At<'_>) -> Result<VirtualHost, ConfigError> {
         .iter()
         .map(parse_route)
         .collect::<Result<Vec<_>, _>>()?;
+    let request_headers_to_remove = header_list(fields.opt("request_headers_to_remove"))?;
     fields.finish()?;
-    Ok(VirtualHost { name, domains, routes })
+    Ok(VirtualHost {
+        name,
+        request_headers_to_remove,
+        domains,
+        routes,
+    })
 }
 
 fn parse_route(at: &At<'_>) -> Result<Route, ConfigError> {
@@ -207,8 +292,14 @@ fn parse_route(at: &At<'_>) -> Result<Route, ConfigError> {
     let name = fields.opt("name").map(|n| n.string()).transpose()?;
     let matcher = parse_route_match(&fields.req("match")?)?;
     let action = parse_route_action(&fields.req("route")?)?;
+    let request_headers_to_remove = header_list(fields.opt("request_headers_to_remove"))?;
     fields.finish()?;
-    Ok(Route { name, matcher, action })
+    Ok(Route {
+        name,
+        request_headers_to_remove,
+        matcher,
+        action,
+    })
 }
 
 fn parse_route_match(at: &At<'_>) -> Result<RouteMatch, ConfigError> {
@@ -227,7 +318,9 @@ fn parse_route_match(at: &At<'_>) -> Result<RouteMatch, ConfigError> {
         (Some(prefix), None, false) => Ok(RouteMatch::Prefix(prefix)),
         (None, Some(path), false) => Ok(RouteMatch::Path(path)),
         (None, None, true) => Ok(RouteMatch::Connect),
-        (None, None, false) => Err(at.error("a route match needs one of prefix, path or connect_matcher")),
+        (None, None, false) => {
+            Err(at.error("a route match needs one of prefix, path or connect_matcher"))
+        }
         _ => Err(at.error("a route match takes exactly one of prefix, path or connect_matcher")),
     }
 }
@@ -235,12 +328,17 @@ fn parse_route_match(at: &At<'_>) -> Result<RouteMatch, ConfigError> {
 fn parse_route_action(at: &At<'_>) -> Result<RouteAction, ConfigError> {
     let mut fields = at.map()?;
     let cluster = fields.opt("cluster").map(|c| c.string()).transpose()?;
-    let cluster_header = fields.opt("cluster_header").map(|c| c.string()).transpose()?;
+    let cluster_header = fields
+        .opt("cluster_header")
+        .map(|c| c.string())
+        .transpose()?;
     let target = match (cluster, cluster_header) {
         (Some(cluster), None) => RouteTarget::Cluster(cluster),
         (None, Some(header)) => RouteTarget::ClusterHeader(header.to_ascii_lowercase()),
         (None, None) => return Err(at.error("a route needs cluster or cluster_header")),
-        (Some(_), Some(_)) => return Err(at.error("a route takes either cluster or cluster_header, not both")),
+        (Some(_), Some(_)) => {
+            return Err(at.error("a route takes either cluster or cluster_header, not both"))
+        }
     };
     let timeout = match fields.opt("timeout") {
         Some(timeout) => {
@@ -270,7 +368,11 @@ fn parse_route_upgrades(at: &At<'_>) -> Result<bool, ConfigError> {
         if !kind.string()?.eq_ignore_ascii_case("CONNECT") {
             return Err(kind.error("host-sim implements only the CONNECT upgrade"));
         }
-        let enabled = fields.opt("enabled").map(|e| e.bool()).transpose()?.unwrap_or(true);
+        let enabled = fields
+            .opt("enabled")
+            .map(|e| e.bool())
+            .transpose()?
+            .unwrap_or(true);
         match fields.opt("connect_config") {
             Some(config) => {
                 config.map()?.finish()?;

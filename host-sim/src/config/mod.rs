@@ -19,7 +19,8 @@ pub use cluster::{Cluster, ClusterKind, TlsContext, TrustedCa, UpstreamOptions};
 pub use dns_cache::{DnsCacheConfig, LookupFamily};
 pub use filters::{DfpFilterConfig, FailurePolicy, HttpFilter, WasmPlugin};
 pub use listener::{
-    HttpConnectionManager, Listener, Route, RouteAction, RouteConfig, RouteMatch, RouteTarget, VirtualHost,
+    AccessLog, HttpConnectionManager, Listener, Route, RouteAction, RouteConfig, RouteMatch,
+    RouteTarget, VirtualHost,
 };
 
 /// An error in the bootstrap: where it is (a YAML path such as `static_resources.clusters[0].connect_timeout`) and
@@ -85,7 +86,10 @@ impl Bootstrap {
                 if let HttpFilter::DynamicForwardProxy(dfp) = filter {
                     caches.push((
                         &dfp.dns_cache,
-                        format!("{}.http_filters[{f}].typed_config.dns_cache_config", listener.hcm_path()),
+                        format!(
+                            "{}.http_filters[{f}].typed_config.dns_cache_config",
+                            listener.hcm_path()
+                        ),
                     ));
                 }
             }
@@ -117,7 +121,10 @@ impl Bootstrap {
     /// a DNS cache name always stands for one configuration.
     fn check_references(&self) -> Result<(), ConfigError> {
         for (index, cluster) in self.clusters.iter().enumerate() {
-            if self.clusters[..index].iter().any(|c| c.name == cluster.name) {
+            if self.clusters[..index]
+                .iter()
+                .any(|c| c.name == cluster.name)
+            {
                 return Err(invalid(
                     format!("static_resources.clusters[{index}].name"),
                     format!("duplicate cluster name {:?}", cluster.name),
@@ -155,7 +162,10 @@ pub(crate) fn invalid(path: impl Into<String>, message: impl Into<String>) -> Co
 
 fn parse_bootstrap(root: &At<'_>) -> Result<Bootstrap, ConfigError> {
     let mut fields = root.map()?;
-    let admin = fields.opt("admin").map(|admin| parse_admin(&admin)).transpose()?;
+    let admin = fields
+        .opt("admin")
+        .map(|admin| parse_admin(&admin))
+        .transpose()?;
     // Cosmetic: node identity and layered runtime only label the process.
     fields.cosmetic("node");
     fields.cosmetic("layered_runtime");

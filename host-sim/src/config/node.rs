@@ -93,24 +93,39 @@ impl<'a> At<'a> {
 
     pub(crate) fn port(&self) -> Result<u16, ConfigError> {
         let value = self.u64()?;
-        u16::try_from(value).map_err(|_| self.error(format!("port {value} is out of range 0..65535")))
+        u16::try_from(value)
+            .map_err(|_| self.error(format!("port {value} is out of range 0..65535")))
     }
 
     pub(crate) fn ip(&self) -> Result<IpAddr, ConfigError> {
         let text = self.string()?;
-        text.parse()
-            .map_err(|_| self.error(format!("{text:?} is not an IP address (host-sim, like Envoy, needs an IP here)")))
+        text.parse().map_err(|_| {
+            self.error(format!(
+                "{text:?} is not an IP address (host-sim, like Envoy, needs an IP here)"
+            ))
+        })
     }
 
     /// A protobuf `Duration`: the JSON form `"1.5s"` or the object form `{seconds, nanos}`.
     pub(crate) fn duration(&self) -> Result<Duration, ConfigError> {
         match self.value {
-            Value::String(text) => parse_duration(text)
-                .ok_or_else(|| self.error(format!("{text:?} is not a duration such as \"5s\" or \"0.25s\""))),
+            Value::String(text) => parse_duration(text).ok_or_else(|| {
+                self.error(format!(
+                    "{text:?} is not a duration such as \"5s\" or \"0.25s\""
+                ))
+            }),
             Value::Mapping(_) => {
                 let mut fields = self.map()?;
-                let seconds = fields.opt("seconds").map(|s| s.u64()).transpose()?.unwrap_or(0);
-                let nanos = fields.opt("nanos").map(|n| n.u32()).transpose()?.unwrap_or(0);
+                let seconds = fields
+                    .opt("seconds")
+                    .map(|s| s.u64())
+                    .transpose()?
+                    .unwrap_or(0);
+                let nanos = fields
+                    .opt("nanos")
+                    .map(|n| n.u32())
+                    .transpose()?
+                    .unwrap_or(0);
                 fields.finish()?;
                 if nanos >= 1_000_000_000 {
                     return Err(self.error("nanos must be below 1000000000"));

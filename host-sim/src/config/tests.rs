@@ -66,10 +66,12 @@ static_resources:
   - name: dfp_plain
     connectTimeout: 1s
     lb_policy: CLUSTER_PROVIDED
+    upstream_bind_config: { source_address: { address: 127.0.0.1, port_value: 0 } }
     cluster_type:
       name: envoy.clusters.dynamic_forward_proxy
       typed_config:
         "@type": type.googleapis.com/envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig
+        allow_insecure_cluster_options: true
         dns_cache_config: *dns_cache
   - name: dfp_tls
     lb_policy: CLUSTER_PROVIDED
@@ -124,7 +126,10 @@ fn error_of(yaml: &str) -> String {
 #[test]
 fn full_bootstrap_parses_into_the_model() {
     let bootstrap = Bootstrap::from_yaml(FULL).expect("valid bootstrap");
-    assert_eq!(bootstrap.admin, Some("127.0.0.1:9901".parse().expect("addr")));
+    assert_eq!(
+        bootstrap.admin,
+        Some("127.0.0.1:9901".parse().expect("addr"))
+    );
     let listener = &bootstrap.listeners[0];
     assert_eq!(listener.address, "127.0.0.1:10000".parse().expect("addr"));
     assert!(listener.http.connect_enabled);
@@ -132,7 +137,10 @@ fn full_bootstrap_parses_into_the_model() {
     assert_eq!(routes[0].matcher, RouteMatch::Connect);
     assert!(routes[0].action.connect_terminate);
     assert_eq!(routes[0].action.timeout, None);
-    assert_eq!(routes[0].action.target, RouteTarget::ClusterHeader("x-dfp-cluster".into()));
+    assert_eq!(
+        routes[0].action.target,
+        RouteTarget::ClusterHeader("x-dfp-cluster".into())
+    );
     assert_eq!(routes[1].name.as_deref(), Some("everything"));
     assert_eq!(routes[1].action.timeout, Some(Duration::from_millis(2500)));
     let filters = &listener.http.http_filters;
@@ -146,14 +154,21 @@ fn full_bootstrap_parses_into_the_model() {
     assert_eq!(plugin.failure_policy, FailurePolicy::FailClosed);
 
     let plain = bootstrap.cluster("dfp_plain").expect("dfp_plain");
-    assert_eq!(plain.connect_timeout, Duration::from_secs(1), "camelCase spelling accepted");
+    assert_eq!(
+        plain.connect_timeout,
+        Duration::from_secs(1),
+        "camelCase spelling accepted"
+    );
     let ClusterKind::DynamicForwardProxy { dns_cache } = &plain.kind else {
         panic!("dfp cluster")
     };
     assert_eq!(dns_cache.max_hosts, 64);
     assert_eq!(dns_cache.max_pending_requests, 8);
     assert_eq!(dns_cache.lookup_family, LookupFamily::V4Only);
-    assert_eq!(dns_cache.resolvers, vec!["127.0.0.1:5353".parse().expect("addr")]);
+    assert_eq!(
+        dns_cache.resolvers,
+        vec!["127.0.0.1:5353".parse().expect("addr")]
+    );
     assert_eq!(dns_cache.host_ttl, Duration::from_secs(300));
 
     let tls = bootstrap.cluster("dfp_tls").expect("dfp_tls");
@@ -169,7 +184,8 @@ fn full_bootstrap_parses_into_the_model() {
     };
     assert_eq!(upstream.failure_policy, FailurePolicy::FailReload);
 
-    let ClusterKind::Static { endpoints } = &bootstrap.cluster("metadata").expect("static").kind else {
+    let ClusterKind::Static { endpoints } = &bootstrap.cluster("metadata").expect("static").kind
+    else {
         panic!("static cluster")
     };
     assert_eq!(endpoints, &vec!["127.0.0.1:8080".parse().expect("addr")]);
@@ -183,7 +199,10 @@ fn valid() -> String {
 fn unknown_top_level_keys_are_rejected() {
     // Envoy rejects unknown bootstrap fields too; YAML anchors must live inside known fields.
     let error = error_of(&format!("x-anchors: &a {{ name: x }}\n{FULL}"));
-    assert!(error.starts_with("x-anchors: field not supported"), "{error}");
+    assert!(
+        error.starts_with("x-anchors: field not supported"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -232,7 +251,10 @@ fn unsupported_fields_are_errors_naming_their_path() {
     ];
     for (yaml, expected) in cases {
         let error = error_of(&yaml);
-        assert!(error.contains(expected), "expected {expected:?} in {error:?}");
+        assert!(
+            error.contains(expected),
+            "expected {expected:?} in {error:?}"
+        );
     }
 }
 
@@ -244,7 +266,10 @@ fn filter_chains_must_end_in_their_terminal_filter() {
         1,
     );
     let error = error_of(&yaml);
-    assert!(error.contains("http_filters: the last HTTP filter must be envoy.filters.http.router"), "{error}");
+    assert!(
+        error.contains("http_filters: the last HTTP filter must be envoy.filters.http.router"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -255,7 +280,10 @@ fn one_dns_cache_name_means_one_configuration() {
         1,
     );
     let error = error_of(&yaml);
-    assert!(error.contains("DNS cache \"dfp_cache\" is configured differently"), "{error}");
+    assert!(
+        error.contains("DNS cache \"dfp_cache\" is configured differently"),
+        "{error}"
+    );
 }
 
 #[test]

@@ -1,0 +1,485 @@
+//! The dynamic forward proxy's DNS cache, with Envoy's semantics (`source/extensions/common/dynamic_forward_proxy`):
+//!
+//! - Hosts are keyed by `host:port`, the port defaulting to 80, or 443 for a TLS cluster.
+//! - A host seen for the first time starts one resolution; every request for it waits on that one query.
+//! - An answer is kept and refreshed in the background: after the record's TTL (at least `dns_min_refresh_rate`),
+//!   or `dns_refresh_rate` when there is no TTL; failures are retried with a backoff. Once a host has an address it
+//!   keeps it through later failures.
+//! - A host not used for `host_ttl` is dropped at its next refresh.
+//! - At most `max_hosts` hosts (`host_overflow`), at most `max_pending_requests` requests waiting for resolutions at
+//!   once (`dns_rq_pending_overflow`).
+//! - Stats are named as Envoy's: `dns_cache.<name>.dns_query_attempt` and friends.
+//!
+//! Resolutions run on the runtime handle given at construction (Envoy's main thread); workers only await results.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use hickory_resolver::config::{
+    LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
+};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::TokioResolver;
+use tokio::runtime::Handle;
+use tokio::sync::watch;
+
+use crate::config::{DnsCacheConfig, LookupFamily};
+use crate::shared::metrics::{Metric, MetricsStore};
+use crate::types::MetricKind;
+
+/// Why a DNS cache lookup did not produce an address; each maps to one of Envoy's local replies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LookupError {
+    /// The name did not resolve (503 "DNS resolution failure"); `details` as in Envoy's response code details.
+    ResolutionFailed { details: String },
+    /// `max_hosts` reached (503 "DNS cache overflow").
+    CacheOverflow,
+    /// Too many requests already waiting for resolutions (503 "Dynamic forward proxy pending request overflow").
+    PendingOverflow,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DnsCacheError {
+    #[error("DNS cache {name:?}: cannot read the system resolver configuration: {source}")]
+    SystemConfig {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("DNS cache {name:?}: cannot build the resolver: {message}")]
+    Resolver { name: String, message: String },
+}
+
+/// One cached host: its address (if it ever resolved) and what the last resolution said.
+#[derive(Debug, Clone)]
+struct Resolved {
+    address: Option<SocketAddr>,
+    details: String,
+}
+
+struct Entry {
+    /// `None` until the first resolution completes; requests wait on this channel.
+    state: watch::Sender<Option<Resolved>>,
+    last_used: Instant,
+}
+
+struct Stats {
+    query_attempt: Arc<Metric>,
+    query_success: Arc<Metric>,
+    query_failure: Arc<Metric>,
+    query_timeout: Arc<Metric>,
+    host_address_changed: Arc<Metric>,
+    host_added: Arc<Metric>,
+    host_removed: Arc<Metric>,
+    num_hosts: Arc<Metric>,
+    host_overflow: Arc<Metric>,
+    pending_overflow: Arc<Metric>,
+}
+
+impl Stats {
+    fn new(store: &MetricsStore, cache: &str) -> Self {
+        let counter =
+            |name: &str| store.define(MetricKind::Counter, &format!("dns_cache.{cache}.{name}"));
+        Stats {
+            query_attempt: counter("dns_query_attempt"),
+            query_success: counter("dns_query_success"),
+            query_failure: counter("dns_query_failure"),
+            query_timeout: counter("dns_query_timeout"),
+            host_address_changed: counter("host_address_changed"),
+            host_added: counter("host_added"),
+            host_removed: counter("host_removed"),
+            num_hosts: store.define(MetricKind::Gauge, &format!("dns_cache.{cache}.num_hosts")),
+            host_overflow: counter("host_overflow"),
+            pending_overflow: counter("dns_rq_pending_overflow"),
+        }
+    }
+}
+
+struct Inner {
+    config: DnsCacheConfig,
+    resolver: TokioResolver,
+    runtime: Handle,
+    hosts: Mutex<HashMap<String, Entry>>,
+    pending: AtomicU32,
+    stats: Stats,
+}
+
+/// A shared DNS cache (cheap to clone; all clones are the same cache).
+#[derive(Clone)]
+pub struct DnsCache {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Releases a pending-request slot when the waiting request finishes or is dropped.
+struct PendingSlot<'a>(&'a AtomicU32);
+
+impl Drop for PendingSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl DnsCache {
+    /// Builds the cache; resolutions and refresh timers run on `runtime`.
+    pub fn new(
+        config: DnsCacheConfig,
+        runtime: Handle,
+        stats: &MetricsStore,
+    ) -> Result<Self, DnsCacheError> {
+        let resolver = build_resolver(&config)?;
+        let stats = Stats::new(stats, &config.name);
+        Ok(DnsCache {
+            inner: Arc::new(Inner {
+                config,
+                resolver,
+                runtime,
+                hosts: Mutex::new(HashMap::new()),
+                pending: AtomicU32::new(0),
+                stats,
+            }),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.config.name
+    }
+
+    pub fn config(&self) -> &DnsCacheConfig {
+        &self.inner.config
+    }
+
+    /// Resolves `authority` (`host` or `host:port`, IPv6 in brackets) to the address to connect to.
+    pub async fn load(
+        &self,
+        authority: &str,
+        default_port: u16,
+    ) -> Result<SocketAddr, LookupError> {
+        let inner = &self.inner;
+        let (host, port) = split_authority(authority, default_port).ok_or_else(|| {
+            LookupError::ResolutionFailed {
+                details: "invalid_host".to_string(),
+            }
+        })?;
+        let key = format!("{host}:{port}");
+
+        let mut receiver = {
+            let mut hosts = lock(&inner.hosts);
+            if let Some(entry) = hosts.get_mut(&key) {
+                entry.last_used = Instant::now();
+                if let Some(resolved) = entry.state.borrow().clone() {
+                    return resolved_result(resolved);
+                }
+                entry.state.subscribe()
+            } else if hosts.len() >= inner.config.max_hosts as usize {
+                inner.stats.host_overflow.add(1);
+                return Err(LookupError::CacheOverflow);
+            } else {
+                let (sender, receiver) = watch::channel(None);
+                hosts.insert(
+                    key.clone(),
+                    Entry {
+                        state: sender,
+                        last_used: Instant::now(),
+                    },
+                );
+                inner.stats.host_added.add(1);
+                inner.stats.num_hosts.set(hosts.len() as i64);
+                let weak = Arc::downgrade(inner);
+                inner
+                    .runtime
+                    .spawn(resolve_loop(weak, key.clone(), host.to_string(), port));
+                receiver
+            }
+        };
+
+        // The circuit breaker counts requests waiting for a resolution, as Envoy's does.
+        let _slot = self.take_pending_slot()?;
+        loop {
+            if let Some(resolved) = receiver.borrow_and_update().clone() {
+                return resolved_result(resolved);
+            }
+            if receiver.changed().await.is_err() {
+                return Err(LookupError::ResolutionFailed {
+                    details: "host_removed".to_string(),
+                });
+            }
+        }
+    }
+
+    fn take_pending_slot(&self) -> Result<PendingSlot<'_>, LookupError> {
+        let inner = &self.inner;
+        let max = inner.config.max_pending_requests;
+        let taken = inner
+            .pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
+                (current < max).then_some(current + 1)
+            });
+        match taken {
+            Ok(_) => Ok(PendingSlot(&inner.pending)),
+            Err(_) => {
+                inner.stats.pending_overflow.add(1);
+                Err(LookupError::PendingOverflow)
+            }
+        }
+    }
+
+    /// Number of hosts in the cache.
+    pub fn len(&self) -> usize {
+        lock(&self.inner.hosts).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn resolved_result(resolved: Resolved) -> Result<SocketAddr, LookupError> {
+    resolved.address.ok_or(LookupError::ResolutionFailed {
+        details: resolved.details,
+    })
+}
+
+/// Resolves one host, then keeps it fresh until it has been unused for `host_ttl`.
+async fn resolve_loop(cache: Weak<Inner>, key: String, host: String, port: u16) {
+    let mut failures: u32 = 0;
+    loop {
+        let Some(inner) = cache.upgrade() else { return };
+        let outcome = resolve_once(&inner, &host).await;
+        let next = match outcome {
+            Ok((ip, ttl)) => {
+                failures = 0;
+                inner.stats.query_success.add(1);
+                publish(&inner, &key, Some(SocketAddr::new(ip, port)), "resolved");
+                match ttl {
+                    Some(ttl) => ttl.max(inner.config.min_refresh_rate),
+                    None => inner.config.refresh_rate,
+                }
+            }
+            Err(details) => {
+                failures = failures.saturating_add(1);
+                inner.stats.query_failure.add(1);
+                publish(&inner, &key, None, &details);
+                failure_backoff(inner.config.refresh_rate, failures)
+            }
+        };
+        drop(inner);
+        tokio::time::sleep(next).await;
+
+        let Some(inner) = cache.upgrade() else { return };
+        let mut hosts = lock(&inner.hosts);
+        let expired = hosts
+            .get(&key)
+            .is_none_or(|entry| entry.last_used.elapsed() > inner.config.host_ttl);
+        if expired {
+            if hosts.remove(&key).is_some() {
+                inner.stats.host_removed.add(1);
+                inner.stats.num_hosts.set(hosts.len() as i64);
+            }
+            return;
+        }
+    }
+}
+
+/// Envoy's failure refresh: exponential from the refresh rate's tenth, jitter-free here, capped at the refresh rate.
+fn failure_backoff(refresh_rate: Duration, failures: u32) -> Duration {
+    let base = (refresh_rate / 10).max(Duration::from_millis(100));
+    let factor = 1u32 << failures.saturating_sub(1).min(10);
+    (base * factor).min(refresh_rate)
+}
+
+/// Records a resolution: the first completes the entry; later ones only replace the address when there is a new one
+/// (a host that once resolved keeps its address through failures).
+fn publish(inner: &Inner, key: &str, address: Option<SocketAddr>, details: &str) {
+    let hosts = lock(&inner.hosts);
+    let Some(entry) = hosts.get(key) else { return };
+    entry
+        .state
+        .send_if_modified(|state| match (state.as_mut(), address) {
+            (None, _) => {
+                *state = Some(Resolved {
+                    address,
+                    details: details.to_string(),
+                });
+                true
+            }
+            (Some(current), Some(new)) if current.address != Some(new) => {
+                if current.address.is_some() {
+                    inner.stats.host_address_changed.add(1);
+                }
+                current.address = Some(new);
+                current.details = details.to_string();
+                true
+            }
+            _ => false,
+        });
+}
+
+/// One query with the configured timeout. The answer's first address in the family order, and its remaining TTL.
+async fn resolve_once(inner: &Inner, host: &str) -> Result<(IpAddr, Option<Duration>), String> {
+    inner.stats.query_attempt.add(1);
+    // An IP literal needs no query (c-ares answers those itself).
+    if let Ok(ip) = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
+        return Ok((ip, None));
+    }
+    // A fully qualified name: no search domains, as Envoy is configured here.
+    let fqdn = format!("{host}.");
+    match tokio::time::timeout(
+        inner.config.query_timeout,
+        inner.resolver.lookup_ip(fqdn.as_str()),
+    )
+    .await
+    {
+        Err(_) => {
+            inner.stats.query_timeout.add(1);
+            Err("resolve_timeout".to_string())
+        }
+        Ok(Err(error)) => Err(if error.is_nx_domain() || error.is_no_records_found() {
+            "no_records_found".to_string()
+        } else {
+            "resolution_failed".to_string()
+        }),
+        Ok(Ok(lookup)) => {
+            let ttl = lookup.valid_until().checked_duration_since(Instant::now());
+            match lookup.iter().next() {
+                Some(ip) => Ok((ip, ttl.filter(|ttl| !ttl.is_zero()))),
+                None => Err("no_records_found".to_string()),
+            }
+        }
+    }
+}
+
+fn build_resolver(config: &DnsCacheConfig) -> Result<TokioResolver, DnsCacheError> {
+    let resolver_config = if config.resolvers.is_empty() {
+        system_config(config)?
+    } else if config.use_resolvers_as_fallback {
+        // c-ares: the system's name servers first; `resolvers` only when there are none.
+        let system = system_config(config)?;
+        if system.name_servers().is_empty() {
+            configured(config)
+        } else {
+            system
+        }
+    } else {
+        configured(config)
+    };
+    let mut options = ResolverOpts::default();
+    options.ip_strategy = match config.lookup_family {
+        LookupFamily::V4Only => LookupIpStrategy::Ipv4Only,
+        LookupFamily::V6Only => LookupIpStrategy::Ipv6Only,
+        LookupFamily::Auto => LookupIpStrategy::Ipv6thenIpv4,
+        LookupFamily::V4Preferred => LookupIpStrategy::Ipv4thenIpv6,
+        LookupFamily::All => LookupIpStrategy::Ipv4AndIpv6,
+    };
+    // This cache decides when to refresh; the resolver must not answer from a cache of its own.
+    options.cache_size = 0;
+    options.timeout = config.query_timeout;
+    options.attempts = 1;
+    options.ndots = 0;
+    options.use_hosts_file = ResolveHosts::Never;
+    let mut builder =
+        TokioResolver::builder_with_config(resolver_config, TokioRuntimeProvider::default());
+    *builder.options_mut() = options;
+    builder.build().map_err(|error| DnsCacheError::Resolver {
+        name: config.name.clone(),
+        message: error.to_string(),
+    })
+}
+
+fn configured(config: &DnsCacheConfig) -> ResolverConfig {
+    let servers = config
+        .resolvers
+        .iter()
+        .map(|address| {
+            let mut server = if config.use_tcp {
+                NameServerConfig::tcp(address.ip())
+            } else {
+                NameServerConfig::udp_and_tcp(address.ip())
+            };
+            for connection in &mut server.connections {
+                connection.port = address.port();
+            }
+            server
+        })
+        .collect();
+    ResolverConfig::from_name_servers(servers)
+}
+
+fn system_config(config: &DnsCacheConfig) -> Result<ResolverConfig, DnsCacheError> {
+    let (resolver_config, _) =
+        hickory_resolver::system_conf::read_system_conf().map_err(|error| {
+            DnsCacheError::SystemConfig {
+                name: config.name.clone(),
+                source: std::io::Error::other(error.to_string()),
+            }
+        })?;
+    // Search domains would turn one name into several queries; Envoy's DFP asks for the name as given.
+    let (_, _, servers) = resolver_config.into_parts();
+    Ok(ResolverConfig::from_name_servers(servers))
+}
+
+/// `host`, `host:port`, `[v6]`, `[v6]:port` → (host without brackets for names, with brackets kept for v6; port).
+pub(crate) fn split_authority(authority: &str, default_port: u16) -> Option<(&str, u16)> {
+    if authority.is_empty() {
+        return None;
+    }
+    if let Some(rest) = authority.strip_prefix('[') {
+        let end = rest.find(']')?;
+        let host = &authority[..end + 2];
+        let after = &rest[end + 1..];
+        let port = match after.strip_prefix(':') {
+            Some(port) => port.parse().ok()?,
+            None if after.is_empty() => default_port,
+            None => return None,
+        };
+        return Some((host, port));
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => Some((host, port.parse().ok()?)),
+        Some(_) => None,
+        None => Some((authority, default_port)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authorities_split_like_envoy() {
+        assert_eq!(
+            split_authority("example.test", 80),
+            Some(("example.test", 80))
+        );
+        assert_eq!(
+            split_authority("example.test:8080", 80),
+            Some(("example.test", 8080))
+        );
+        assert_eq!(split_authority("[::1]", 443), Some(("[::1]", 443)));
+        assert_eq!(split_authority("[::1]:8443", 443), Some(("[::1]", 8443)));
+        assert_eq!(split_authority("::1", 80), None);
+        assert_eq!(split_authority("a:b", 80), None);
+        assert_eq!(split_authority("", 80), None);
+        assert_eq!(split_authority("[::1]x", 80), None);
+    }
+
+    #[test]
+    fn failure_backoff_grows_to_the_refresh_rate() {
+        let rate = Duration::from_secs(60);
+        assert_eq!(failure_backoff(rate, 1), Duration::from_secs(6));
+        assert_eq!(failure_backoff(rate, 2), Duration::from_secs(12));
+        assert_eq!(failure_backoff(rate, 20), rate);
+    }
+}

@@ -1,0 +1,286 @@
+//! Upstream connections: connect to exactly the address the DNS cache gave (never re-resolved), optionally wrap in
+//! TLS, speak HTTP/1.1 with hyper, and keep idle connections in a per-worker pool keyed by (cluster, address, TLS
+//! name) — as Envoy keeps one connection pool per worker, cluster and host.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::body::{Body, Frame, SizeHint};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::tls::UpstreamTls;
+
+/// Why an upstream connection could not be made, in Envoy's words for its 503 body and details.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectError {
+    /// TCP connect failed (refused, unreachable ...): Envoy's "remote connection failure".
+    #[error("remote connection failure, transport failure reason: delayed connect error: {0}")]
+    Refused(String),
+    /// No connection within `connect_timeout`.
+    #[error("connection timeout")]
+    Timeout,
+    /// The TLS handshake failed (certificate not trusted or not for this name, protocol error).
+    #[error("remote connection failure, transport failure reason: TLS error: {0}")]
+    Tls(String),
+    /// The HTTP/1.1 handshake over the connection failed.
+    #[error("connection termination")]
+    Http(String),
+}
+
+impl ConnectError {
+    /// The reset reason as it appears inside Envoy's response code details.
+    pub fn details(&self) -> String {
+        match self {
+            ConnectError::Refused(reason) => {
+                format!(
+                    "remote_connection_failure|delayed_connect_error:_{}",
+                    reason.replace(' ', "_")
+                )
+            }
+            ConnectError::Timeout => "connection_timeout".to_string(),
+            ConnectError::Tls(reason) => format!(
+                "remote_connection_failure|TLS_error:_{}",
+                reason.replace(' ', "_")
+            ),
+            ConnectError::Http(_) => "connection_termination".to_string(),
+        }
+    }
+}
+
+/// Where one upstream request goes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub cluster: std::sync::Arc<str>,
+    pub address: SocketAddr,
+    /// The TLS server name (SNI and SAN check); `None` for plain connections.
+    pub tls_name: Option<String>,
+}
+
+/// Idle HTTP/1.1 connections of one worker.
+pub struct ConnectionPool<B> {
+    idle: RefCell<HashMap<PoolKey, Vec<SendRequest<B>>>>,
+    max_idle_per_key: usize,
+}
+
+impl<B> Default for ConnectionPool<B> {
+    fn default() -> Self {
+        ConnectionPool {
+            idle: RefCell::new(HashMap::new()),
+            max_idle_per_key: 64,
+        }
+    }
+}
+
+impl<B> ConnectionPool<B>
+where
+    B: Body + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// An idle connection that can take a request now, if any.
+    pub fn checkout(&self, key: &PoolKey) -> Option<SendRequest<B>> {
+        let mut idle = self.idle.borrow_mut();
+        let senders = idle.get_mut(key)?;
+        while let Some(sender) = senders.pop() {
+            if sender.is_ready() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection after its response ended; closed or busy ones are dropped.
+    pub fn checkin(&self, key: PoolKey, sender: SendRequest<B>) {
+        if sender.is_closed() || !sender.is_ready() {
+            return;
+        }
+        let mut idle = self.idle.borrow_mut();
+        let senders = idle.entry(key).or_default();
+        if senders.len() < self.max_idle_per_key {
+            senders.push(sender);
+        }
+    }
+
+    /// A pooled connection, or a new one to `key.address` (TLS when `tls` is given).
+    pub async fn get(
+        &self,
+        key: &PoolKey,
+        options: &ConnectOptions<'_>,
+    ) -> Result<SendRequest<B>, ConnectError> {
+        if let Some(sender) = self.checkout(key) {
+            return Ok(sender);
+        }
+        connect(key, options).await
+    }
+}
+
+/// How a cluster connects: timeout, local bind address, TLS.
+pub struct ConnectOptions<'a> {
+    pub timeout: Duration,
+    pub bind: Option<SocketAddr>,
+    pub tls: Option<&'a UpstreamTls>,
+}
+
+/// A TCP connection to `address` within `timeout`, from `bind` when given (`upstream_bind_config`).
+pub async fn tcp_connect(
+    address: SocketAddr,
+    bind: Option<SocketAddr>,
+    timeout: Duration,
+) -> Result<TcpStream, ConnectError> {
+    let attempt = async {
+        let socket = if address.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .map_err(|error| ConnectError::Refused(io_reason(&error)))?;
+        if let Some(bind) = bind {
+            socket
+                .bind(bind)
+                .map_err(|error| ConnectError::Refused(io_reason(&error)))?;
+        }
+        socket
+            .connect(address)
+            .await
+            .map_err(|error| ConnectError::Refused(io_reason(&error)))
+    };
+    let stream = tokio::time::timeout(timeout, attempt)
+        .await
+        .map_err(|_| ConnectError::Timeout)??;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// A new HTTP/1.1 connection; its driver task runs on the current worker's `LocalSet`.
+pub async fn connect<B>(
+    key: &PoolKey,
+    options: &ConnectOptions<'_>,
+) -> Result<SendRequest<B>, ConnectError>
+where
+    B: Body + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let started = tokio::time::Instant::now();
+    let tcp = tcp_connect(key.address, options.bind, options.timeout).await?;
+    let establish = async {
+        match (options.tls, &key.tls_name) {
+            (Some(tls), Some(name)) => {
+                let server_name = tls.server_name(name).map_err(ConnectError::Tls)?;
+                let stream = TlsConnector::from(tls.client_config())
+                    .connect(server_name, tcp)
+                    .await
+                    .map_err(|error| ConnectError::Tls(error.to_string()))?;
+                Ok(Box::new(stream) as Box<dyn Io>)
+            }
+            _ => Ok(Box::new(tcp) as Box<dyn Io>),
+        }
+    };
+    let remaining = options.timeout.saturating_sub(started.elapsed());
+    let io = tokio::time::timeout(remaining, establish)
+        .await
+        .map_err(|_| ConnectError::Timeout)??;
+    let (sender, connection) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|error| ConnectError::Http(error.to_string()))?;
+    tokio::task::spawn_local(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Unpin> Io for T {}
+
+/// The OS reason in Envoy's spelling ("Connection refused").
+fn io_reason(error: &std::io::Error) -> String {
+    match error.kind() {
+        std::io::ErrorKind::ConnectionRefused => "Connection refused".to_string(),
+        std::io::ErrorKind::TimedOut => "Connection timed out".to_string(),
+        _ => {
+            let text = error.to_string();
+            // Drop the " (os error N)" suffix std adds.
+            text.split(" (os error").next().unwrap_or(&text).to_string()
+        }
+    }
+}
+
+/// A response body that hands its connection back to the pool once the body has been read to the end.
+pub struct PooledBody<B, R> {
+    inner: R,
+    release: Option<(Rc<ConnectionPool<B>>, PoolKey, SendRequest<B>)>,
+}
+
+impl<B, R> PooledBody<B, R> {
+    pub fn new(
+        inner: R,
+        pool: Rc<ConnectionPool<B>>,
+        key: PoolKey,
+        sender: SendRequest<B>,
+    ) -> Self {
+        PooledBody {
+            inner,
+            release: Some((pool, key, sender)),
+        }
+    }
+}
+
+impl<B, R> PooledBody<B, R>
+where
+    B: Body + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn release(&mut self) {
+        if let Some((pool, key, sender)) = self.release.take() {
+            pool.checkin(key, sender);
+        }
+    }
+}
+
+impl<B, R> Body for PooledBody<B, R>
+where
+    B: Body + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    R: Body + Unpin,
+{
+    type Data = R::Data;
+    type Error = R::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.release(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
+            Poll::Ready(Some(Err(_))) => self.release = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B, R> Unpin for PooledBody<B, R> {}

@@ -1,0 +1,830 @@
+//! One request through the connection manager, as Envoy runs it:
+//!
+//! ```text
+//! downstream request → header map (:authority from Host or the absolute URI) → route
+//!   → downstream filters: wasm (may reply, pause, clear the route cache) → dynamic_forward_proxy (DNS cache)
+//!   → router: cluster (by name or cluster_header) → host (DFP cache / static endpoint)
+//!   → upstream filters: wasm (sees upstream.address) → upstream connection (pooled, TLS) → response
+//! response → upstream wasm → downstream wasm (reverse order) → client; then on_done / on_log / on_delete
+//! ```
+//!
+//! Local replies (Envoy's own and the filters') pass through the wasm response phase like any response.
+
+use std::cell::RefCell;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Body, Incoming};
+use hyper::{Method, Request, Response};
+
+use crate::config::{ClusterKind, RouteTarget};
+use crate::dfp::upstream::{ConnectError, PoolKey, PooledBody};
+use crate::headers::HeaderMap;
+use crate::properties::{Properties, PropertyValue};
+use crate::stream::LocalReply;
+use crate::types::MetricKind;
+
+use super::local_reply::EnvoyReply;
+use super::route::{self, Selected};
+use super::wasm_chain::{Outcome, WasmChain};
+use super::worker::Worker;
+use super::{ClusterRuntime, DownstreamFilter, ListenerRuntime};
+
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Bodies live on one worker (they may hold the worker's wasm contexts), so they need not be `Send`.
+pub(crate) type LocalBody = std::pin::Pin<Box<dyn Body<Data = Bytes, Error = BoxError>>>;
+pub(crate) type UpstreamBody = LocalBody;
+pub(crate) type DownstreamBody = LocalBody;
+
+pub(crate) fn local_body<B>(body: B) -> LocalBody
+where
+    B: Body<Data = Bytes, Error = BoxError> + 'static,
+{
+    Box::pin(body)
+}
+
+/// What the worker knows about the downstream connection.
+pub(crate) struct ConnectionInfo {
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub listener: usize,
+}
+
+/// Hop-by-hop headers: never forwarded (RFC 9110 §7.6.1, and what Envoy's codecs drop).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+pub(crate) async fn handle(
+    worker: Rc<Worker>,
+    connection: Rc<ConnectionInfo>,
+    mut request: Request<Incoming>,
+) -> Result<Response<DownstreamBody>, Infallible> {
+    let upgrade = (request.method() == Method::CONNECT).then(|| hyper::upgrade::on(&mut request));
+    let listener = &worker.shared.listeners[connection.listener];
+    let exchange = Exchange {
+        listener,
+        worker: worker.clone(),
+        connection: connection.clone(),
+        started: Instant::now(),
+        start_time: SystemTime::now(),
+        log: RefCell::new(LogState::default()),
+    };
+    let response = exchange.run(request, upgrade).await;
+    let status = response.status().as_u16();
+    if !listener.access_logs.is_empty() {
+        exchange.write_access_logs(&response);
+    }
+    let prefix = &listener.config.http.stat_prefix;
+    let stats = &worker.shared.stats;
+    stats
+        .define(
+            MetricKind::Counter,
+            &format!("http.{prefix}.downstream_rq_total"),
+        )
+        .add(1);
+    stats
+        .define(
+            MetricKind::Counter,
+            &format!("http.{prefix}.downstream_rq_{}xx", status / 100),
+        )
+        .add(1);
+    Ok(response)
+}
+
+struct Exchange<'a> {
+    worker: Rc<Worker>,
+    listener: &'a ListenerRuntime,
+    connection: Rc<ConnectionInfo>,
+    started: Instant,
+    start_time: SystemTime,
+    log: RefCell<LogState>,
+}
+
+/// What the access log needs to know about how the request ended.
+#[derive(Default)]
+struct LogState {
+    request: HeaderMap,
+    details: String,
+    cluster: Option<std::sync::Arc<str>>,
+    upstream: Option<SocketAddr>,
+}
+
+/// Where the router sends the request.
+struct Target {
+    cluster: std::sync::Arc<ClusterRuntime>,
+    address: SocketAddr,
+}
+
+impl Exchange<'_> {
+    async fn run(
+        &self,
+        request: Request<Incoming>,
+        upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Response<DownstreamBody> {
+        let (parts, body) = request.into_parts();
+        let connect = parts.method == Method::CONNECT;
+        let mut headers = match request_header_map(&parts) {
+            Ok(headers) => headers,
+            Err(reply) => {
+                self.log.borrow_mut().details = reply.details.clone();
+                return plain_reply(&reply);
+            }
+        };
+        let end_of_stream = connect || body.is_end_stream();
+        self.log.borrow_mut().request = headers.clone();
+
+        let mut selected = self.select_route(&headers, connect);
+        let properties = self.stream_properties(selected.as_ref(), &headers);
+        let mut downstream =
+            match WasmChain::new(&self.worker, &self.listener.wasm_slots, &properties) {
+                Ok(chain) => chain,
+                Err(reply) => return plain_reply(&reply),
+            };
+
+        // Downstream filters, in order. Wasm filters are members of `downstream` in the same order.
+        let mut wasm_index = 0;
+        let mut resolved: Option<SocketAddr> = None;
+        for filter in &self.listener.filters {
+            match filter {
+                DownstreamFilter::Wasm => {
+                    let outcome =
+                        downstream.request_headers(wasm_index, &mut headers, end_of_stream);
+                    wasm_index += 1;
+                    match self
+                        .settle(&mut downstream, outcome, wasm_index - 1, &mut headers)
+                        .await
+                    {
+                        Settled::Continue { clear_route_cache } => {
+                            if clear_route_cache {
+                                selected = self.select_route(&headers, connect);
+                            }
+                        }
+                        Settled::Reply(reply) => {
+                            return self.local_reply(&mut downstream, None, reply)
+                        }
+                    }
+                }
+                DownstreamFilter::DynamicForwardProxy(cache) => {
+                    let Some(cluster) = self.route_cluster(selected.as_ref(), &headers) else {
+                        continue;
+                    };
+                    let same_cache = cluster
+                        .dns_cache
+                        .as_ref()
+                        .is_some_and(|c| c.name() == cache.name());
+                    if !same_cache {
+                        continue;
+                    }
+                    let authority = headers
+                        .get_str(":authority")
+                        .unwrap_or_default()
+                        .to_string();
+                    if authority.is_empty() {
+                        return self.local_reply(
+                            &mut downstream,
+                            None,
+                            Reply::Envoy(EnvoyReply::empty_host()),
+                        );
+                    }
+                    match cache.load(&authority, cluster.default_port()).await {
+                        Ok(address) => resolved = Some(address),
+                        Err(error) => {
+                            return self.local_reply(
+                                &mut downstream,
+                                None,
+                                Reply::Envoy(EnvoyReply::dns(&error)),
+                            )
+                        }
+                    }
+                }
+            }
+        }
+
+        // Router.
+        let Some(route) = selected else {
+            return self.local_reply(
+                &mut downstream,
+                None,
+                Reply::Envoy(EnvoyReply::route_not_found()),
+            );
+        };
+        let Some(cluster) = self.route_cluster(Some(&route), &headers) else {
+            return self.local_reply(
+                &mut downstream,
+                None,
+                Reply::Envoy(EnvoyReply::cluster_not_found()),
+            );
+        };
+        downstream.set_property("xds.cluster_name", cluster.name.to_string());
+        self.log.borrow_mut().cluster = Some(cluster.name.clone());
+        let target = match self.pick_host(&cluster, &headers, resolved) {
+            Ok(target) => target,
+            Err(reply) => return self.local_reply(&mut downstream, None, Reply::Envoy(reply)),
+        };
+        if self.worker.shared.own_addresses.contains(&target.address) {
+            // Proxying to host-sim's own listener or admin would loop or expose the admin API.
+            return self.local_reply(
+                &mut downstream,
+                None,
+                Reply::Envoy(EnvoyReply {
+                    status: 403,
+                    body: "host-sim does not proxy to its own addresses".to_string(),
+                    details: "host_sim_own_address".to_string(),
+                }),
+            );
+        }
+
+        self.log.borrow_mut().upstream = Some(target.address);
+        // Upstream filters see the address the router is about to use.
+        let mut upstream_properties = properties.clone();
+        upstream_properties.set("xds.cluster_name", cluster.name.to_string());
+        upstream_properties.set_socket_address("upstream", target.address);
+        let mut upstream =
+            match WasmChain::new(&self.worker, &cluster.upstream_slots, &upstream_properties) {
+                Ok(chain) => chain,
+                Err(reply) => return self.local_reply(&mut downstream, None, Reply::Envoy(reply)),
+            };
+        for index in 0..cluster.upstream_slots.len() {
+            let outcome = upstream.request_headers(index, &mut headers, end_of_stream);
+            match self
+                .settle(&mut upstream, outcome, index, &mut headers)
+                .await
+            {
+                Settled::Continue { .. } => {}
+                Settled::Reply(reply) => {
+                    return self.local_reply(&mut downstream, Some(&mut upstream), reply)
+                }
+            }
+        }
+
+        for name in route
+            .virtual_host
+            .request_headers_to_remove
+            .iter()
+            .chain(&route.route.request_headers_to_remove)
+        {
+            headers.remove(name);
+        }
+        self.log.borrow_mut().request = headers.clone();
+        let timeout = route.route.action.timeout;
+        if connect {
+            return self.tunnel(downstream, upstream, &target, upgrade).await;
+        }
+        self.forward(
+            parts.method,
+            headers,
+            body,
+            downstream,
+            upstream,
+            target,
+            timeout,
+        )
+        .await
+    }
+
+    fn write_access_logs(&self, response: &Response<DownstreamBody>) {
+        let log = self.log.borrow();
+        let mut response_headers = HeaderMap::new();
+        for (name, value) in response.headers() {
+            response_headers.add(name.as_str(), value.as_bytes());
+        }
+        let entry = super::access_log::Entry {
+            request: &log.request,
+            response: Some(&response_headers),
+            code: response.status().as_u16(),
+            details: if log.details.is_empty() {
+                "-"
+            } else {
+                &log.details
+            },
+            cluster: log.cluster.as_deref(),
+            upstream: log.upstream,
+            downstream_remote: self.connection.peer,
+            downstream_local: self.connection.local,
+            start: self.start_time,
+            duration: self.started.elapsed(),
+        };
+        for writer in &self.listener.access_logs {
+            writer.write(&entry);
+        }
+    }
+
+    fn select_route(&self, headers: &HeaderMap, connect: bool) -> Option<Selected<'_>> {
+        let authority = headers.get_str(":authority").unwrap_or_default();
+        route::select(
+            &self.listener.config.http.route_config,
+            authority,
+            headers.get_str(":path"),
+            connect,
+        )
+    }
+
+    /// The route's cluster: by name, or by the `cluster_header` value (first value) when it names a cluster.
+    fn route_cluster(
+        &self,
+        selected: Option<&Selected<'_>>,
+        headers: &HeaderMap,
+    ) -> Option<std::sync::Arc<ClusterRuntime>> {
+        let name = match &selected?.route.action.target {
+            RouteTarget::Cluster(name) => name.as_str(),
+            RouteTarget::ClusterHeader(header) => headers.get_str(header)?,
+        };
+        self.worker.shared.clusters.get(name).cloned()
+    }
+
+    /// The host to connect to: a DFP cluster's host comes from its DNS cache (resolved by the DFP filter); a
+    /// STATIC cluster's endpoints take turns.
+    fn pick_host(
+        &self,
+        cluster: &std::sync::Arc<ClusterRuntime>,
+        headers: &HeaderMap,
+        resolved: Option<SocketAddr>,
+    ) -> Result<Target, EnvoyReply> {
+        let address = match &cluster.config.kind {
+            ClusterKind::DynamicForwardProxy { .. } => {
+                let _ = headers;
+                resolved.ok_or_else(EnvoyReply::no_healthy_upstream)?
+            }
+            ClusterKind::Static { endpoints } => {
+                let next = cluster.next_endpoint.fetch_add(1, Ordering::Relaxed);
+                endpoints[next % endpoints.len()]
+            }
+        };
+        Ok(Target {
+            cluster: cluster.clone(),
+            address,
+        })
+    }
+
+    /// Properties Envoy has for the stream at request-headers time.
+    fn stream_properties(
+        &self,
+        selected: Option<&Selected<'_>>,
+        headers: &HeaderMap,
+    ) -> Properties {
+        let mut properties = Properties::new();
+        properties.set_socket_address("source", self.connection.peer);
+        properties.set_socket_address("destination", self.connection.local);
+        properties.set("connection.id", PropertyValue::Uint(self.connection.id));
+        properties.set("connection.mtls", PropertyValue::Bool(false));
+        properties.set("request.time", PropertyValue::Timestamp(SystemTime::now()));
+        properties.set("request.protocol", "HTTP/1.1");
+        if let Some(name) = &self.listener.config.http.route_config.name {
+            properties.set("xds.route_configuration_name", name.clone());
+        }
+        if let Some(selected) = selected {
+            properties.set("xds.virtual_host_name", selected.virtual_host.name.clone());
+            if let Some(name) = &selected.route.name {
+                properties.set("xds.route_name", name.clone());
+            }
+            if let Some(cluster) = self.route_cluster(Some(selected), headers) {
+                properties.set("xds.cluster_name", cluster.name.to_string());
+            }
+        }
+        properties.set("xds.listener_direction", PropertyValue::Int(0));
+        properties
+    }
+
+    /// Waits out a pause: http calls dispatched by the plugin are sent, answers and ticks delivered, until the
+    /// filter resumes the stream or replies.
+    async fn settle(
+        &self,
+        chain: &mut WasmChain,
+        outcome: Outcome,
+        index: usize,
+        headers: &mut HeaderMap,
+    ) -> Settled {
+        match outcome {
+            Outcome::Continue { clear_route_cache } => Settled::Continue { clear_route_cache },
+            Outcome::LocalReply(reply) => Settled::Reply(Reply::Wasm(reply)),
+            Outcome::Failed(reply) => Settled::Reply(Reply::Envoy(reply)),
+            Outcome::Paused => loop {
+                chain.dispatch_http_calls(index);
+                let notified = self.worker.wasm_progress.notified();
+                match chain.resumed(index, headers) {
+                    Some(Outcome::Continue { clear_route_cache }) => {
+                        return Settled::Continue { clear_route_cache }
+                    }
+                    Some(Outcome::LocalReply(reply)) => return Settled::Reply(Reply::Wasm(reply)),
+                    Some(Outcome::Failed(reply)) => return Settled::Reply(Reply::Envoy(reply)),
+                    Some(Outcome::Paused) | None => notified.await,
+                }
+            },
+        }
+    }
+
+    /// Sends a local reply through the wasm response phase (upstream chain first when there is one), then ends the
+    /// wasm streams.
+    fn local_reply(
+        &self,
+        downstream: &mut WasmChain,
+        upstream: Option<&mut WasmChain>,
+        reply: Reply,
+    ) -> Response<DownstreamBody> {
+        let (mut headers, body, details) = match reply {
+            Reply::Wasm(reply) => (
+                reply.response_headers(),
+                reply.body.clone(),
+                reply.details.clone(),
+            ),
+            Reply::Envoy(reply) => (
+                envoy_reply_headers(&reply),
+                reply.body.clone().into_bytes(),
+                reply.details.clone(),
+            ),
+        };
+        let end_of_stream = body.is_empty();
+        let mut chains: Vec<&mut WasmChain> = Vec::new();
+        if let Some(upstream) = upstream {
+            chains.push(upstream);
+        }
+        chains.push(downstream);
+        for chain in chains.iter_mut() {
+            if let Outcome::LocalReply(second) = chain.response_headers(&mut headers, end_of_stream)
+            {
+                // A filter replied while a reply was going out: Envoy sends the second one.
+                headers = second.response_headers();
+            }
+        }
+        let status = headers
+            .get_str(":status")
+            .and_then(|s| s.parse::<u16>().ok())
+            .unwrap_or(500);
+        for chain in chains.iter_mut() {
+            chain.finish(Some(&headers), Some(status), &details);
+        }
+        self.log.borrow_mut().details = details;
+        build_response(
+            &headers,
+            local_body(Full::new(Bytes::from(body)).map_err(|never| match never {})),
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        &self,
+        method: Method,
+        mut headers: HeaderMap,
+        body: Incoming,
+        mut downstream: WasmChain,
+        mut upstream: WasmChain,
+        target: Target,
+        timeout: Option<Duration>,
+    ) -> Response<DownstreamBody> {
+        let cluster = target.cluster.clone();
+        let stats = &self.worker.shared.stats;
+        let counter = |name: &str| {
+            stats.define(
+                MetricKind::Counter,
+                &format!("cluster.{}.{name}", cluster.name),
+            )
+        };
+        counter("upstream_rq_total").add(1);
+
+        if let Some(timeout) = timeout {
+            headers.replace(
+                "x-envoy-expected-rq-timeout-ms",
+                timeout.as_millis().to_string(),
+            );
+        }
+        let host = headers
+            .get_str(":authority")
+            .unwrap_or_default()
+            .to_string();
+        let tls_name = cluster
+            .tls
+            .as_ref()
+            .map(|_| host_without_port(&host).to_string());
+        let key = PoolKey {
+            cluster: cluster.name.clone(),
+            address: target.address,
+            tls_name,
+        };
+        let request_body: UpstreamBody =
+            local_body(body.map_err(|error| Box::new(error) as BoxError));
+        let upstream_request = match upstream_request(&method, &headers, request_body) {
+            Ok(request) => request,
+            Err(reply) => {
+                return self.local_reply(&mut downstream, Some(&mut upstream), Reply::Envoy(reply))
+            }
+        };
+
+        let pool = self.worker.pool.clone();
+        let mut sender = match pool.get(&key, &cluster.connect_options()).await {
+            Ok(sender) => sender,
+            Err(error) => {
+                counter("upstream_cx_connect_fail").add(1);
+                return self.local_reply(
+                    &mut downstream,
+                    Some(&mut upstream),
+                    Reply::Envoy(EnvoyReply::upstream_failure(&error)),
+                );
+            }
+        };
+        let sent = sender.send_request(upstream_request);
+        let response = match timeout {
+            Some(timeout) => match tokio::time::timeout(timeout, sent).await {
+                Ok(result) => result,
+                Err(_) => {
+                    counter("upstream_rq_timeout").add(1);
+                    return self.local_reply(
+                        &mut downstream,
+                        Some(&mut upstream),
+                        Reply::Envoy(EnvoyReply::upstream_timeout()),
+                    );
+                }
+            },
+            None => sent.await,
+        };
+        let response = match response {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::debug!(%error, "upstream reset before response headers");
+                let reply =
+                    if error.is_canceled() || error.is_closed() || error.is_incomplete_message() {
+                        EnvoyReply::upstream_reset()
+                    } else {
+                        EnvoyReply::upstream_failure(&ConnectError::Http(error.to_string()))
+                    };
+                return self.local_reply(&mut downstream, Some(&mut upstream), Reply::Envoy(reply));
+            }
+        };
+
+        let (parts, body) = response.into_parts();
+        let mut response_headers = HeaderMap::new();
+        response_headers.add(":status", parts.status.as_u16().to_string());
+        for (name, value) in &parts.headers {
+            if !HOP_BY_HOP.contains(&name.as_str()) && name.as_str() != "server" {
+                response_headers.add(name.as_str(), value.as_bytes());
+            }
+        }
+        response_headers.add(
+            "x-envoy-upstream-service-time",
+            self.started.elapsed().as_millis().to_string(),
+        );
+        let end_of_stream = body.is_end_stream();
+        let mut outcome = upstream.response_headers(&mut response_headers, end_of_stream);
+        if matches!(outcome, Outcome::Continue { .. }) {
+            outcome = downstream.response_headers(&mut response_headers, end_of_stream);
+        }
+        match outcome {
+            Outcome::LocalReply(reply) => {
+                return self.local_reply(&mut downstream, Some(&mut upstream), Reply::Wasm(reply));
+            }
+            Outcome::Failed(reply) => {
+                return self.local_reply(&mut downstream, Some(&mut upstream), Reply::Envoy(reply));
+            }
+            Outcome::Continue { .. } | Outcome::Paused => {}
+        }
+        let status = parts.status.as_u16();
+        self.log.borrow_mut().details = "via_upstream".to_string();
+        let pooled = PooledBody::new(body, pool, key, sender);
+        let body = super::body::FilteredResponse::new(
+            pooled,
+            downstream,
+            upstream,
+            response_headers.clone(),
+            status,
+        );
+        build_response(&response_headers, local_body(body))
+    }
+
+    async fn tunnel(
+        &self,
+        mut downstream: WasmChain,
+        mut upstream: WasmChain,
+        target: &Target,
+        upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Response<DownstreamBody> {
+        let connected = crate::dfp::upstream::tcp_connect(
+            target.address,
+            target.cluster.config.bind,
+            target.cluster.config.connect_timeout,
+        )
+        .await;
+        let stream = match connected {
+            Ok(stream) => stream,
+            Err(error) => {
+                return self.local_reply(
+                    &mut downstream,
+                    Some(&mut upstream),
+                    Reply::Envoy(EnvoyReply::upstream_failure(&error)),
+                )
+            }
+        };
+        let mut headers = HeaderMap::new();
+        headers.add(":status", "200");
+        let mut replied = None;
+        if let Outcome::LocalReply(reply) = upstream.response_headers(&mut headers, false) {
+            replied = Some(reply);
+        } else if let Outcome::LocalReply(reply) = downstream.response_headers(&mut headers, false)
+        {
+            replied = Some(reply);
+        }
+        if let Some(reply) = replied {
+            return self.local_reply(&mut downstream, Some(&mut upstream), Reply::Wasm(reply));
+        }
+        let Some(upgrade) = upgrade else {
+            return self.local_reply(
+                &mut downstream,
+                Some(&mut upstream),
+                Reply::Envoy(EnvoyReply::bad_request("missing_upgrade")),
+            );
+        };
+        self.log.borrow_mut().details = "via_upstream".to_string();
+        tokio::task::spawn_local(super::tunnel::relay(
+            upgrade,
+            stream,
+            downstream,
+            upstream,
+            headers.clone(),
+        ));
+        build_response(
+            &headers,
+            local_body(Empty::new().map_err(|never| match never {})),
+        )
+    }
+}
+
+enum Settled {
+    Continue { clear_route_cache: bool },
+    Reply(Reply),
+}
+
+/// A reply from a wasm filter (with its own headers) or from the proxy itself.
+pub(crate) enum Reply {
+    Wasm(LocalReply),
+    Envoy(EnvoyReply),
+}
+
+/// The request as Envoy's HTTP/1 codec presents it to filters: `:authority` (from the absolute URI or `Host`),
+/// `:path`, `:method`, `:scheme`, then the request's headers without `Host` and hop-by-hop headers, then the
+/// headers the connection manager adds (`x-forwarded-proto`, `x-request-id`).
+fn request_header_map(parts: &hyper::http::request::Parts) -> Result<HeaderMap, EnvoyReply> {
+    let connect = parts.method == Method::CONNECT;
+    let authority = match parts.uri.authority() {
+        Some(authority) => authority.as_str().as_bytes().to_vec(),
+        None => {
+            // Envoy's HTTP/1 codec folds repeated Host headers into one value joined by commas; the filters
+            // then see (and reject) that.
+            let hosts: Vec<&[u8]> = parts
+                .headers
+                .get_all(hyper::header::HOST)
+                .iter()
+                .map(|value| value.as_bytes())
+                .collect();
+            if hosts.is_empty() {
+                return Err(EnvoyReply::bad_request("missing_host_header"));
+            }
+            hosts.join(&b","[..])
+        }
+    };
+    let mut headers = HeaderMap::new();
+    headers.add(":authority", &authority);
+    if !connect {
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        headers.add(":path", if path.is_empty() { "/" } else { path });
+    }
+    headers.add(":method", parts.method.as_str());
+    if !connect {
+        headers.add(":scheme", "http");
+    }
+    for (name, value) in &parts.headers {
+        if name == hyper::header::HOST || HOP_BY_HOP.contains(&name.as_str()) {
+            continue;
+        }
+        headers.add(name.as_str(), value.as_bytes());
+    }
+    if headers.get("x-forwarded-proto").is_none() {
+        headers.add("x-forwarded-proto", "http");
+    }
+    if headers.get("x-request-id").is_none() {
+        headers.add("x-request-id", request_id());
+    }
+    Ok(headers)
+}
+
+/// A random UUID v4, as Envoy's default request id extension makes.
+fn request_id() -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom(&mut bytes).is_err() {
+        // Fall back to time-derived bytes: uniqueness matters here, not secrecy.
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        bytes.copy_from_slice(&nanos.to_le_bytes());
+    }
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")?.read_exact(buf)
+}
+
+fn host_without_port(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return authority
+            .split(']')
+            .next()
+            .map_or(authority, |h| &authority[..h.len() + 1]);
+    }
+    authority
+        .rsplit_once(':')
+        .map_or(authority, |(host, _)| host)
+}
+
+/// The HTTP/1.1 request the upstream receives: origin-form path, `Host` from `:authority`, no pseudo-headers.
+fn upstream_request(
+    method: &Method,
+    headers: &HeaderMap,
+    body: UpstreamBody,
+) -> Result<Request<UpstreamBody>, EnvoyReply> {
+    let path = headers.get_str(":path").unwrap_or("/");
+    let mut builder = Request::builder().method(method.clone()).uri(path);
+    if let Some(authority) = headers.get(":authority") {
+        builder = builder.header(hyper::header::HOST, authority);
+    }
+    for (name, value) in headers.iter() {
+        if name.first() == Some(&b':') {
+            continue;
+        }
+        builder = builder.header(name, value);
+    }
+    builder
+        .body(body)
+        .map_err(|_| EnvoyReply::bad_request("invalid_header_after_filters"))
+}
+
+fn envoy_reply_headers(reply: &EnvoyReply) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.add(":status", reply.status.to_string());
+    if !reply.body.is_empty() {
+        headers.add("content-length", reply.body.len().to_string());
+        headers.add("content-type", "text/plain");
+    }
+    headers
+}
+
+fn plain_reply(reply: &EnvoyReply) -> Response<DownstreamBody> {
+    build_response(
+        &envoy_reply_headers(reply),
+        local_body(Full::new(Bytes::from(reply.body.clone())).map_err(|never| match never {})),
+    )
+}
+
+/// A hyper response from a header map (`:status` plus regular headers); invalid entries a filter wrote are dropped.
+fn build_response(headers: &HeaderMap, body: DownstreamBody) -> Response<DownstreamBody> {
+    let status = headers
+        .get_str(":status")
+        .and_then(|s| s.parse::<u16>().ok())
+        .and_then(|s| hyper::StatusCode::from_u16(s).ok())
+        .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    let map = response.headers_mut();
+    for (name, value) in headers.iter() {
+        if name.first() == Some(&b':') {
+            continue;
+        }
+        match (
+            hyper::header::HeaderName::from_bytes(name),
+            hyper::header::HeaderValue::from_bytes(value),
+        ) {
+            (Ok(name), Ok(value)) => {
+                map.append(name, value);
+            }
+            _ => tracing::debug!("dropping a response header a filter set with invalid bytes"),
+        }
+    }
+    map.insert(
+        hyper::header::SERVER,
+        hyper::header::HeaderValue::from_static("host-sim"),
+    );
+    response
+}

@@ -1,0 +1,226 @@
+//! Route selection as Envoy's route table does it: the virtual host by `:authority` (exact, then suffix wildcards
+//! longest first, then prefix wildcards, then `*`), then the first route of that host whose match fits.
+
+use crate::config::{Route, RouteConfig, RouteMatch, VirtualHost};
+
+/// The chosen route, with the names the `xds.*` properties report.
+#[derive(Debug, Clone, Copy)]
+pub struct Selected<'a> {
+    pub virtual_host: &'a VirtualHost,
+    pub route: &'a Route,
+}
+
+/// Picks the route for a request. `authority` is `:authority` as received (a port, if present, takes part in the
+/// domain match as in Envoy, which also retries without the port); `path` is `:path` (absent for CONNECT).
+pub fn select<'a>(
+    config: &'a RouteConfig,
+    authority: &str,
+    path: Option<&str>,
+    connect: bool,
+) -> Option<Selected<'a>> {
+    let host = authority.to_ascii_lowercase();
+    let virtual_host = find_virtual_host(config, &host).or_else(|| {
+        // Envoy strips the port and tries again when no domain matched the host with its port.
+        strip_port(&host).and_then(|bare| find_virtual_host(config, bare))
+    })?;
+    let route = virtual_host
+        .routes
+        .iter()
+        .find(|route| matches(&route.matcher, path, connect))?;
+    Some(Selected {
+        virtual_host,
+        route,
+    })
+}
+
+fn matches(matcher: &RouteMatch, path: Option<&str>, connect: bool) -> bool {
+    match matcher {
+        RouteMatch::Connect => connect,
+        // CONNECT requests carry no path; only connect_matcher routes take them.
+        RouteMatch::Prefix(prefix) => {
+            !connect && path.is_some_and(|path| path.starts_with(prefix.as_str()))
+        }
+        RouteMatch::Path(exact) => {
+            !connect && path.is_some_and(|path| path_without_query(path) == exact)
+        }
+    }
+}
+
+fn path_without_query(path: &str) -> &str {
+    path.split(['?', '#']).next().unwrap_or(path)
+}
+
+fn strip_port(host: &str) -> Option<&str> {
+    if host.starts_with('[') {
+        let end = host.find(']')?;
+        return (end + 1 < host.len()).then(|| &host[..=end]);
+    }
+    let (bare, port) = host.rsplit_once(':')?;
+    port.bytes().all(|b| b.is_ascii_digit()).then_some(bare)
+}
+
+fn find_virtual_host<'a>(config: &'a RouteConfig, host: &str) -> Option<&'a VirtualHost> {
+    let hosts = &config.virtual_hosts;
+    if let Some(exact) = hosts.iter().find(|vh| vh.domains.iter().any(|d| d == host)) {
+        return Some(exact);
+    }
+    // Suffix wildcards (`*.example.com`, `*-bar.foo.com`): the longest matching suffix wins.
+    let suffix = hosts
+        .iter()
+        .flat_map(|vh| vh.domains.iter().map(move |d| (vh, d)))
+        .filter_map(|(vh, d)| {
+            let suffix = d.strip_prefix('*')?;
+            (!suffix.is_empty() && host.len() > suffix.len() && host.ends_with(suffix))
+                .then_some((vh, suffix.len()))
+        })
+        .max_by_key(|(_, len)| *len);
+    if let Some((vh, _)) = suffix {
+        return Some(vh);
+    }
+    let prefix = hosts
+        .iter()
+        .flat_map(|vh| vh.domains.iter().map(move |d| (vh, d)))
+        .filter_map(|(vh, d)| {
+            let prefix = d.strip_suffix('*')?;
+            (!prefix.is_empty() && host.len() > prefix.len() && host.starts_with(prefix))
+                .then_some((vh, prefix.len()))
+        })
+        .max_by_key(|(_, len)| *len);
+    if let Some((vh, _)) = prefix {
+        return Some(vh);
+    }
+    hosts.iter().find(|vh| vh.domains.iter().any(|d| d == "*"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{RouteAction, RouteTarget};
+
+    fn route(name: &str, matcher: RouteMatch) -> Route {
+        Route {
+            name: Some(name.to_string()),
+            request_headers_to_remove: Vec::new(),
+            matcher,
+            action: RouteAction {
+                target: RouteTarget::Cluster(name.to_string()),
+                timeout: None,
+                connect_terminate: false,
+            },
+        }
+    }
+
+    fn vhost(name: &str, domains: &[&str], routes: Vec<Route>) -> VirtualHost {
+        VirtualHost {
+            name: name.to_string(),
+            request_headers_to_remove: Vec::new(),
+            domains: domains.iter().map(|d| d.to_string()).collect(),
+            routes,
+        }
+    }
+
+    fn table() -> RouteConfig {
+        RouteConfig {
+            name: Some("table".into()),
+            virtual_hosts: vec![
+                vhost(
+                    "any",
+                    &["*"],
+                    vec![
+                        route("connect", RouteMatch::Connect),
+                        route("all", RouteMatch::Prefix("/".into())),
+                    ],
+                ),
+                vhost(
+                    "exact",
+                    &["api.example.com"],
+                    vec![
+                        route("health", RouteMatch::Path("/health".into())),
+                        route("api", RouteMatch::Prefix("/v1".into())),
+                    ],
+                ),
+                vhost(
+                    "wild",
+                    &["*.example.com"],
+                    vec![route("wild", RouteMatch::Prefix("/".into()))],
+                ),
+                vhost(
+                    "wilder",
+                    &["*.deep.example.com"],
+                    vec![route("wilder", RouteMatch::Prefix("/".into()))],
+                ),
+                vhost(
+                    "prefix",
+                    &["internal.*"],
+                    vec![route("prefix", RouteMatch::Prefix("/".into()))],
+                ),
+            ],
+        }
+    }
+
+    fn pick(authority: &str, path: Option<&str>, connect: bool) -> Option<(String, String)> {
+        let table = table();
+        select(&table, authority, path, connect).map(|s| {
+            (
+                s.virtual_host.name.clone(),
+                s.route.name.clone().unwrap_or_default(),
+            )
+        })
+    }
+
+    #[test]
+    fn virtual_hosts_in_envoy_order() {
+        let p = |a: &str, path: &str| pick(a, Some(path), false);
+        assert_eq!(
+            p("api.example.com", "/health"),
+            Some(("exact".into(), "health".into()))
+        );
+        assert_eq!(
+            p("API.Example.com:8080", "/health?x=1"),
+            Some(("exact".into(), "health".into()))
+        );
+        assert_eq!(
+            p("api.example.com", "/v1/x"),
+            Some(("exact".into(), "api".into()))
+        );
+        assert_eq!(
+            p("api.example.com", "/other"),
+            None,
+            "no route in the matched host: no fallback"
+        );
+        assert_eq!(
+            p("www.example.com", "/"),
+            Some(("wild".into(), "wild".into()))
+        );
+        assert_eq!(
+            p("a.deep.example.com", "/"),
+            Some(("wilder".into(), "wilder".into()))
+        );
+        assert_eq!(
+            p("example.com", "/"),
+            Some(("any".into(), "all".into())),
+            "the apex is not under *.example.com"
+        );
+        assert_eq!(
+            p("internal.corp", "/"),
+            Some(("prefix".into(), "prefix".into()))
+        );
+        assert_eq!(
+            p("elsewhere.test", "/x"),
+            Some(("any".into(), "all".into()))
+        );
+    }
+
+    #[test]
+    fn connect_only_matches_connect_routes() {
+        assert_eq!(
+            pick("elsewhere.test:443", None, true),
+            Some(("any".into(), "connect".into()))
+        );
+        assert_eq!(pick("www.example.com:443", None, true), None);
+        assert_eq!(
+            pick("elsewhere.test", Some("/"), false),
+            Some(("any".into(), "all".into()))
+        );
+    }
+}

@@ -1,0 +1,363 @@
+//! One request's walk through a list of wasm filters (the downstream ones of a listener, or the upstream ones of a
+//! cluster): create an HTTP context in each plugin's VM, hand each the header map in turn, collect what they did
+//! (local reply, route cache clears, pauses), and finish the contexts when the stream ends.
+//!
+//! Failures follow the plugin's `failure_policy`: fail-open skips the filter, the others fail the stream with 503
+//! (the VM restarts for the next stream, which is what FAIL_RELOAD and a freshly failed FAIL_CLOSED VM do here; the
+//! difference in timing is listed in the README).
+
+use std::rc::Rc;
+
+use crate::config::FailurePolicy;
+use crate::headers::HeaderMap;
+use crate::properties::Properties;
+use crate::stream::{LocalReply, StreamState};
+use crate::types::Action;
+use crate::vm::HttpStream;
+
+use super::local_reply::EnvoyReply;
+use super::worker::Worker;
+
+/// What the chain decided for one phase.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Every filter continued. `clear_route_cache`: some filter asked to re-pick the route.
+    Continue { clear_route_cache: bool },
+    /// A filter answered the request itself.
+    LocalReply(LocalReply),
+    /// A filter failed; the stream ends with this reply.
+    Failed(EnvoyReply),
+    /// A filter paused (`StopIteration`) and nothing resumed it: the proxy waits for `proxy_continue_stream`.
+    Paused,
+}
+
+/// Which header map a phase hands to the filters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    RequestHeaders,
+    ResponseHeaders,
+}
+
+struct Member {
+    slot: usize,
+    stream: Option<HttpStream>,
+    policy: FailurePolicy,
+}
+
+/// The wasm contexts of one request in one filter chain.
+pub struct WasmChain {
+    worker: Rc<Worker>,
+    members: Vec<Member>,
+    finished: bool,
+}
+
+impl WasmChain {
+    /// Creates an HTTP context in every plugin of `slots`, each seeing `properties`.
+    pub fn new(
+        worker: &Rc<Worker>,
+        slots: &[usize],
+        properties: &Properties,
+    ) -> Result<Self, EnvoyReply> {
+        let mut members = Vec::with_capacity(slots.len());
+        for &slot in slots {
+            let policy = worker.shared.plugins[slot].policy;
+            let created = worker
+                .plugin(slot)
+                .borrow_mut()
+                .create_stream(properties.clone());
+            match created {
+                Ok(stream) => members.push(Member {
+                    slot,
+                    stream: Some(stream),
+                    policy,
+                }),
+                Err(error) => {
+                    tracing::warn!(plugin = %worker.shared.plugins[slot].name, %error, "wasm context creation failed");
+                    if policy != FailurePolicy::FailOpen {
+                        let chain = WasmChain {
+                            worker: worker.clone(),
+                            members,
+                            finished: false,
+                        };
+                        drop(chain);
+                        return Err(EnvoyReply::wasm_failed());
+                    }
+                    members.push(Member {
+                        slot,
+                        stream: None,
+                        policy,
+                    });
+                }
+            }
+        }
+        Ok(WasmChain {
+            worker: worker.clone(),
+            members,
+            finished: false,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// `proxy_on_request_headers` of one filter (the `index`-th wasm filter of the chain). The map is moved into the
+    /// filter's stream state and back.
+    pub fn request_headers(
+        &mut self,
+        index: usize,
+        headers: &mut HeaderMap,
+        end_of_stream: bool,
+    ) -> Outcome {
+        let mut clear_route_cache = false;
+        match self.run_headers(
+            index,
+            Phase::RequestHeaders,
+            headers,
+            end_of_stream,
+            &mut clear_route_cache,
+        ) {
+            Some(outcome) => outcome,
+            None => Outcome::Continue { clear_route_cache },
+        }
+    }
+
+    /// `proxy_on_response_headers` of every filter, in reverse order (Envoy's encoder order).
+    pub fn response_headers(&mut self, headers: &mut HeaderMap, end_of_stream: bool) -> Outcome {
+        let mut clear_route_cache = false;
+        for index in (0..self.members.len()).rev() {
+            if let Some(outcome) = self.run_headers(
+                index,
+                Phase::ResponseHeaders,
+                headers,
+                end_of_stream,
+                &mut clear_route_cache,
+            ) {
+                // A paused response has nobody to resume it in host-sim's synchronous response path: go on, as
+                // Envoy would once the filter continued.
+                if !matches!(outcome, Outcome::Paused) {
+                    return outcome;
+                }
+            }
+        }
+        Outcome::Continue { clear_route_cache }
+    }
+
+    /// Runs one filter's headers callback; `None` means it continued.
+    fn run_headers(
+        &mut self,
+        index: usize,
+        phase: Phase,
+        headers: &mut HeaderMap,
+        end_of_stream: bool,
+        clear_route_cache: &mut bool,
+    ) -> Option<Outcome> {
+        let stream = self.members.get(index)?.stream?;
+        let slot = self.members[index].slot;
+        let mut instance = self.worker.plugin(slot).borrow_mut();
+        let state = instance.stream_state_mut(stream)?;
+        match phase {
+            Phase::RequestHeaders => state.request_headers = std::mem::take(headers),
+            Phase::ResponseHeaders => state.response_headers = std::mem::take(headers),
+        }
+        let result = match phase {
+            Phase::RequestHeaders => instance.on_request_headers(stream, end_of_stream),
+            Phase::ResponseHeaders => instance.on_response_headers(stream, end_of_stream),
+        };
+        if let Some(state) = instance.stream_state_mut(stream) {
+            match phase {
+                Phase::RequestHeaders => *headers = std::mem::take(&mut state.request_headers),
+                Phase::ResponseHeaders => *headers = std::mem::take(&mut state.response_headers),
+            }
+        }
+        let action = match result {
+            Ok(action) => action,
+            Err(error) => {
+                tracing::warn!(plugin = %self.worker.shared.plugins[slot].name, %error, "wasm filter failed");
+                drop(instance);
+                self.members[index].stream = None;
+                if self.members[index].policy == FailurePolicy::FailOpen {
+                    return None;
+                }
+                return Some(Outcome::Failed(EnvoyReply::wasm_failed()));
+            }
+        };
+        let state = instance.stream_state_mut(stream)?;
+        if let Some(reply) = state.effects.local_reply.take() {
+            return Some(Outcome::LocalReply(reply));
+        }
+        if std::mem::take(&mut state.effects.clear_route_cache) > 0 {
+            *clear_route_cache = true;
+        }
+        if action.is_stop() {
+            let resumed = match phase {
+                Phase::RequestHeaders => std::mem::take(&mut state.effects.continue_request),
+                Phase::ResponseHeaders => std::mem::take(&mut state.effects.continue_response),
+            };
+            if !resumed {
+                // Keep the paused filter's view of the headers: it may still change them before continuing.
+                state.request_headers = headers.clone();
+                return Some(Outcome::Paused);
+            }
+        }
+        None
+    }
+
+    /// After a pause: has the filter resumed (`proxy_continue_stream`), replied, or failed meanwhile? The headers
+    /// it may have changed while paused are taken back into `headers`.
+    pub fn resumed(&mut self, index: usize, headers: &mut HeaderMap) -> Option<Outcome> {
+        let member = self.members.get(index)?;
+        let Some(stream) = member.stream else {
+            return Some(Outcome::Failed(EnvoyReply::wasm_failed()));
+        };
+        let mut instance = self.worker.plugin(member.slot).borrow_mut();
+        if instance.failure().is_some() {
+            drop(instance);
+            self.members[index].stream = None;
+            return Some(Outcome::Failed(EnvoyReply::wasm_failed()));
+        }
+        let state = instance.stream_state_mut(stream)?;
+        if let Some(reply) = state.effects.local_reply.take() {
+            return Some(Outcome::LocalReply(reply));
+        }
+        if std::mem::take(&mut state.effects.continue_request) {
+            *headers = std::mem::take(&mut state.request_headers);
+            let clear_route_cache = std::mem::take(&mut state.effects.clear_route_cache) > 0;
+            return Some(Outcome::Continue { clear_route_cache });
+        }
+        None
+    }
+
+    /// Sends the http calls the `index`-th filter's plugin dispatched.
+    pub fn dispatch_http_calls(&self, index: usize) {
+        if let Some(member) = self.members.get(index) {
+            super::calls::dispatch(&self.worker, member.slot);
+        }
+    }
+
+    /// Sets a property on every context of the chain (e.g. `xds.cluster_name` once the route is known).
+    pub fn set_property(
+        &mut self,
+        name: &str,
+        value: impl Into<crate::properties::PropertyValue> + Clone,
+    ) {
+        for member in &self.members {
+            let Some(stream) = member.stream else {
+                continue;
+            };
+            let mut instance = self.worker.plugin(member.slot).borrow_mut();
+            if let Some(state) = instance.stream_state_mut(stream) {
+                state.properties.set(name, value.clone());
+            }
+        }
+    }
+
+    /// Runs a body chunk through the filters (request: in order; response: reverse). Returns the bytes to forward
+    /// (`None` while some filter buffers), or the outcome that ends the stream.
+    pub fn body(
+        &mut self,
+        phase: Phase,
+        chunk: &[u8],
+        end_of_stream: bool,
+    ) -> Result<Option<Vec<u8>>, Outcome> {
+        let order: Vec<usize> = match phase {
+            Phase::RequestHeaders => (0..self.members.len()).collect(),
+            Phase::ResponseHeaders => (0..self.members.len()).rev().collect(),
+        };
+        let mut data = chunk.to_vec();
+        for index in order {
+            let Some(stream) = self.members[index].stream else {
+                continue;
+            };
+            let slot = self.members[index].slot;
+            let mut instance = self.worker.plugin(slot).borrow_mut();
+            let result = match phase {
+                Phase::RequestHeaders => instance.on_request_body(stream, &data, end_of_stream),
+                Phase::ResponseHeaders => instance.on_response_body(stream, &data, end_of_stream),
+            };
+            let action = match result {
+                Ok(action) => action,
+                Err(error) => {
+                    tracing::warn!(plugin = %self.worker.shared.plugins[slot].name, %error, "wasm body callback failed");
+                    drop(instance);
+                    self.members[index].stream = None;
+                    if self.members[index].policy == FailurePolicy::FailOpen {
+                        continue;
+                    }
+                    return Err(Outcome::Failed(EnvoyReply::wasm_failed()));
+                }
+            };
+            let Some(state) = instance.stream_state_mut(stream) else {
+                continue;
+            };
+            if let Some(reply) = state.effects.local_reply.take() {
+                return Err(Outcome::LocalReply(reply));
+            }
+            if action == Action::Pause && !end_of_stream {
+                return Ok(None);
+            }
+            data = match phase {
+                Phase::RequestHeaders => std::mem::take(&mut state.request_body),
+                Phase::ResponseHeaders => std::mem::take(&mut state.response_body),
+            };
+        }
+        Ok(Some(data))
+    }
+
+    /// Lets the caller inspect or fill each live stream's state (e.g. trailers, final response properties).
+    pub fn for_each_state(&mut self, mut f: impl FnMut(&mut StreamState)) {
+        for member in &self.members {
+            let Some(stream) = member.stream else {
+                continue;
+            };
+            let mut instance = self.worker.plugin(member.slot).borrow_mut();
+            if let Some(state) = instance.stream_state_mut(stream) {
+                f(state);
+            }
+        }
+    }
+
+    /// Ends every context: `proxy_on_done`, `proxy_on_log`, `proxy_on_delete`. `response` (status code and details)
+    /// and the response headers are visible to `on_log`, as in Envoy's access-log phase.
+    pub fn finish(
+        &mut self,
+        response_headers: Option<&HeaderMap>,
+        code: Option<u16>,
+        details: &str,
+    ) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        for member in &mut self.members {
+            let Some(stream) = member.stream.take() else {
+                continue;
+            };
+            let mut instance = self.worker.plugin(member.slot).borrow_mut();
+            if let Some(state) = instance.stream_state_mut(stream) {
+                if let Some(headers) = response_headers {
+                    if state.response_headers.is_empty() {
+                        state.response_headers = headers.clone();
+                    }
+                }
+                if let Some(code) = code {
+                    state.properties.set(
+                        "response.code",
+                        crate::properties::PropertyValue::Int(i64::from(code)),
+                    );
+                }
+                state.properties.set("response.code_details", details);
+            }
+            if let Err(error) = instance.finish_stream(stream) {
+                tracing::warn!(plugin = %self.worker.shared.plugins[member.slot].name, %error, "wasm stream end failed");
+            }
+        }
+    }
+}
+
+impl Drop for WasmChain {
+    fn drop(&mut self) {
+        // A stream that ended without a response (client gone) still gets on_done/on_log/on_delete, as in Envoy.
+        self.finish(None, None, "downstream_remote_disconnect");
+    }
+}
