@@ -10,8 +10,8 @@ pub struct Selected<'a> {
     pub route: &'a Route,
 }
 
-/// Picks the route for a request. `authority` is `:authority` as received (a port, if present, takes part in the
-/// domain match as in Envoy, which also retries without the port); `path` is `:path` (absent for CONNECT).
+/// Picks the route for a request. `authority` is `:authority` as received: a port, if present, takes part in the
+/// domain match, as in Envoy without `strip_any_host_port`; `path` is `:path` (absent for CONNECT).
 pub fn select<'a>(
     config: &'a RouteConfig,
     authority: &str,
@@ -19,10 +19,7 @@ pub fn select<'a>(
     connect: bool,
 ) -> Option<Selected<'a>> {
     let host = authority.to_ascii_lowercase();
-    let virtual_host = find_virtual_host(config, &host).or_else(|| {
-        // Envoy strips the port and tries again when no domain matched the host with its port.
-        strip_port(&host).and_then(|bare| find_virtual_host(config, bare))
-    })?;
+    let virtual_host = find_virtual_host(config, &host)?;
     let route = virtual_host
         .routes
         .iter()
@@ -48,15 +45,6 @@ fn matches(matcher: &RouteMatch, path: Option<&str>, connect: bool) -> bool {
 
 fn path_without_query(path: &str) -> &str {
     path.split(['?', '#']).next().unwrap_or(path)
-}
-
-fn strip_port(host: &str) -> Option<&str> {
-    if host.starts_with('[') {
-        let end = host.find(']')?;
-        return (end + 1 < host.len()).then(|| &host[..=end]);
-    }
-    let (bare, port) = host.rsplit_once(':')?;
-    port.bytes().all(|b| b.is_ascii_digit()).then_some(bare)
 }
 
 fn find_virtual_host<'a>(config: &'a RouteConfig, host: &str) -> Option<&'a VirtualHost> {
@@ -217,7 +205,7 @@ mod tests {
             pick("elsewhere.test:443", None, true),
             Some(("any".into(), "connect".into()))
         );
-        assert_eq!(pick("www.example.com:443", None, true), None);
+        assert_eq!(pick("www.example.com", None, true), None, "that host's routes take no CONNECT");
         assert_eq!(
             pick("elsewhere.test", Some("/"), false),
             Some(("any".into(), "all".into()))
