@@ -164,8 +164,13 @@ mod tests {
             Some(("exact".into(), "health".into()))
         );
         assert_eq!(
-            p("API.Example.com:8080", "/health?x=1"),
+            p("API.Example.com", "/health?x=1"),
             Some(("exact".into(), "health".into()))
+        );
+        // The port takes part in the match: only `*` covers it.
+        assert_eq!(
+            p("api.example.com:8080", "/health"),
+            Some(("any".into(), "all".into()))
         );
         assert_eq!(
             p("api.example.com", "/v1/x"),
@@ -205,7 +210,11 @@ mod tests {
             pick("elsewhere.test:443", None, true),
             Some(("any".into(), "connect".into()))
         );
-        assert_eq!(pick("www.example.com", None, true), None, "that host's routes take no CONNECT");
+        assert_eq!(
+            pick("www.example.com", None, true),
+            None,
+            "that host's routes take no CONNECT"
+        );
         assert_eq!(
             pick("elsewhere.test", Some("/"), false),
             Some(("any".into(), "all".into()))
