@@ -1,7 +1,8 @@
 //! Builds `dfp_filter.wasm` from the workspace's `filter/` crate and puts it in OUT_DIR, so the binary carries the
 //! filter its embedded default configuration runs (`cargo run -p host-sim` works on a fresh checkout).
 //!
-//! The nested cargo uses its own target directory: the outer build holds the lock on the main one.
+//! The nested cargo uses its own target directory (the outer build holds the lock on the main one): the same
+//! `target/wasm-fixtures` the test fixtures build guests into, so the filter is compiled once for both.
 //! `DFP_FILTER_WASM=/path/to/dfp_filter.wasm` skips the nested build and embeds that file instead.
 
 use std::env;
@@ -27,7 +28,7 @@ fn main() {
             .unwrap_or_else(|e| panic!("DFP_FILTER_WASM={prebuilt}: {e}"));
         return;
     }
-    let target_dir = root.join("target").join("embedded-wasm");
+    let target_dir = root.join("target").join("wasm-fixtures");
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let status = Command::new(cargo)
         .current_dir(&root)
