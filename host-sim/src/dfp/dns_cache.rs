@@ -2,12 +2,17 @@
 //!
 //! - Hosts are keyed by `host:port`, the port defaulting to 80, or 443 for a TLS cluster.
 //! - A host seen for the first time starts one resolution; every request for it waits on that one query.
-//! - An answer is kept and refreshed in the background: after the record's TTL (at least `dns_min_refresh_rate`),
-//!   or `dns_refresh_rate` when there is no TTL; failures are retried with a backoff. Once a host has an address it
-//!   keeps it through later failures.
+//! - An answer is kept and refreshed in the background: after the record's TTL (at least `dns_min_refresh_rate`);
+//!   after `dns_refresh_rate` when the answer had no address (NXDOMAIN, NODATA) or the query failed (Envoy's fixed
+//!   failure backoff without `dns_failure_refresh_rate`). Once a host has an address it keeps it through later
+//!   failures.
+//! - A query that completes counts as `dns_query_success` even with no address (c-ares reports NXDOMAIN and NODATA
+//!   as a completed query with no records); server failures and timeouts count as `dns_query_failure`. The reason
+//!   reaches the response code details in c-ares' words (`cares_norecords:Domain name not found`).
 //! - A host not used for `host_ttl` is dropped at its next refresh.
-//! - At most `max_hosts` hosts (`host_overflow`), at most `max_pending_requests` requests waiting for resolutions at
-//!   once (`dns_rq_pending_overflow`).
+//! - At most `max_hosts` hosts (`host_overflow`). The pending-request circuit breaker (`max_pending_requests`,
+//!   `dns_rq_pending_overflow`) is consulted before the lookup, as Envoy's filter does: while it is full even a
+//!   request for a cached host is refused.
 //! - Stats are named as Envoy's: `dns_cache.<name>.dns_query_attempt` and friends.
 //!
 //! Resolutions run on the runtime handle given at construction (Envoy's main thread); workers only await results.
@@ -164,6 +169,9 @@ impl DnsCache {
         default_port: u16,
     ) -> Result<SocketAddr, LookupError> {
         let inner = &self.inner;
+        // The circuit breaker counts requests inside the DFP filter, as Envoy's does: taken first, held while the
+        // request waits for a resolution.
+        let _slot = self.take_pending_slot()?;
         let (host, port) = split_authority(authority, default_port).ok_or_else(|| {
             LookupError::ResolutionFailed {
                 details: "invalid_host".to_string(),
@@ -201,8 +209,6 @@ impl DnsCache {
             }
         };
 
-        // The circuit breaker counts requests waiting for a resolution, as Envoy's does.
-        let _slot = self.take_pending_slot()?;
         loop {
             if let Some(resolved) = receiver.borrow_and_update().clone() {
                 return resolved_result(resolved);
@@ -250,25 +256,23 @@ fn resolved_result(resolved: Resolved) -> Result<SocketAddr, LookupError> {
 
 /// Resolves one host, then keeps it fresh until it has been unused for `host_ttl`.
 async fn resolve_loop(cache: Weak<Inner>, key: String, host: String, port: u16) {
-    let mut failures: u32 = 0;
     loop {
         let Some(inner) = cache.upgrade() else { return };
-        let outcome = resolve_once(&inner, &host).await;
-        let next = match outcome {
-            Ok((ip, ttl)) => {
-                failures = 0;
-                inner.stats.query_success.add(1);
+        let resolution = resolve_once(&inner, &host).await;
+        if resolution.completed {
+            inner.stats.query_success.add(1);
+        } else {
+            inner.stats.query_failure.add(1);
+        }
+        let next = match resolution.answer {
+            Some((ip, ttl)) => {
                 publish(&inner, &key, Some(SocketAddr::new(ip, port)), "resolved");
-                match ttl {
-                    Some(ttl) => ttl.max(inner.config.min_refresh_rate),
-                    None => inner.config.refresh_rate,
-                }
+                // Envoy caps re-resolution at dns_min_refresh_rate to avoid constant queries.
+                ttl.max(inner.config.min_refresh_rate)
             }
-            Err(details) => {
-                failures = failures.saturating_add(1);
-                inner.stats.query_failure.add(1);
-                publish(&inner, &key, None, &details);
-                failure_backoff(inner.config.refresh_rate, failures)
+            None => {
+                publish(&inner, &key, None, &resolution.details);
+                inner.config.refresh_rate
             }
         };
         drop(inner);
@@ -287,13 +291,6 @@ async fn resolve_loop(cache: Weak<Inner>, key: String, host: String, port: u16) 
             return;
         }
     }
-}
-
-/// Envoy's failure refresh: exponential from the refresh rate's tenth, jitter-free here, capped at the refresh rate.
-fn failure_backoff(refresh_rate: Duration, failures: u32) -> Duration {
-    let base = (refresh_rate / 10).max(Duration::from_millis(100));
-    let factor = 1u32 << failures.saturating_sub(1).min(10);
-    (base * factor).min(refresh_rate)
 }
 
 /// Records a resolution: the first completes the entry; later ones only replace the address when there is a new one
@@ -323,8 +320,36 @@ fn publish(inner: &Inner, key: &str, address: Option<SocketAddr>, details: &str)
         });
 }
 
-/// One query with the configured timeout. The answer's first address in the family order, and its remaining TTL.
-async fn resolve_once(inner: &Inner, host: &str) -> Result<(IpAddr, Option<Duration>), String> {
+/// What one query produced.
+struct Resolution {
+    /// The first address in the family order and its record's TTL; `None` when the answer had no address.
+    answer: Option<(IpAddr, Duration)>,
+    /// The query completed (with or without records), as opposed to failing or timing out.
+    completed: bool,
+    /// The reason as Envoy's c-ares resolver words it, for the response code details.
+    details: String,
+}
+
+impl Resolution {
+    fn no_records(reason: &str) -> Self {
+        Resolution {
+            answer: None,
+            completed: true,
+            details: format!("cares_norecords:{reason}"),
+        }
+    }
+
+    fn failure(details: String) -> Self {
+        Resolution {
+            answer: None,
+            completed: false,
+            details,
+        }
+    }
+}
+
+/// One query, bounded by `dns_query_timeout` (the cache's own timer, as in Envoy; the resolver never gives up first).
+async fn resolve_once(inner: &Inner, host: &str) -> Resolution {
     inner.stats.query_attempt.add(1);
     // An IP literal needs no query (c-ares answers those itself).
     if let Ok(ip) = host
@@ -332,11 +357,15 @@ async fn resolve_once(inner: &Inner, host: &str) -> Result<(IpAddr, Option<Durat
         .trim_end_matches(']')
         .parse::<IpAddr>()
     {
-        return Ok((ip, None));
+        return Resolution {
+            answer: Some((ip, Duration::ZERO)),
+            completed: true,
+            details: "cares_success:Successful completion".to_string(),
+        };
     }
     // A fully qualified name: no search domains, as Envoy is configured here.
     let fqdn = format!("{host}.");
-    match tokio::time::timeout(
+    let lookup = match tokio::time::timeout(
         inner.config.query_timeout,
         inner.resolver.lookup_ip(fqdn.as_str()),
     )
@@ -344,21 +373,52 @@ async fn resolve_once(inner: &Inner, host: &str) -> Result<(IpAddr, Option<Durat
     {
         Err(_) => {
             inner.stats.query_timeout.add(1);
-            Err("resolve_timeout".to_string())
+            return Resolution::failure("resolve_timeout".to_string());
         }
-        Ok(Err(error)) => Err(if error.is_nx_domain() || error.is_no_records_found() {
-            "no_records_found".to_string()
-        } else {
-            "resolution_failed".to_string()
-        }),
-        Ok(Ok(lookup)) => {
-            let ttl = lookup.valid_until().checked_duration_since(Instant::now());
-            match lookup.iter().next() {
-                Some(ip) => Ok((ip, ttl.filter(|ttl| !ttl.is_zero()))),
-                None => Err("no_records_found".to_string()),
-            }
-        }
+        Ok(Err(error)) => return failed_lookup(&error),
+        Ok(Ok(lookup)) => lookup,
+    };
+    let first = lookup
+        .as_lookup()
+        .answers()
+        .iter()
+        .find_map(|record| Some((record.data.ip_addr()?, record.ttl)));
+    match first {
+        Some((ip, ttl)) => Resolution {
+            answer: Some((ip, Duration::from_secs(u64::from(ttl)))),
+            completed: true,
+            details: "cares_success:Successful completion".to_string(),
+        },
+        None => Resolution::no_records("DNS server returned answer with no data"),
     }
+}
+
+/// A failed lookup in c-ares' terms: NXDOMAIN and NODATA are completed queries without records, the rest failures
+/// (reasons are `ares_strerror` texts, which Envoy puts in the details).
+fn failed_lookup(error: &hickory_resolver::net::NetError) -> Resolution {
+    use hickory_resolver::net::{DnsError, NetError};
+    use hickory_resolver::proto::op::ResponseCode;
+    if error.is_nx_domain() {
+        return Resolution::no_records("Domain name not found");
+    }
+    if error.is_no_records_found() {
+        return Resolution::no_records("DNS server returned answer with no data");
+    }
+    let reason = match error {
+        NetError::Dns(DnsError::ResponseCode(ResponseCode::ServFail)) => {
+            "DNS server returned general failure"
+        }
+        NetError::Dns(DnsError::ResponseCode(ResponseCode::Refused)) => "DNS server refused query",
+        NetError::Dns(DnsError::ResponseCode(ResponseCode::NotImp)) => {
+            "DNS server does not implement requested operation"
+        }
+        NetError::Dns(DnsError::ResponseCode(ResponseCode::FormErr)) => {
+            "DNS server claims query was misformatted"
+        }
+        NetError::Timeout => "Timeout while contacting DNS servers",
+        _ => "Could not contact DNS servers",
+    };
+    Resolution::failure(format!("cares_failure:{reason}"))
 }
 
 fn build_resolver(config: &DnsCacheConfig) -> Result<TokioResolver, DnsCacheError> {
@@ -385,7 +445,8 @@ fn build_resolver(config: &DnsCacheConfig) -> Result<TokioResolver, DnsCacheErro
     };
     // This cache decides when to refresh; the resolver must not answer from a cache of its own.
     options.cache_size = 0;
-    options.timeout = config.query_timeout;
+    // The cache's dns_query_timeout decides when a query has failed; the resolver must not give up earlier.
+    options.timeout = config.query_timeout + Duration::from_secs(1);
     options.attempts = 1;
     options.ndots = 0;
     options.use_hosts_file = ResolveHosts::Never;
@@ -473,13 +534,5 @@ mod tests {
         assert_eq!(split_authority("a:b", 80), None);
         assert_eq!(split_authority("", 80), None);
         assert_eq!(split_authority("[::1]x", 80), None);
-    }
-
-    #[test]
-    fn failure_backoff_grows_to_the_refresh_rate() {
-        let rate = Duration::from_secs(60);
-        assert_eq!(failure_backoff(rate, 1), Duration::from_secs(6));
-        assert_eq!(failure_backoff(rate, 2), Duration::from_secs(12));
-        assert_eq!(failure_backoff(rate, 20), rate);
     }
 }
