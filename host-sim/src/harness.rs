@@ -381,7 +381,13 @@ impl Harness {
     /// done/log/delete. Stops early when the filter pauses (answer its http calls, tick, or
     /// deliver queues to resume it) and short-cuts on a local reply, which — as in Envoy —
     /// runs through the filter's own response callbacks without reaching the upstream.
+    ///
+    /// A VM that failed earlier is restarted first (the harness reloads at once, like
+    /// `FAIL_RELOAD` without backoff; the proxy applies the plugin's real policy).
     pub fn run(&mut self, request: Request) -> Result<Outcome, CallbackError> {
+        if self.instance.failure().is_some() {
+            self.instance.restart()?;
+        }
         let stream = self.instance.create_stream(request.properties.clone())?;
         let outcome = Outcome {
             stream,

@@ -27,6 +27,13 @@ struct Cli {
     /// Worker threads, each with its own VM per plugin (Envoy's --concurrency). Default: the number of cores.
     #[arg(long)]
     concurrency: Option<usize>,
+    /// How long one call into a wasm plugin may run before it is interrupted and fails like a trap, in
+    /// milliseconds; 0 disables the deadline (Envoy has none: a looping plugin holds its worker forever).
+    #[arg(long, default_value_t = host_sim::vm::DEFAULT_CALL_DEADLINE.as_millis() as u64)]
+    wasm_call_deadline_ms: u64,
+    /// The most linear memory one wasm VM may grow to, in MiB; growing past it traps. 0: no limit but wasm32's.
+    #[arg(long, default_value_t = (host_sim::vm::DEFAULT_MEMORY_LIMIT >> 20) as u64)]
+    wasm_memory_limit_mib: u64,
     /// Print the embedded default configuration and exit.
     #[arg(long)]
     print_default_config: bool,
@@ -64,6 +71,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .concurrency
             .unwrap_or_else(|| ProxyOptions::default().concurrency),
         wasm_log_level: wasm_level(&cli.log_level),
+        wasm_call_deadline: (cli.wasm_call_deadline_ms > 0)
+            .then(|| std::time::Duration::from_millis(cli.wasm_call_deadline_ms)),
+        wasm_memory_limit: (cli.wasm_memory_limit_mib > 0).then(|| {
+            usize::try_from(cli.wasm_memory_limit_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX)
+        }),
     };
     match cli.command {
         Some(Command::Validate) => {

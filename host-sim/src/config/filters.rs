@@ -43,6 +43,9 @@ pub struct WasmPlugin {
     /// The VM configuration (`vm_config.configuration` StringValue), given in `proxy_on_vm_start`.
     pub vm_configuration: String,
     pub failure_policy: FailurePolicy,
+    /// `reload_config.backoff.base_interval` (Envoy's default 1 s): the least time between reloads of a failed VM
+    /// under `FAIL_RELOAD`. Envoy reads only the base interval.
+    pub reload_backoff: std::time::Duration,
 }
 
 /// What happens to requests after the plugin failed (trap, or a failed `on_configure` at load is fatal anyway).
@@ -158,12 +161,19 @@ fn parse_plugin(at: &At<'_>, filter_name: &str) -> Result<WasmPlugin, ConfigErro
         .opt("failure_policy")
         .map(|p| p.enum_name(&["UNSPECIFIED", "FAIL_CLOSED", "FAIL_RELOAD", "FAIL_OPEN"]))
         .transpose()?;
+    if fail_open == Some(true) && policy.as_deref().is_some_and(|p| p != "UNSPECIFIED") {
+        return Err(at.error("only one of fail_open or failure_policy can be set"));
+    }
     let failure_policy = match (policy.as_deref(), fail_open) {
         (Some("FAIL_OPEN"), _) => FailurePolicy::FailOpen,
         (Some("FAIL_RELOAD"), _) => FailurePolicy::FailReload,
         (Some("FAIL_CLOSED"), _) => FailurePolicy::FailClosed,
         (_, Some(true)) => FailurePolicy::FailOpen,
         _ => FailurePolicy::FailClosed,
+    };
+    let reload_backoff = match fields.opt("reload_config") {
+        Some(reload) => parse_reload_backoff(&reload)?,
+        None => crate::vm::DEFAULT_RELOAD_BACKOFF,
     };
     fields.finish()?;
 
@@ -202,7 +212,28 @@ fn parse_plugin(at: &At<'_>, filter_name: &str) -> Result<WasmPlugin, ConfigErro
         configuration,
         vm_configuration,
         failure_policy,
+        reload_backoff,
     })
+}
+
+/// `reload_config: { backoff: { base_interval, max_interval } }`. Envoy uses only `base_interval` (at least 1 ms);
+/// `max_interval` is accepted and, as in Envoy, has no effect.
+fn parse_reload_backoff(at: &At<'_>) -> Result<std::time::Duration, ConfigError> {
+    let mut fields = at.map()?;
+    let Some(backoff) = fields.opt("backoff") else {
+        fields.finish()?;
+        return Ok(crate::vm::DEFAULT_RELOAD_BACKOFF);
+    };
+    fields.finish()?;
+    let mut backoff_fields = backoff.map()?;
+    let base = backoff_fields.req("base_interval")?;
+    let interval = base.duration()?;
+    if interval < std::time::Duration::from_millis(1) {
+        return Err(base.error("base_interval must be at least 1ms"));
+    }
+    backoff_fields.cosmetic("max_interval");
+    backoff_fields.finish()?;
+    Ok(interval)
 }
 
 /// `code: { local: { filename: ... } }`; remote code and inline bytes are not supported.

@@ -43,6 +43,11 @@ pub struct ProxyOptions {
     pub concurrency: usize,
     /// The level wasm plugins see through `proxy_get_log_level`.
     pub wasm_log_level: LogLevel,
+    /// How long one call into a wasm plugin may run before it is interrupted and fails like a trap (`None`:
+    /// unbounded, as in Envoy, where a looping plugin holds its worker forever).
+    pub wasm_call_deadline: Option<std::time::Duration>,
+    /// The most linear memory one wasm VM may grow to; growing past it traps (`None`: wasm32's 4 GiB).
+    pub wasm_memory_limit: Option<usize>,
 }
 
 impl Default for ProxyOptions {
@@ -50,6 +55,8 @@ impl Default for ProxyOptions {
         ProxyOptions {
             concurrency: std::thread::available_parallelism().map_or(1, |n| n.get()),
             wasm_log_level: LogLevel::Info,
+            wasm_call_deadline: Some(crate::vm::DEFAULT_CALL_DEADLINE),
+            wasm_memory_limit: Some(crate::vm::DEFAULT_MEMORY_LIMIT),
         }
     }
 }
@@ -58,6 +65,8 @@ impl Default for ProxyOptions {
 pub(crate) struct PluginSlot {
     pub factory: Arc<PluginFactory>,
     pub policy: FailurePolicy,
+    /// `reload_config.backoff.base_interval` for `FAIL_RELOAD`.
+    pub reload_backoff: std::time::Duration,
     pub name: String,
 }
 
@@ -202,6 +211,8 @@ fn load(
             vm_configuration: plugin.vm_configuration.clone().into_bytes(),
             log_level: options.wasm_log_level,
             clusters: cluster_names.clone(),
+            call_deadline: options.wasm_call_deadline,
+            memory_limit: options.wasm_memory_limit,
             ..PluginConfig::default()
         };
         let factory = runtime
@@ -217,9 +228,21 @@ fn load(
         factory
             .instantiate()
             .with_context(|| format!("{where_}: wasm plugin {:?} failed to start", plugin.name))?;
+        // Envoy creates the plugin's reload counters with the plugin, so they read 0 before any reload.
+        for event in [
+            crate::vm::ReloadEvent::Backoff,
+            crate::vm::ReloadEvent::Success,
+            crate::vm::ReloadEvent::Failure,
+        ] {
+            stats.define(
+                crate::types::MetricKind::Counter,
+                &format!("wasm.{}.{}", plugin.name, event.stat_name()),
+            );
+        }
         plugins.push(PluginSlot {
             factory,
             policy: plugin.failure_policy,
+            reload_backoff: plugin.reload_backoff,
             name: plugin.name.clone(),
         });
         Ok(plugins.len() - 1)

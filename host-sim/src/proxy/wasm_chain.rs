@@ -2,9 +2,13 @@
 //! cluster): create an HTTP context in each plugin's VM, hand each the header map in turn, collect what they did
 //! (local reply, route cache clears, pauses), and finish the contexts when the stream ends.
 //!
-//! Failures follow the plugin's `failure_policy`: fail-open skips the filter, the others fail the stream with 503
-//! (the VM restarts for the next stream, which is what FAIL_RELOAD and a freshly failed FAIL_CLOSED VM do here; the
-//! difference in timing is listed in the README).
+//! Failures follow the plugin's `failure_policy`, as in Envoy 1.40: a trap (or a deadline interruption, or memory
+//! past the limit) in any callback fails the VM. The stream it happened in, and every other stream reaching that
+//! filter, fails with 503 (`wasm_fail_stream`) — or, under `FAIL_OPEN`, goes on without the filter. New streams
+//! meet the policy when their context is created ([`PluginHandle::admit`]): `FAIL_CLOSED` keeps failing them,
+//! `FAIL_RELOAD` reloads the VM after its backoff (counted in `wasm.<plugin>.vm_reload_*`), `FAIL_OPEN` skips it.
+//!
+//! [`PluginHandle::admit`]: crate::vm::PluginHandle::admit
 
 use std::rc::Rc;
 
@@ -12,8 +16,8 @@ use crate::config::FailurePolicy;
 use crate::headers::HeaderMap;
 use crate::properties::Properties;
 use crate::stream::{LocalReply, StreamState};
-use crate::types::Action;
-use crate::vm::HttpStream;
+use crate::types::{Action, MetricKind};
+use crate::vm::{Admission, HttpStream, ReloadEvent};
 
 use super::local_reply::EnvoyReply;
 use super::worker::Worker;
@@ -40,8 +44,30 @@ pub enum Phase {
 
 struct Member {
     slot: usize,
+    /// The filter's context; kept after a failure so the stream's state is released at the end.
     stream: Option<HttpStream>,
     policy: FailurePolicy,
+    state: MemberState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MemberState {
+    /// Callbacks run.
+    Active,
+    /// Left out of this stream (fail-open on a failed VM): callbacks are skipped.
+    Skipped,
+    /// The VM is (or became) failed and the policy closes: the stream fails when it reaches this filter.
+    Failed,
+}
+
+impl Member {
+    /// The context to call into, if this filter still takes part in the stream.
+    fn live(&self) -> Option<HttpStream> {
+        match self.state {
+            MemberState::Active => self.stream,
+            MemberState::Skipped | MemberState::Failed => None,
+        }
+    }
 }
 
 /// The wasm contexts of one request in one filter chain.
@@ -52,7 +78,8 @@ pub struct WasmChain {
 }
 
 impl WasmChain {
-    /// Creates an HTTP context in every plugin of `slots`, each seeing `properties`.
+    /// Creates an HTTP context in every plugin of `slots`, each seeing `properties`. A plugin whose VM failed is
+    /// handled by its failure policy: left out (fail-open), or the stream fails when it reaches that filter.
     pub fn new(
         worker: &Rc<Worker>,
         slots: &[usize],
@@ -60,35 +87,22 @@ impl WasmChain {
     ) -> Result<Self, EnvoyReply> {
         let mut members = Vec::with_capacity(slots.len());
         for &slot in slots {
-            let policy = worker.shared.plugins[slot].policy;
-            let created = worker
-                .plugin(slot)
-                .borrow_mut()
-                .create_stream(properties.clone());
-            match created {
-                Ok(stream) => members.push(Member {
-                    slot,
-                    stream: Some(stream),
-                    policy,
-                }),
-                Err(error) => {
-                    tracing::warn!(plugin = %worker.shared.plugins[slot].name, %error, "wasm context creation failed");
-                    if policy != FailurePolicy::FailOpen {
-                        let chain = WasmChain {
-                            worker: worker.clone(),
-                            members,
-                            finished: false,
-                        };
-                        drop(chain);
-                        return Err(EnvoyReply::wasm_failed());
-                    }
-                    members.push(Member {
-                        slot,
-                        stream: None,
-                        policy,
-                    });
-                }
+            let plugin = &worker.shared.plugins[slot];
+            let (admission, event) = worker.plugin(slot).borrow_mut().admit(properties.clone());
+            if let Some(event) = event {
+                count_reload(worker, &plugin.name, event);
             }
+            let (stream, state) = match admission {
+                Admission::Stream(stream) => (Some(stream), MemberState::Active),
+                Admission::Skip => (None, MemberState::Skipped),
+                Admission::Fail => (None, MemberState::Failed),
+            };
+            members.push(Member {
+                slot,
+                stream,
+                policy: plugin.policy,
+                state,
+            });
         }
         Ok(WasmChain {
             worker: worker.clone(),
@@ -126,6 +140,10 @@ impl WasmChain {
     pub fn response_headers(&mut self, headers: &mut HeaderMap, end_of_stream: bool) -> Outcome {
         let mut clear_route_cache = false;
         for index in (0..self.members.len()).rev() {
+            if self.members[index].state == MemberState::Failed {
+                // Already failed: the 503 going out is its doing.
+                continue;
+            }
             if let Some(outcome) = self.run_headers(
                 index,
                 Phase::ResponseHeaders,
@@ -152,8 +170,12 @@ impl WasmChain {
         end_of_stream: bool,
         clear_route_cache: &mut bool,
     ) -> Option<Outcome> {
-        let stream = self.members.get(index)?.stream?;
-        let slot = self.members[index].slot;
+        let member = self.members.get(index)?;
+        if member.state == MemberState::Failed {
+            return Some(Outcome::Failed(EnvoyReply::wasm_failed()));
+        }
+        let stream = member.live()?;
+        let slot = member.slot;
         let mut instance = self.worker.plugin(slot).borrow_mut();
         let state = instance.stream_state_mut(stream)?;
         match phase {
@@ -175,11 +197,7 @@ impl WasmChain {
             Err(error) => {
                 tracing::warn!(plugin = %self.worker.shared.plugins[slot].name, %error, "wasm filter failed");
                 drop(instance);
-                self.members[index].stream = None;
-                if self.members[index].policy == FailurePolicy::FailOpen {
-                    return None;
-                }
-                return Some(Outcome::Failed(EnvoyReply::wasm_failed()));
+                return self.fail_member(index);
             }
         };
         let state = instance.stream_state_mut(stream)?;
@@ -207,14 +225,22 @@ impl WasmChain {
     /// it may have changed while paused are taken back into `headers`.
     pub fn resumed(&mut self, index: usize, headers: &mut HeaderMap) -> Option<Outcome> {
         let member = self.members.get(index)?;
-        let Some(stream) = member.stream else {
+        if member.state == MemberState::Failed {
             return Some(Outcome::Failed(EnvoyReply::wasm_failed()));
+        }
+        let Some(stream) = member.live() else {
+            // Left out meanwhile (fail-open): nothing holds the stream any more.
+            return Some(Outcome::Continue {
+                clear_route_cache: false,
+            });
         };
         let mut instance = self.worker.plugin(member.slot).borrow_mut();
-        if instance.failure().is_some() {
+        if instance.failure().is_some() || instance.stream_state(stream).is_none() {
+            // The VM failed (or was reloaded) while this stream waited.
             drop(instance);
-            self.members[index].stream = None;
-            return Some(Outcome::Failed(EnvoyReply::wasm_failed()));
+            return Some(self.fail_member(index).unwrap_or(Outcome::Continue {
+                clear_route_cache: false,
+            }));
         }
         let state = instance.stream_state_mut(stream)?;
         if let Some(reply) = state.effects.local_reply.take() {
@@ -242,7 +268,7 @@ impl WasmChain {
         value: impl Into<crate::properties::PropertyValue> + Clone,
     ) {
         for member in &self.members {
-            let Some(stream) = member.stream else {
+            let Some(stream) = member.live() else {
                 continue;
             };
             let mut instance = self.worker.plugin(member.slot).borrow_mut();
@@ -266,7 +292,10 @@ impl WasmChain {
         };
         let mut data = chunk.to_vec();
         for index in order {
-            let Some(stream) = self.members[index].stream else {
+            if self.members[index].state == MemberState::Failed {
+                return Err(Outcome::Failed(EnvoyReply::wasm_failed()));
+            }
+            let Some(stream) = self.members[index].live() else {
                 continue;
             };
             let slot = self.members[index].slot;
@@ -280,11 +309,10 @@ impl WasmChain {
                 Err(error) => {
                     tracing::warn!(plugin = %self.worker.shared.plugins[slot].name, %error, "wasm body callback failed");
                     drop(instance);
-                    self.members[index].stream = None;
-                    if self.members[index].policy == FailurePolicy::FailOpen {
-                        continue;
+                    match self.fail_member(index) {
+                        None => continue,
+                        Some(outcome) => return Err(outcome),
                     }
-                    return Err(Outcome::Failed(EnvoyReply::wasm_failed()));
                 }
             };
             let Some(state) = instance.stream_state_mut(stream) else {
@@ -307,7 +335,7 @@ impl WasmChain {
     /// Lets the caller inspect or fill each live stream's state (e.g. trailers, final response properties).
     pub fn for_each_state(&mut self, mut f: impl FnMut(&mut StreamState)) {
         for member in &self.members {
-            let Some(stream) = member.stream else {
+            let Some(stream) = member.live() else {
                 continue;
             };
             let mut instance = self.worker.plugin(member.slot).borrow_mut();
@@ -334,6 +362,10 @@ impl WasmChain {
                 continue;
             };
             let mut instance = self.worker.plugin(member.slot).borrow_mut();
+            if instance.stream_state(stream).is_none() {
+                // The VM was reloaded since: the context went with the old one.
+                continue;
+            }
             if let Some(state) = instance.stream_state_mut(stream) {
                 if let Some(headers) = response_headers {
                     if state.response_headers.is_empty() {
@@ -353,6 +385,32 @@ impl WasmChain {
             }
         }
     }
+}
+
+impl WasmChain {
+    /// A callback of the `index`-th filter failed (its VM is failed now): under fail-open the filter leaves the
+    /// stream (`None`: go on); otherwise the stream fails with 503.
+    fn fail_member(&mut self, index: usize) -> Option<Outcome> {
+        let member = &mut self.members[index];
+        if member.policy == FailurePolicy::FailOpen {
+            member.state = MemberState::Skipped;
+            return None;
+        }
+        member.state = MemberState::Failed;
+        Some(Outcome::Failed(EnvoyReply::wasm_failed()))
+    }
+}
+
+/// Counts a reload decision as Envoy's `wasm.<plugin>.vm_reload_*`.
+fn count_reload(worker: &Worker, plugin: &str, event: ReloadEvent) {
+    worker
+        .shared
+        .stats
+        .define(
+            MetricKind::Counter,
+            &format!("wasm.{plugin}.{}", event.stat_name()),
+        )
+        .add(1);
 }
 
 impl Drop for WasmChain {

@@ -13,7 +13,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::LocalSet;
 
 use crate::dfp::upstream::ConnectionPool;
-use crate::vm::PluginInstance;
+use crate::vm::PluginHandle;
 
 use super::http::{handle, ConnectionInfo, UpstreamBody};
 use super::Shared;
@@ -21,7 +21,8 @@ use super::Shared;
 pub(crate) struct Worker {
     pub shared: Arc<Shared>,
     pub index: usize,
-    plugins: Vec<RefCell<PluginInstance>>,
+    /// One VM per plugin, with the plugin's failure policy.
+    plugins: Vec<RefCell<PluginHandle>>,
     pub pool: Rc<ConnectionPool<UpstreamBody>>,
     /// Signalled whenever asynchronous wasm work (an http call answer, a tick) ran on this worker, so paused
     /// streams re-check whether they were resumed.
@@ -30,7 +31,7 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    pub fn plugin(&self, slot: usize) -> &RefCell<PluginInstance> {
+    pub fn plugin(&self, slot: usize) -> &RefCell<PluginHandle> {
         &self.plugins[slot]
     }
 
@@ -64,7 +65,11 @@ pub(crate) fn run(
         let mut plugins = Vec::with_capacity(shared.plugins.len());
         for slot in &shared.plugins {
             match slot.factory.instantiate() {
-                Ok(instance) => plugins.push(RefCell::new(instance)),
+                Ok(instance) => plugins.push(RefCell::new(PluginHandle::new(
+                    instance,
+                    slot.policy,
+                    slot.reload_backoff,
+                ))),
                 Err(error) => {
                     tracing::error!(worker = index, plugin = %slot.name, %error, "cannot start the plugin on this worker");
                     return;

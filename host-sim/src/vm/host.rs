@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use wasmtime::{Memory, TypedFunc};
+use wasmtime::{Memory, StoreLimits, TypedFunc};
 
 use crate::headers::HeaderMap;
 use crate::shared::metrics::Metric;
@@ -88,6 +88,15 @@ pub(crate) struct HostState {
     /// A local reply was sent during the current call (forces StopIteration, as Envoy's
     /// `stopNextIteration`).
     pub stop_iteration: bool,
+    /// The instance's resource limits (linear memory), enforced by wasmtime.
+    pub limits: StoreLimits,
+}
+
+impl Drop for HostState {
+    fn drop(&mut self) {
+        // Streams still open when a VM is replaced or dropped end with it.
+        self.shared.live_streams.closed(self.streams.len());
+    }
 }
 
 impl HostState {
@@ -119,6 +128,7 @@ impl HostState {
             started: std::time::Instant::now(),
             status: (0, Vec::new()),
             stop_iteration: false,
+            limits: StoreLimits::default(),
         }
     }
 

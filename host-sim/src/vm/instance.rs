@@ -5,11 +5,12 @@
 
 use std::sync::Arc;
 
-use wasmtime::{Store, TypedFunc, WasmParams, WasmResults};
+use wasmtime::{Store, StoreLimitsBuilder, TypedFunc, WasmParams, WasmResults};
 
 use crate::properties::Properties;
 use crate::stream::{Access, StreamState};
 use crate::types::{Action, Status};
+use crate::vm::epoch::deadline_ticks;
 use crate::vm::exports::Exports;
 use crate::vm::host::{HostState, HttpCallRequest, HttpCallResponse, LogRecord};
 use crate::vm::{LoadError, PluginFactory};
@@ -40,7 +41,7 @@ pub enum CallbackError {
         callback: &'static str,
         message: String,
     },
-    #[error("this VM instance failed earlier ({0}); the stream is lost and the VM restarts for the next stream")]
+    #[error("this VM instance failed earlier ({0}); its streams are lost")]
     VmFailed(String),
     #[error("restarting the VM after a trap failed: {0}")]
     Restart(#[from] LoadError),
@@ -97,6 +98,8 @@ pub struct PluginInstance {
     next_context_id: u32,
     /// Set when the guest trapped: its state cannot be trusted any more.
     failed: Option<String>,
+    /// Epoch ticks each guest call may run (from the plugin's call deadline).
+    deadline: u64,
     /// Streams whose body callback paused (Envoy buffers further chunks for them).
     request_body_buffering: std::collections::HashSet<u32>,
     response_body_buffering: std::collections::HashSet<u32>,
@@ -116,19 +119,38 @@ fn trap_message(e: &wasmtime::Error) -> String {
     format!("{e:#}")
 }
 
+/// Describes why a guest call failed; a deadline interruption says which deadline.
+fn call_failure(e: &wasmtime::Error, deadline: Option<std::time::Duration>) -> String {
+    match (e.downcast_ref::<wasmtime::Trap>(), deadline) {
+        (Some(wasmtime::Trap::Interrupt), Some(d)) => {
+            format!("the guest ran past its call deadline of {d:?} and was interrupted")
+        }
+        _ => trap_message(e),
+    }
+}
+
 impl PluginInstance {
     pub(crate) fn start(factory: Arc<PluginFactory>) -> Result<Self, LoadError> {
         Self::start_generation(factory, 0)
     }
 
     fn start_generation(factory: Arc<PluginFactory>, generation: u32) -> Result<Self, LoadError> {
-        let state = HostState::new(factory.config.clone(), factory.shared.clone());
+        let config = factory.config.clone();
+        let mut state = HostState::new(config.clone(), factory.shared.clone());
+        let mut limits = StoreLimitsBuilder::new().trap_on_grow_failure(true);
+        if let Some(bytes) = config.memory_limit {
+            limits = limits.memory_size(bytes);
+        }
+        state.limits = limits.build();
+        let deadline = deadline_ticks(config.call_deadline);
         let mut store = Store::new(factory.pre.module().engine(), state);
+        store.limiter(|state| &mut state.limits);
+        store.set_epoch_deadline(deadline);
         let instance = factory.pre.instantiate(&mut store).map_err(|e| {
             if e.downcast_ref::<wasmtime::Trap>().is_some() {
                 LoadError::Trap {
                     phase: "instantiation (start function)",
-                    message: trap_message(&e),
+                    message: call_failure(&e, config.call_deadline),
                 }
             } else {
                 LoadError::Instantiate(trap_message(&e))
@@ -161,6 +183,7 @@ impl PluginInstance {
             generation,
             next_context_id: root_id + 1,
             failed: None,
+            deadline,
             request_body_buffering: Default::default(),
             response_body_buffering: Default::default(),
         };
@@ -229,12 +252,13 @@ impl PluginInstance {
             st.effective = 0;
             st.stop_iteration = false;
         }
+        self.store.set_epoch_deadline(self.deadline);
         let r = f.call(&mut self.store, params);
         let st = self.store.data_mut();
         st.current = 0;
         st.effective = 0;
         r.map_err(|e| {
-            let msg = trap_message(&e);
+            let msg = call_failure(&e, self.factory.config.call_deadline);
             self.failed = Some(msg.clone());
             msg
         })
@@ -271,14 +295,17 @@ impl PluginInstance {
         self.store.data().root_id
     }
 
-    /// Why this instance failed (a trap), if it did. The next [`create_stream`] restarts it.
+    /// Why this instance failed (a trap), if it did. A failed instance stays failed: what
+    /// happens next is the plugin's failure policy ([`PluginHandle`]), or [`restart`].
     ///
-    /// [`create_stream`]: PluginInstance::create_stream
+    /// [`PluginHandle`]: crate::vm::PluginHandle
+    /// [`restart`]: PluginInstance::restart
     pub fn failure(&self) -> Option<&str> {
         self.failed.as_deref()
     }
 
-    /// Replaces a failed VM by a fresh instance of the same factory.
+    /// Replaces this VM by a fresh instance of the same factory (streams of the old one are
+    /// lost: their handles no longer match). On error the old instance stays as it was.
     pub fn restart(&mut self) -> Result<(), LoadError> {
         let fresh = Self::start_generation(self.factory.clone(), self.generation.wrapping_add(1))?;
         *self = fresh;
@@ -288,11 +315,9 @@ impl PluginInstance {
     // ---- streams ---------------------------------------------------------------------
 
     /// Creates an HTTP context (`proxy_on_context_create(id, root)`) with the properties the
-    /// proxy knows for this stream. Restarts the VM first if an earlier trap failed it.
+    /// proxy knows for this stream. A failed VM creates none (`VmFailed`).
     pub fn create_stream(&mut self, properties: Properties) -> Result<HttpStream, CallbackError> {
-        if self.failed.is_some() {
-            self.restart()?;
-        }
+        self.check_alive()?;
         let id = self.next_context_id;
         self.next_context_id = self.next_context_id.wrapping_add(1).max(2);
         let root = self.root_context_id();
@@ -300,9 +325,12 @@ impl PluginInstance {
             .data_mut()
             .streams
             .insert(id, StreamState::new(properties));
+        self.factory.shared.live_streams.opened();
         if let Some(f) = self.exports.on_context_create.clone() {
-            self.invoke(id, &f, (id, root))
-                .map_err(Self::trap("proxy_on_context_create"))?;
+            if let Err(message) = self.invoke(id, &f, (id, root)) {
+                self.forget_stream(id);
+                return Err(Self::trap("proxy_on_context_create")(message));
+            }
         }
         Ok(HttpStream {
             id,
@@ -516,8 +544,14 @@ impl PluginInstance {
 
     /// Ends the stream: `proxy_on_done`, `proxy_on_log` (request headers and response
     /// headers/trailers readable, as in Envoy's access-log phase), `proxy_on_delete`.
-    /// Returns the stream's final state.
+    /// Returns the stream's final state. On a failed VM nothing runs in the guest (Envoy does
+    /// not call into a failed VM); the stream's state is released all the same.
     pub fn finish_stream(&mut self, s: HttpStream) -> Result<StreamState, CallbackError> {
+        if self.failed.is_some() && s.generation == self.generation {
+            return self
+                .forget_stream(s.id)
+                .ok_or(CallbackError::UnknownStream(s.id));
+        }
         self.check(s)?;
         if let Some(f) = self.exports.on_done.clone() {
             self.invoke(s.id, &f, s.id)
@@ -540,13 +574,19 @@ impl PluginInstance {
             self.invoke(s.id, &f, s.id)
                 .map_err(Self::trap("proxy_on_delete"))?;
         }
-        self.request_body_buffering.remove(&s.id);
-        self.response_body_buffering.remove(&s.id);
-        self.store
-            .data_mut()
-            .streams
-            .remove(&s.id)
+        self.forget_stream(s.id)
             .ok_or(CallbackError::UnknownStream(s.id))
+    }
+
+    /// Drops a stream's state and bookkeeping.
+    fn forget_stream(&mut self, id: u32) -> Option<StreamState> {
+        self.request_body_buffering.remove(&id);
+        self.response_body_buffering.remove(&id);
+        let state = self.store.data_mut().streams.remove(&id);
+        if state.is_some() {
+            self.factory.shared.live_streams.closed(1);
+        }
+        state
     }
 
     /// Number of live streams on this instance.
@@ -606,8 +646,12 @@ impl PluginInstance {
         r
     }
 
-    /// The tick period the root context asked for (`None` when ticks are off).
+    /// The tick period the root context asked for (`None` when ticks are off, or the VM
+    /// failed: a failed VM gets no more ticks).
     pub fn tick_period(&self) -> Option<std::time::Duration> {
+        if self.failed.is_some() {
+            return None;
+        }
         match self.store.data().tick_period_ms {
             0 => None,
             ms => Some(std::time::Duration::from_millis(u64::from(ms))),
@@ -702,34 +746,91 @@ impl PluginInstance {
         name: &str,
         args: &[u32],
     ) -> Result<Option<u32>, CallbackError> {
-        self.check_alive()?;
-        let Some(func) = self.instance.get_func(&mut self.store, name) else {
-            return Err(CallbackError::Trap {
-                callback: "call_export",
-                message: format!("the module has no function export `{name}`"),
-            });
-        };
         let params: Vec<wasmtime::Val> =
             args.iter().map(|a| wasmtime::Val::I32(*a as i32)).collect();
-        let n_results = func.ty(&self.store).results().len();
-        let mut results = vec![wasmtime::Val::I32(0); n_results];
+        let results = self.call_export_values(ctx, name, &params)?;
+        Ok(results.first().and_then(|v| v.i32()).map(|v| v as u32))
+    }
+
+    /// [`PluginInstance::call_export`] with typed values (for exports taking `i64`s). Arguments
+    /// that do not match the export's signature are refused before anything runs.
+    pub fn call_export_values(
+        &mut self,
+        ctx: u32,
+        name: &str,
+        params: &[wasmtime::Val],
+    ) -> Result<Vec<wasmtime::Val>, CallbackError> {
+        self.check_alive()?;
+        let refuse = |message: String| CallbackError::Trap {
+            callback: "call_export",
+            message,
+        };
+        let Some(func) = self.instance.get_func(&mut self.store, name) else {
+            return Err(refuse(format!(
+                "the module has no function export `{name}`"
+            )));
+        };
+        let ty = func.ty(&self.store);
+        let matches = ty.params().len() == params.len()
+            && ty
+                .params()
+                .zip(params)
+                .all(|(t, v)| v.ty(&self.store).is_ok_and(|vt| vt.matches(&t)));
+        if !matches {
+            return Err(refuse(format!(
+                "`{name}` takes {} arguments of other types",
+                ty.params().len()
+            )));
+        }
+        let mut results: Vec<wasmtime::Val> = ty
+            .results()
+            .map(|t| wasmtime::Val::default_for_ty(&t).unwrap_or(wasmtime::Val::I32(0)))
+            .collect();
         {
             let st = self.store.data_mut();
             st.current = ctx;
             st.effective = 0;
         }
-        let r = func.call(&mut self.store, &params, &mut results);
+        self.store.set_epoch_deadline(self.deadline);
+        let r = func.call(&mut self.store, params, &mut results);
         let st = self.store.data_mut();
         st.current = 0;
         st.effective = 0;
         if let Err(e) = r {
-            let message = trap_message(&e);
+            let message = call_failure(&e, self.factory.config.call_deadline);
             self.failed = Some(message.clone());
             return Err(CallbackError::Trap {
                 callback: "call_export",
                 message,
             });
         }
-        Ok(results.first().and_then(|v| v.i32()).map(|v| v as u32))
+        Ok(results)
+    }
+
+    /// Copies `bytes` into the guest's memory at `ptr` (tests preparing hostcall arguments).
+    /// `false` when the range is outside the memory.
+    pub fn write_guest_memory(&mut self, ptr: u32, bytes: &[u8]) -> bool {
+        let Some(memory) = self.store.data().memory else {
+            return false;
+        };
+        memory.write(&mut self.store, ptr as usize, bytes).is_ok()
+    }
+
+    /// Reads `len` bytes of the guest's memory at `ptr`, if in range.
+    pub fn read_guest_memory(&self, ptr: u32, len: u32) -> Option<Vec<u8>> {
+        let memory = self.store.data().memory?;
+        let mut out = vec![0; len as usize];
+        memory
+            .read(&self.store, ptr as usize, &mut out)
+            .ok()
+            .map(|_| out)
+    }
+
+    /// The guest's linear memory size in bytes.
+    pub fn memory_size(&self) -> usize {
+        self.store
+            .data()
+            .memory
+            .map_or(0, |m| m.data_size(&self.store))
     }
 }

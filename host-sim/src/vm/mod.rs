@@ -2,14 +2,17 @@
 //! [`PluginFactory`] per (module, plugin configuration) shared across worker threads, and one
 //! [`PluginInstance`] (store, instance, root context) per worker thread.
 
+mod epoch;
 mod exports;
 mod host;
 mod instance;
 pub(crate) mod memory;
+mod recovery;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use wasmtime::{Config, Engine, InstancePre, Linker, Module};
 
@@ -21,6 +24,13 @@ pub(crate) use host::HostState;
 pub(crate) use host::MAX_CAPTURED_LOGS;
 pub use host::{HttpCallRequest, HttpCallResponse, LogRecord};
 pub use instance::{CallbackError, HttpStream, PluginInstance};
+pub use recovery::{Admission, PluginHandle, ReloadEvent, DEFAULT_RELOAD_BACKOFF};
+
+/// How long one call into a guest may run before epoch interruption stops it (a guest that
+/// loops forever would otherwise hold its worker thread for good, as it does in Envoy).
+pub const DEFAULT_CALL_DEADLINE: Duration = Duration::from_secs(1);
+/// The most linear memory one VM instance may grow to; growing past it traps.
+pub const DEFAULT_MEMORY_LIMIT: usize = 128 << 20;
 
 /// ABI version markers a module may export; the first found decides.
 const ABI_MARKERS: &[(&str, AbiVersion)] = &[
@@ -97,6 +107,10 @@ pub struct PluginConfig {
     pub environment: Vec<(String, String)>,
     /// Cluster names `proxy_http_call` may target; others get BadArgument, as in Envoy.
     pub clusters: Vec<String>,
+    /// The longest one guest call may run (`None`: unbounded, as in Envoy).
+    pub call_deadline: Option<Duration>,
+    /// The most linear memory the instance may have (`None`: the wasm32 limit of 4 GiB).
+    pub memory_limit: Option<usize>,
 }
 
 impl Default for PluginConfig {
@@ -112,16 +126,19 @@ impl Default for PluginConfig {
             capture_logs: false,
             environment: Vec::new(),
             clusters: Vec::new(),
+            call_deadline: Some(DEFAULT_CALL_DEADLINE),
+            memory_limit: Some(DEFAULT_MEMORY_LIMIT),
         }
     }
 }
 
-/// The wasmtime configuration host-sim uses (Cranelift). Room for epoch interruption and
-/// fuel later: every engine is built here.
+/// The wasmtime configuration host-sim uses (Cranelift, with epoch interruption so a guest
+/// call can be given a deadline): every engine is built here.
 pub fn engine_config() -> Config {
     let mut config = Config::new();
     config.strategy(wasmtime::Strategy::Cranelift);
     config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+    config.epoch_interruption(true);
     config
 }
 
@@ -146,6 +163,7 @@ impl Runtime {
     pub fn new() -> Result<Self, LoadError> {
         let engine =
             Engine::new(&engine_config()).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        epoch::start_ticker(&engine).map_err(|e| LoadError::Instantiate(e.to_string()))?;
         let mut linker = Linker::new(&engine);
         let provided = crate::abi::add_to_linker(&mut linker)
             .map_err(|e| LoadError::Instantiate(format!("{e:#}")))?;
