@@ -246,3 +246,103 @@ impl ServerCertVerifier for AcceptAny {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+/// BoringSSL's error for a failed certificate verification, as Envoy reports it.
+const VERIFY_FAILED: &str = "268435581:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED";
+
+/// A failed handshake as Envoy's transport failure reason words it (`TLS_error:|<BoringSSL errors>:TLS_error_end`),
+/// so response code details match Envoy's for the certificate failures a forward proxy meets: a name the
+/// certificate does not cover, an issuer nobody trusts, an expired or not yet valid certificate. Other failures
+/// keep rustls' text inside the same frame (BoringSSL's error queue has no rustls equivalent).
+pub fn failure_reason(error: &std::io::Error) -> String {
+    let rustls_error = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    let verify = |reason: String| {
+        format!("TLS_error:|{VERIFY_FAILED}:verify cert failed: {reason}:TLS_error_end")
+    };
+    let at_depth_0 =
+        |what: &str| format!("X509_verify_cert: certificate verification error at depth 0: {what}");
+    match rustls_error {
+        Some(rustls::Error::InvalidCertificate(certificate)) => match certificate {
+            CertificateError::NotValidForNameContext {
+                expected,
+                presented,
+            } => verify(format!(
+                "verify SAN list, expected SANs: [{}], certificate SANs: [{}]",
+                expected.to_str(),
+                presented
+                    .iter()
+                    .map(|name| presented_name(name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            CertificateError::NotValidForName => verify("verify SAN list".to_string()),
+            CertificateError::UnknownIssuer => {
+                verify(at_depth_0("unable to get local issuer certificate"))
+            }
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                verify(at_depth_0("certificate has expired"))
+            }
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                verify(at_depth_0("certificate is not yet valid"))
+            }
+            CertificateError::BadSignature => verify(at_depth_0("certificate signature failure")),
+            other => format!("TLS_error:|{other:?}:TLS_error_end"),
+        },
+        Some(other) => format!("TLS_error:|{other}:TLS_error_end"),
+        None => format!("TLS_error:|{error}:TLS_error_end"),
+    }
+}
+
+/// webpki presents names as `DnsName("a.example")` / `IpAddress(192.0.2.1)`; Envoy lists the bare names.
+fn presented_name(name: &str) -> &str {
+    name.strip_prefix("DnsName(\"")
+        .and_then(|rest| rest.strip_suffix("\")"))
+        .or_else(|| {
+            name.strip_prefix("IpAddress(")
+                .and_then(|rest| rest.strip_suffix(')'))
+        })
+        .unwrap_or(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io(error: rustls::Error) -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, error)
+    }
+
+    #[test]
+    fn name_mismatch_reads_as_envoys_san_check() {
+        let error = io(rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForNameContext {
+                expected: ServerName::try_from("wrong.example").expect("name"),
+                presented: vec![
+                    "DnsName(\"right.example\")".to_string(),
+                    "IpAddress(192.0.2.1)".to_string(),
+                ],
+            },
+        ));
+        assert_eq!(
+            failure_reason(&error),
+            "TLS_error:|268435581:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:verify cert failed: \
+             verify SAN list, expected SANs: [wrong.example], certificate SANs: [right.example, 192.0.2.1]:TLS_error_end"
+        );
+    }
+
+    #[test]
+    fn unknown_issuer_and_other_errors_are_framed() {
+        let unknown = io(rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer,
+        ));
+        assert!(failure_reason(&unknown)
+            .ends_with("at depth 0: unable to get local issuer certificate:TLS_error_end"));
+        let plain = std::io::Error::other("handshake eof");
+        assert_eq!(
+            failure_reason(&plain),
+            "TLS_error:|handshake eof:TLS_error_end"
+        );
+    }
+}

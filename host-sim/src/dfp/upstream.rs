@@ -19,40 +19,43 @@ use tokio_rustls::TlsConnector;
 
 use super::tls::UpstreamTls;
 
-/// Why an upstream connection could not be made, in Envoy's words for its 503 body and details.
+/// Why an upstream connection could not be made, with Envoy's wording for its 503 body and details.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConnectError {
-    /// TCP connect failed (refused, unreachable ...): Envoy's "remote connection failure".
-    #[error("remote connection failure, transport failure reason: delayed connect error: {0}")]
+    /// TCP connect failed (refused, unreachable ...); the OS reason as Envoy spells it ("Connection refused").
+    #[error("remote connection failure: delayed connect error: {0}")]
     Refused(String),
     /// No connection within `connect_timeout`.
     #[error("connection timeout")]
     Timeout,
-    /// The TLS handshake failed (certificate not trusted or not for this name, protocol error).
-    #[error("remote connection failure, transport failure reason: TLS error: {0}")]
+    /// The TLS handshake failed; the transport failure reason in BoringSSL's words (see `tls::failure_reason`).
+    #[error("remote connection failure: {0}")]
     Tls(String),
     /// The HTTP/1.1 handshake over the connection failed.
-    #[error("connection termination")]
+    #[error("connection termination: {0}")]
     Http(String),
 }
 
 impl ConnectError {
-    /// The reset reason as it appears inside Envoy's response code details.
-    pub fn details(&self) -> String {
+    /// Envoy's stream reset reason (`Http::Utility::resetReasonToString`), the end of its 503 body.
+    pub fn reset_reason(&self) -> &'static str {
         match self {
-            ConnectError::Refused(reason) => {
-                format!(
-                    "remote_connection_failure|delayed_connect_error:_{}",
-                    reason.replace(' ', "_")
-                )
-            }
-            ConnectError::Timeout => "connection_timeout".to_string(),
-            ConnectError::Tls(reason) => format!(
-                "remote_connection_failure|TLS_error:_{}",
-                reason.replace(' ', "_")
-            ),
-            ConnectError::Http(_) => "connection_termination".to_string(),
+            ConnectError::Refused(_) | ConnectError::Tls(_) => "remote connection failure",
+            ConnectError::Timeout => "connection timeout",
+            ConnectError::Http(_) => "connection termination",
         }
+    }
+
+    /// What goes between the braces of `upstream_reset_before_response_started{...}`: the reset reason and the
+    /// transport failure reason, whitespace replaced by `_` as Envoy does.
+    pub fn details(&self) -> String {
+        let reason = self.reset_reason().replace(' ', "_");
+        let transport = match self {
+            ConnectError::Refused(os) => format!("delayed connect error: {os}"),
+            ConnectError::Tls(tls) => tls.clone(),
+            ConnectError::Timeout | ConnectError::Http(_) => return reason,
+        };
+        format!("{reason}|{}", transport.replace(char::is_whitespace, "_"))
     }
 }
 
@@ -179,7 +182,7 @@ where
                 let stream = TlsConnector::from(tls.client_config())
                     .connect(server_name, tcp)
                     .await
-                    .map_err(|error| ConnectError::Tls(error.to_string()))?;
+                    .map_err(|error| ConnectError::Tls(super::tls::failure_reason(&error)))?;
                 Ok(Box::new(stream) as Box<dyn Io>)
             }
             _ => Ok(Box::new(tcp) as Box<dyn Io>),

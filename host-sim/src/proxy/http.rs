@@ -704,8 +704,19 @@ fn request_header_map(parts: &hyper::http::request::Parts) -> Result<HeaderMap, 
     if !connect {
         headers.add(":scheme", "http");
     }
+    let nominated = connection_nominated(&parts.headers);
     for (name, value) in &parts.headers {
-        if name == hyper::header::HOST || HOP_BY_HOP.contains(&name.as_str()) {
+        if name == hyper::header::TE {
+            // Envoy passes `TE: trailers` on (gRPC needs it) and drops any other TE.
+            if has_token(value.as_bytes(), "trailers") {
+                headers.add("te", "trailers");
+            }
+            continue;
+        }
+        if name == hyper::header::HOST
+            || HOP_BY_HOP.contains(&name.as_str())
+            || nominated.iter().any(|n| n == name.as_str())
+        {
             continue;
         }
         headers.add(name.as_str(), value.as_bytes());
@@ -717,6 +728,25 @@ fn request_header_map(parts: &hyper::http::request::Parts) -> Result<HeaderMap, 
         headers.add("x-request-id", request_id());
     }
     Ok(headers)
+}
+
+/// Headers the client named in `Connection` are hop-by-hop too (RFC 9110 §7.6.1); Envoy drops them.
+fn connection_nominated(headers: &hyper::HeaderMap) -> Vec<String> {
+    headers
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|b| *b == b','))
+        .filter_map(|token| std::str::from_utf8(token).ok())
+        .map(|token| token.trim().to_ascii_lowercase())
+        .filter(|token| !token.is_empty())
+        .collect()
+}
+
+fn has_token(value: &[u8], token: &str) -> bool {
+    value
+        .split(|b| *b == b',')
+        .filter_map(|t| std::str::from_utf8(t).ok())
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// A random UUID v4, as Envoy's default request id extension makes.

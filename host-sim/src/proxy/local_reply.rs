@@ -64,21 +64,19 @@ impl EnvoyReply {
         Self::new(400, "Empty host header", "empty_host_header")
     }
 
-    /// The upstream connection could not be made, or was reset before the response headers.
+    /// The upstream connection could not be made. Envoy 1.40's body names only the reset reason; the transport
+    /// failure reason (the OS error, BoringSSL's verification error) goes to the details.
     pub fn upstream_failure(error: &ConnectError) -> Self {
-        let (reason, details) = match error {
-            ConnectError::Timeout => (
-                "connection timeout".to_string(),
-                "connection_timeout".to_string(),
-            ),
-            other => (other.to_string(), other.details()),
-        };
         Self::new(
             503,
             format!(
-                "upstream connect error or disconnect/reset before headers. reset reason: {reason}"
+                "upstream connect error or disconnect/reset before headers. reset reason: {}",
+                error.reset_reason()
             ),
-            format!("upstream_reset_before_response_started{{{details}}}"),
+            format!(
+                "upstream_reset_before_response_started{{{}}}",
+                error.details()
+            ),
         )
     }
 
@@ -93,7 +91,7 @@ impl EnvoyReply {
 
     /// The route timeout fired before the response headers.
     pub fn upstream_timeout() -> Self {
-        Self::new(504, "upstream request timeout", "upstream_response_timeout")
+        Self::new(504, "upstream request timeout", "response_timeout")
     }
 
     /// A wasm filter failed (trap) and its failure policy closes the stream.

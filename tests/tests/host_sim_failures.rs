@@ -1,0 +1,457 @@
+//! Failure modes and request forms, one table run against real Envoy 1.40 and against host-sim from the same
+//! bootstrap: upstream refused, closed or reset before the response headers, a slow upstream meeting the route
+//! timeout, TLS with a certificate from the wrong CA or for the wrong name, absolute-form requests, CONNECT
+//! tunnels, and what reaches an upstream of the request's own headers (hop-by-hop, `Proxy-Authorization`).
+//! host-sim must answer as Envoy does — status, body, response code details — except where `docs/host-sim.md`
+//! lists a difference, which the table then pins down.
+
+mod host_sim_support;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use host_sim_support::{get, start, Outcome, Subject, Tweaks, KINDS};
+use serde_json::json;
+use tests::client::{self, Request};
+use tests::rt::block_on;
+use tests::suite;
+use tests::upstream::{EchoServer, Seen};
+use tests::world::World;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// How an ad-hoc upstream treats a request.
+#[derive(Clone, Copy)]
+enum Misbehaviour {
+    /// Reads the request head, then closes the connection (FIN).
+    Close,
+    /// Reads the request head, then resets the connection (RST).
+    Reset,
+    /// Reads the request head and never answers.
+    Silent,
+}
+
+/// A TCP server on loopback that misbehaves after reading a request head; stops on drop.
+struct BadUpstream {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl BadUpstream {
+    async fn start(behaviour: Misbehaviour) -> BadUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(misbehave(stream, behaviour));
+            }
+        });
+        BadUpstream { addr, task }
+    }
+}
+
+impl Drop for BadUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn misbehave(mut stream: TcpStream, behaviour: Misbehaviour) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    match behaviour {
+        Misbehaviour::Close => {
+            let _ = stream.shutdown().await;
+        }
+        Misbehaviour::Reset => {
+            // SO_LINGER 0: close sends RST instead of FIN (and does not block, which the deprecation is about).
+            #[allow(deprecated)]
+            let _ = stream.set_linger(Some(Duration::ZERO));
+        }
+        Misbehaviour::Silent => tokio::time::sleep(Duration::from_secs(60)).await,
+    }
+}
+
+/// A loopback port nothing listens on (bound once, then released).
+async fn refused_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+/// A TLS server configuration with a certificate for `name` from a CA of its own (a distinct name, as any
+/// other CA has), which the proxies do not trust.
+fn foreign_ca_server(name: &str) -> std::sync::Arc<rustls::ServerConfig> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca.distinguished_name
+        .push(DnType::CommonName, "somebody else's CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().expect("ca key");
+    let issuer = Issuer::from_params(&ca, &ca_key);
+    let leaf_key = KeyPair::generate().expect("leaf key");
+    let leaf = CertificateParams::new(vec![name.to_string()])
+        .expect("leaf params")
+        .signed_by(&leaf_key, &issuer)
+        .expect("leaf");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        )
+        .expect("server config");
+    std::sync::Arc::new(config)
+}
+
+/// The servers the table's destinations point at.
+struct Upstreams {
+    refused: u16,
+    close: BadUpstream,
+    reset: BadUpstream,
+    silent: BadUpstream,
+    /// TLS with a certificate for the right name from a CA the proxies do not trust.
+    wrong_ca: EchoServer,
+    /// TLS with a certificate from the trusted CA naming two other hosts.
+    two_names: EchoServer,
+}
+
+impl Upstreams {
+    async fn start(world: &World) -> Upstreams {
+        let two_names = world
+            .pki
+            .leaf("two-names", &["one.fail.dfp.test", "two.fail.dfp.test"])
+            .expect("leaf");
+        Upstreams {
+            refused: refused_port().await,
+            close: BadUpstream::start(Misbehaviour::Close).await,
+            reset: BadUpstream::start(Misbehaviour::Reset).await,
+            silent: BadUpstream::start(Misbehaviour::Silent).await,
+            wrong_ca: EchoServer::tls("wrong-ca", foreign_ca_server("wrong-ca.fail.dfp.test"))
+                .await
+                .expect("tls upstream"),
+            two_names: EchoServer::tls("two-names", two_names.server_config().expect("tls"))
+                .await
+                .expect("tls upstream"),
+        }
+    }
+
+    fn allow(&self, world: &World) -> serde_json::Value {
+        json!([
+            { "host": "refused.fail.dfp.test", "ports": [self.refused] },
+            { "host": "close.fail.dfp.test", "ports": [self.close.addr.port()] },
+            { "host": "reset.fail.dfp.test", "ports": [self.reset.addr.port()] },
+            { "host": "slow.fail.dfp.test", "ports": [self.silent.addr.port()] },
+            { "host": "wrong-ca.fail.dfp.test", "ports": [self.wrong_ca.port()], "tls": true },
+            // world.tls serves a certificate for secure.dfp.test only.
+            { "host": "wrong-name.fail.dfp.test", "ports": [world.tls.port()], "tls": true },
+            { "host": "three.fail.dfp.test", "ports": [self.two_names.port()], "tls": true },
+            { "host": "secure.dfp.test", "ports": [world.tls.port()], "tls": true },
+            { "host": "api.fail.dfp.test", "ports": [world.plain.port()] },
+            { "host": "tunnel.fail.dfp.test", "ports": [world.tcp.port(), self.refused] }
+        ])
+    }
+}
+
+/// One row of the table: a name and the request to send.
+struct Row {
+    name: &'static str,
+    request: Request,
+}
+
+fn rows(up: &Upstreams, world: &World) -> Vec<Row> {
+    let host = |name: &str, port: u16| format!("{name}.fail.dfp.test:{port}");
+    let mut absolute = get(&host("api", world.plain.port()), "");
+    absolute.target = format!("http://{}/abs/path?q=1", host("api", world.plain.port()));
+    // Envoy takes the authority from the absolute URI, whatever Host says.
+    absolute.headers = vec![("host".into(), "elsewhere.example:81".into())];
+    vec![
+        Row {
+            name: "refused",
+            request: get(&host("refused", up.refused), "/"),
+        },
+        Row {
+            name: "closed before headers",
+            request: get(&host("close", up.close.addr.port()), "/"),
+        },
+        Row {
+            name: "reset before headers",
+            request: get(&host("reset", up.reset.addr.port()), "/"),
+        },
+        Row {
+            name: "route timeout",
+            request: get(&host("slow", up.silent.addr.port()), "/"),
+        },
+        Row {
+            name: "tls wrong CA",
+            request: get(&host("wrong-ca", up.wrong_ca.port()), "/"),
+        },
+        Row {
+            name: "tls wrong name",
+            request: get(&host("wrong-name", world.tls.port()), "/"),
+        },
+        Row {
+            name: "tls wrong name, two SANs",
+            request: get(&host("three", up.two_names.port()), "/"),
+        },
+        Row {
+            name: "tls right name",
+            request: get(&format!("secure.dfp.test:{}", world.tls.port()), "/tls"),
+        },
+        Row {
+            name: "absolute-form",
+            request: absolute,
+        },
+    ]
+}
+
+/// What a row produced, with what the echo (if any) received, normalised for comparison.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Observed {
+    outcome: Outcome,
+    /// The echo's record of the request: method, path, Host and SNI.
+    upstream: Option<(String, String, Option<String>, Option<String>)>,
+}
+
+fn observe(mut outcome: Outcome) -> Observed {
+    let upstream = (outcome.status == 200)
+        .then(|| serde_json::from_str::<Seen>(&outcome.body).ok())
+        .flatten()
+        .map(|seen| (seen.method, seen.path, seen.authority, seen.sni));
+    if upstream.is_some() {
+        outcome.body.clear();
+    }
+    Observed { outcome, upstream }
+}
+
+const ROUTE_TIMEOUT: Duration = Duration::from_secs(1);
+
+async fn subject(
+    kind: tests::suite::ProxyKind,
+    world: &World,
+    up: &Upstreams,
+) -> anyhow::Result<Subject> {
+    let downstream = host_sim_support::downstream_config(up.allow(world));
+    let tweaks = Tweaks {
+        route_timeout: Some("1s"),
+        ..Tweaks::default()
+    };
+    start(
+        kind,
+        world,
+        &downstream,
+        &host_sim_support::upstream_config(),
+        &tweaks,
+    )
+    .await
+}
+
+/// Every row against both proxies; all differences are reported together.
+#[test]
+fn failure_modes_answer_as_envoy_does() {
+    block_on(async {
+        let world = suite::shared_world().await.expect("fixtures");
+        let up = Upstreams::start(&world).await;
+        let table = rows(&up, &world);
+        let mut results: Vec<Vec<Observed>> = Vec::new();
+        for kind in KINDS {
+            let subject = subject(kind, &world, &up).await.expect("proxy");
+            let mut observed = Vec::new();
+            for (i, row) in table.iter().enumerate() {
+                let started = Instant::now();
+                let outcome = subject
+                    .send(&format!("row-{i}"), &row.request)
+                    .await
+                    .unwrap_or_else(|e| panic!("{} {}: {e:#}", subject.label(), row.name));
+                if row.name == "route timeout" {
+                    let elapsed = started.elapsed();
+                    assert!(
+                        elapsed >= ROUTE_TIMEOUT && elapsed < ROUTE_TIMEOUT * 4,
+                        "{}: the route timeout answered after {elapsed:?}",
+                        subject.label()
+                    );
+                }
+                observed.push(observe(outcome));
+            }
+            results.push(observed);
+        }
+        let mut differences = Vec::new();
+        for (i, row) in table.iter().enumerate() {
+            if results[0][i] != results[1][i] {
+                differences.push(format!(
+                    "{}:\n  envoy:    {:?}\n  host-sim: {:?}",
+                    row.name, results[0][i], results[1][i]
+                ));
+            }
+        }
+        eprintln!("envoy: {:#?}", results[0]);
+        assert!(
+            differences.is_empty(),
+            "host-sim differs from Envoy 1.40:\n{}",
+            differences.join("\n")
+        );
+        // And the answers are the failures they should be (not two proxies agreeing on something else).
+        let by_name: BTreeMap<&str, &Observed> = table
+            .iter()
+            .map(|r| r.name)
+            .zip(results[1].iter())
+            .collect();
+        for name in [
+            "refused",
+            "closed before headers",
+            "reset before headers",
+            "tls wrong CA",
+            "tls wrong name",
+            "tls wrong name, two SANs",
+        ] {
+            assert_eq!(by_name[name].outcome.status, 503, "{name}");
+            assert!(
+                by_name[name]
+                    .outcome
+                    .body
+                    .starts_with("upstream connect error or disconnect/reset before headers"),
+                "{name}: {:?}",
+                by_name[name]
+            );
+        }
+        assert_eq!(by_name["route timeout"].outcome.status, 504);
+        assert_eq!(by_name["tls right name"].outcome.status, 200);
+        assert_eq!(by_name["absolute-form"].outcome.status, 200);
+    });
+}
+
+/// CONNECT: 200, then bytes both ways to the TCP echo; to a refused port, the connect failure.
+#[test]
+fn connect_tunnels_answer_as_envoy_does() {
+    block_on(async {
+        let world = suite::shared_world().await.expect("fixtures");
+        let up = Upstreams::start(&world).await;
+        let mut results = Vec::new();
+        for kind in KINDS {
+            let subject = subject(kind, &world, &up).await.expect("proxy");
+            let authority = format!("tunnel.fail.dfp.test:{}", world.tcp.port());
+            let mut tunnel = client::connect(
+                subject.proxy.listener(),
+                &authority,
+                &[("x-case-id".into(), "tunnel".into())],
+            )
+            .await
+            .expect("CONNECT");
+            let status = tunnel.response.status;
+            let mut echoed = tunnel.early.clone();
+            if status == 200 {
+                tunnel
+                    .stream
+                    .write_all(b"ping through the tunnel")
+                    .await
+                    .expect("write");
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while echoed.len() < 23 && Instant::now() < deadline {
+                    let mut buf = [0u8; 64];
+                    match tokio::time::timeout(Duration::from_secs(5), tunnel.stream.read(&mut buf))
+                        .await
+                    {
+                        Ok(Ok(n)) if n > 0 => echoed.extend_from_slice(&buf[..n]),
+                        _ => break,
+                    }
+                }
+            }
+            drop(tunnel);
+            let refused = client::connect(
+                subject.proxy.listener(),
+                &format!("tunnel.fail.dfp.test:{}", up.refused),
+                &[("x-case-id".into(), "tunnel-refused".into())],
+            )
+            .await
+            .expect("CONNECT");
+            let refused_details = subject.details("tunnel-refused").await.expect("details");
+            results.push((
+                status,
+                String::from_utf8_lossy(&echoed).into_owned(),
+                refused.response.status,
+                refused.response.body_text(),
+                refused_details,
+            ));
+        }
+        host_sim_support::assert_same("CONNECT", &results[0], &results[1]);
+        assert_eq!(results[1].0, 200);
+        assert_eq!(results[1].1, "ping through the tunnel");
+        assert_eq!(results[1].2, 503);
+    });
+}
+
+/// What of the client's headers reaches the upstream: hop-by-hop headers never do; `Proxy-Authorization` is the
+/// client's credential for the proxy and never reaches a destination in host-sim (see docs/host-sim.md for
+/// Envoy); `x-forwarded-proto` and `x-request-id` are added as Envoy's defaults add them.
+#[test]
+fn hop_by_hop_headers_stay_at_the_proxy() {
+    block_on(async {
+        let world = suite::shared_world().await.expect("fixtures");
+        let up = Upstreams::start(&world).await;
+        let mut seen_by_kind = Vec::new();
+        for kind in KINDS {
+            let subject = subject(kind, &world, &up).await.expect("proxy");
+            let mut request = get(&format!("api.fail.dfp.test:{}", world.plain.port()), "/hop");
+            request.headers.extend(
+                [
+                    ("connection", "keep-alive, x-nominated"),
+                    ("keep-alive", "timeout=5"),
+                    ("proxy-connection", "keep-alive"),
+                    ("te", "deflate, trailers"),
+                    ("x-nominated", "by connection"),
+                    ("proxy-authorization", "Basic dXNlcjpwYXNz"),
+                    ("x-end-to-end", "kept"),
+                ]
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+            );
+            let outcome = subject.send("hop", &request).await.expect("request");
+            let seen: Seen = serde_json::from_str(&outcome.body)
+                .unwrap_or_else(|e| panic!("{}: {e}: {outcome:?}", subject.label()));
+            let names: Vec<String> = seen.headers.iter().map(|(k, _)| k.clone()).collect();
+            eprintln!("{}: upstream saw {:?}", subject.label(), seen.headers);
+            seen_by_kind.push((names, seen.header("te").map(str::to_string)));
+        }
+        // TE is reduced to `trailers`, the one value that means something end to end.
+        assert_eq!(seen_by_kind[1].1.as_deref(), Some("trailers"));
+        assert_eq!(seen_by_kind[1].1, seen_by_kind[0].1, "te: host-sim, Envoy");
+        let host_sim = &seen_by_kind[1].0;
+        for absent in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "x-nominated",
+            "proxy-authorization",
+        ] {
+            assert!(
+                !host_sim.iter().any(|h| h == absent),
+                "{absent} reached the upstream through host-sim: {host_sim:?}"
+            );
+        }
+        for present in ["x-end-to-end", "x-forwarded-proto", "x-request-id"] {
+            assert!(
+                host_sim.iter().any(|h| h == present),
+                "{present} missing upstream: {host_sim:?}"
+            );
+        }
+        // Everything else as Envoy: the same header names, in the same order, apart from what docs/host-sim.md lists.
+        let envoy: Vec<&String> = seen_by_kind[0]
+            .0
+            .iter()
+            .filter(|h| h.as_str() != "proxy-authorization")
+            .collect();
+        let host_sim: Vec<&String> = host_sim.iter().collect();
+        assert_eq!(
+            host_sim, envoy,
+            "upstream header names: host-sim (left), Envoy (right)"
+        );
+    });
+}
