@@ -3,13 +3,16 @@
 //! policy decides exactly like a deliberately naive reference model that scans every rule —
 //! in particular, nothing a deny rule or the address policy covers is ever allowed.
 
+mod reference;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use dfp_filter::config::{FilterConfig, HostPattern, Mode};
-use dfp_filter::destination::{self, InvalidReason, Target};
-use dfp_filter::net::{self, Cidr};
-use dfp_filter::policy::{DenyReason, MethodSource, Outcome, Policy, Route};
+use dfp_filter::config::{FilterConfig, Mode};
+use dfp_filter::destination::{self, Target};
+use dfp_filter::net;
+use dfp_filter::policy::{DenyReason, MethodSource, Outcome, Policy};
 use proptest::prelude::*;
+use reference::*;
 
 // ---------------------------------------------------------------------------------------------
 // Canonicalisation
@@ -399,139 +402,6 @@ fn config_json(stage: &'static str) -> impl Strategy<Value = String> {
         })
 }
 
-/// Whether a rule host covers a target, by definition rather than by index.
-fn pattern_matches(pattern: &HostPattern, target: Target<'_>) -> bool {
-    match (pattern, target) {
-        (HostPattern::Exact(n), Target::Name(h)) => n == h,
-        (HostPattern::Wildcard(s), Target::Name(h)) => h.ends_with(&format!(".{s}")),
-        (HostPattern::Cidr(c), Target::Ip(ip)) => c.split_mapped().contains(ip),
-        _ => false,
-    }
-}
-
-/// More specific sorts first: exact, then longer wildcard suffixes, then longer prefixes (a
-/// mapped-IPv6 CIDR counts as the IPv4 CIDR it denotes).
-fn specificity(pattern: &HostPattern) -> (u8, i64) {
-    match pattern {
-        HostPattern::Exact(_) => (0, 0),
-        HostPattern::Wildcard(s) => (1, -(s.len() as i64)),
-        HostPattern::Cidr(c) => (2, -i64::from(c.split_mapped().prefix_len())),
-    }
-}
-
-fn in_list(list: &[Cidr], ip: IpAddr) -> bool {
-    list.iter().any(|c| c.split_mapped().contains(ip))
-}
-
-fn embedded(target: Target<'_>) -> Option<Target<'static>> {
-    match target {
-        Target::Ip(IpAddr::V6(v6)) => net::embedded_ipv4(v6).map(|v4| Target::Ip(IpAddr::V4(v4))),
-        _ => None,
-    }
-}
-
-fn naive_address_denied(c: &FilterConfig, ip: IpAddr) -> bool {
-    let denied = |ip| in_list(&c.address_deny, ip) && !in_list(&c.address_allow, ip);
-    let ip = net::normalize(ip);
-    denied(ip)
-        || matches!(ip, IpAddr::V6(v6) if net::embedded_ipv4(v6).is_some_and(|v4| denied(IpAddr::V4(v4))))
-}
-
-fn naive_deny_rule_covers(c: &FilterConfig, target: Target<'_>, port: u16, method: &str) -> bool {
-    c.deny.iter().any(|r| {
-        (pattern_matches(&r.host, target)
-            || embedded(target).is_some_and(|t| pattern_matches(&r.host, t)))
-            && r.ports.as_ref().is_none_or(|p| p.contains(&port))
-            && r.methods
-                .as_ref()
-                .is_none_or(|m| m.iter().any(|x| x == method))
-    })
-}
-
-type Naive = Result<(Outcome, Option<Route>, String), InvalidReason>;
-
-fn naive_decide(c: &FilterConfig, authority: &str, method: &str) -> Naive {
-    let dest = destination::parse(authority.as_bytes().to_vec())?;
-    let target = dest.target();
-    let mut matching: Vec<(usize, &dfp_filter::config::AllowRule)> = c
-        .allow
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| pattern_matches(&r.host, target))
-        .collect();
-    matching.sort_by_key(|(i, r)| (specificity(&r.host), *i));
-    let connect = method == "CONNECT";
-    let port = match dest.port() {
-        Some(p) => p,
-        None if connect => return Err(InvalidReason::MissingPort),
-        None => match matching.first() {
-            Some((_, r)) if r.tls == Some(true) => 443,
-            _ => 80,
-        },
-    };
-    let mut authority = dest.host().to_string();
-    authority.push_str(&format!(":{port}"));
-
-    let result: Result<Option<bool>, DenyReason> =
-        if naive_deny_rule_covers(c, target, port, method) {
-            Err(DenyReason::HostDenied)
-        } else {
-            let mut reason = DenyReason::HostNotAllowed;
-            let mut allowed = None;
-            for (_, r) in &matching {
-                if !r.ports.contains(&port) {
-                    if reason == DenyReason::HostNotAllowed {
-                        reason = DenyReason::PortNotAllowed;
-                    }
-                    continue;
-                }
-                if r.methods
-                    .as_ref()
-                    .is_some_and(|m| !m.iter().any(|x| x == method))
-                {
-                    reason = DenyReason::MethodNotAllowed;
-                    continue;
-                }
-                allowed = Some(r.tls);
-                break;
-            }
-            match allowed {
-                None => Err(reason),
-                Some(tls) => match target {
-                    Target::Ip(ip) if naive_address_denied(c, ip) => Err(DenyReason::AddressDenied),
-                    _ => Ok(tls),
-                },
-            }
-        };
-    let outcome = match (&result, c.mode) {
-        (Ok(_), _) => Outcome::Allow,
-        (Err(r), Mode::Enforce) => Outcome::Deny(*r),
-        (Err(r), Mode::Report) => Outcome::ReportOnly(*r),
-    };
-    let route = match (c.cluster_routing.is_some(), outcome, result) {
-        (false, _, _) | (_, Outcome::Deny(_), _) => None,
-        (true, _, r) => {
-            let tls = match r {
-                Ok(tls) => tls.unwrap_or(port == 443),
-                Err(_) => port == 443,
-            };
-            Some(if tls && !connect {
-                Route::Tls
-            } else {
-                Route::Plain
-            })
-        }
-    };
-    Ok((outcome, route, authority))
-}
-
-fn fast_decide(p: &Policy, authority: &str, method: &str) -> Naive {
-    let mut dest = destination::parse(authority.as_bytes().to_vec())?;
-    let mut m: &[u8] = method.as_bytes();
-    let d = p.decide(&mut dest, &mut m as &mut dyn MethodSource)?;
-    Ok((d.outcome, d.route, dest.authority().to_string()))
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(3000))]
 
@@ -607,4 +477,266 @@ proptest! {
             prop_assert_eq!(got, want, "{} port {} with {}", ip, port, json);
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile destinations: the spellings attackers use for internal addresses (alternate IPv4 forms
+// that resolvers accept, IPv4 inside IPv6, zone ids, stray dots, case, byte-level damage), run
+// through canonicalisation and the policy. Whatever parses must decide exactly like the naive
+// model, and nothing that canonicalises to a denied destination may be allowed.
+
+/// An address inside one of the default-denied blocks (or, sometimes, anywhere).
+fn base_ip() -> impl Strategy<Value = IpAddr> {
+    prop_oneof![
+        3 => (proptest::sample::select(net::SPECIAL_PURPOSE_V4), any::<u32>()).prop_map(
+            |((addr, len), r)| {
+                let host = if len == 32 { 0 } else { r & (u32::MAX >> len) };
+                IpAddr::V4(Ipv4Addr::from(u32::from(addr) | host))
+            }
+        ),
+        2 => (proptest::sample::select(net::SPECIAL_PURPOSE_V6), any::<u128>()).prop_map(
+            |((addr, len), r)| {
+                let host = if len == 128 { 0 } else { r & (u128::MAX >> len) };
+                IpAddr::V6(Ipv6Addr::from(u128::from(addr) | host))
+            }
+        ),
+        1 => any::<u32>().prop_map(|b| IpAddr::V4(Ipv4Addr::from(b))),
+    ]
+}
+
+fn hex_groups(v4: Ipv4Addr) -> String {
+    let [a, b, c, d] = v4.octets();
+    format!(
+        "{:x}:{:x}",
+        u16::from_be_bytes([a, b]),
+        u16::from_be_bytes([c, d])
+    )
+}
+
+/// One of many spellings of `ip`: canonical ones, accepted variants, and refused ones.
+fn spell(ip: IpAddr, how: u8) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            let n = u32::from(v4);
+            match how % 17 {
+                0 => v4.to_string(),
+                1 => format!("{v4}."),
+                2 => format!("{a:03}.{b:03}.{c:03}.{d:03}"),
+                3 => format!("0{a:o}.{b}.{c}.{d}"),
+                4 => format!("0x{a:x}.{b}.{c}.{d}"),
+                5 => n.to_string(),
+                6 => format!("{a}.{}", n & 0x00ff_ffff),
+                7 => format!("[::ffff:{v4}]"),
+                8 => format!("[::ffff:{}]", hex_groups(v4)),
+                9 => format!("[0:0:0:0:0:FFFF:{}]", hex_groups(v4).to_uppercase()),
+                10 => format!("[64:ff9b::{v4}]"),
+                11 => format!("[2002:{}::1]", hex_groups(v4)),
+                12 => format!("[::{v4}]"),
+                13 => v4.to_string().replace('.', "%2e"),
+                14 => format!("user@{v4}"),
+                15 => format!("[{v4}]"),
+                _ => format!("0x{n:08x}"),
+            }
+        }
+        IpAddr::V6(v6) => {
+            let segments = v6.segments();
+            match how % 7 {
+                0 => format!("[{v6}]"),
+                1 => format!(
+                    "[{}]",
+                    segments
+                        .iter()
+                        .map(|s| format!("{s:04x}"))
+                        .collect::<Vec<_>>()
+                        .join(":")
+                ),
+                2 => format!("[{}]", v6.to_string().to_uppercase()),
+                3 => format!("[{v6}%25eth0]"),
+                4 => v6.to_string(),
+                5 => format!("[{v6}]."),
+                _ => format!("[{}]", segments.map(|s| format!("{s:x}")).join(":")),
+            }
+        }
+    }
+}
+
+fn port_suffix() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => Just(String::new()),
+        4 => proptest::sample::select(PORTS).prop_map(|p| format!(":{p}")),
+        1 => proptest::sample::select(&[":", ":0", ":65536", ":080", ":+80", ": 80", ":80 "][..])
+            .prop_map(str::to_string),
+    ]
+}
+
+/// Small byte-level damage: insertions of the characters parsers trip on, deletions, swaps.
+fn damaged(text: String, edits: Vec<(u8, usize, u8)>) -> Vec<u8> {
+    const NASTY: &[u8] = b".:[]@%/\\ \t\r\n\x00#?0xX9fF-_*";
+    let mut bytes = text.into_bytes();
+    for (kind, at, pick) in edits {
+        let at = if bytes.is_empty() {
+            0
+        } else {
+            at % (bytes.len() + 1)
+        };
+        match kind % 3 {
+            0 => bytes.insert(at, NASTY[pick as usize % NASTY.len()]),
+            1 if at < bytes.len() => {
+                bytes.remove(at);
+            }
+            _ if at + 1 < bytes.len() => bytes.swap(at, at + 1),
+            _ => {}
+        }
+    }
+    bytes
+}
+
+fn hostile_destination() -> impl Strategy<Value = Vec<u8>> {
+    (
+        base_ip(),
+        any::<u8>(),
+        port_suffix(),
+        any::<u64>(),
+        prop_oneof![
+            4 => Just(Vec::new()),
+            1 => proptest::collection::vec((any::<u8>(), any::<usize>(), any::<u8>()), 1..4),
+        ],
+    )
+        .prop_map(|(ip, how, port, mask, edits)| {
+            let text = mixed_case(format!("{}{port}", spell(ip, how)), mask);
+            damaged(text, edits)
+        })
+}
+
+/// Allows every IP on the usual ports and a few names; keeps the default `addresses.deny`.
+const ALLOW_ALL_IPS: &str = r#"{"allow":[
+    {"host":"0.0.0.0/0","ports":[80,443,8080,53,22]},
+    {"host":"::/0","ports":[80,443,8080,53,22]},
+    {"host":"*.org","ports":[80,443]}
+]}"#;
+
+/// An `inet_aton`-style reading (1 to 4 parts, each decimal, octal or hex), which some resolvers
+/// and libraries apply to names: a name the filter passes must never read as an address here.
+fn permissive_ipv4(text: &str) -> Option<u32> {
+    let parts: Vec<&str> = text.split('.').collect();
+    if parts.is_empty() || parts.len() > 4 {
+        return None;
+    }
+    let mut values = Vec::new();
+    for part in &parts {
+        let lower = part.to_ascii_lowercase();
+        let value = if let Some(hex) = lower.strip_prefix("0x") {
+            if hex.is_empty() {
+                0
+            } else {
+                u64::from_str_radix(hex, 16).ok()?
+            }
+        } else if lower.len() > 1 && lower.starts_with('0') {
+            u64::from_str_radix(&lower[1..], 8).ok()?
+        } else {
+            lower.parse::<u64>().ok()?
+        };
+        values.push(value);
+    }
+    let (last, head) = values.split_last()?;
+    if head.iter().any(|v| *v > 255) {
+        return None;
+    }
+    let room = 8 * (4 - head.len() as u32);
+    if *last >= (1u64 << room) {
+        return None;
+    }
+    let mut n = 0u64;
+    for (i, v) in head.iter().enumerate() {
+        n |= v << (24 - 8 * i as u32);
+    }
+    u32::try_from(n | last).ok()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4000))]
+
+    /// Hostile spellings against the default address policy: refused outright (400), or decided
+    /// by the address they denote — and never allowed when that address is special-purpose.
+    #[test]
+    fn hostile_spellings_of_internal_addresses_are_never_allowed(input in hostile_destination()) {
+        let config = FilterConfig::from_json(ALLOW_ALL_IPS).expect("valid");
+        let policy = Policy::compile(&config);
+        let Ok(dest) = destination::parse(input.clone()) else {
+            return Ok(());
+        };
+        let text = String::from_utf8_lossy(&input).into_owned();
+        let Ok((outcome, _, canonical)) = fast_decide(&policy, &text, "GET") else {
+            return Ok(());
+        };
+        prop_assert_eq!(
+            Ok((outcome, None, canonical.clone())),
+            naive_decide(&config, &text, "GET"),
+            "{:?}", text
+        );
+        match dest.target() {
+            Target::Ip(ip) => {
+                if naive_address_denied(&config, ip) {
+                    prop_assert_ne!(outcome, Outcome::Allow, "{:?} -> {}", text, canonical);
+                }
+            }
+            Target::Name(name) => {
+                // A name the filter lets through is never an address in disguise.
+                prop_assert!(permissive_ipv4(name).is_none(), "{:?} passed as the name {}", text, name);
+                prop_assert!(name.parse::<IpAddr>().is_err(), "{:?} passed as the name {}", text, name);
+            }
+        }
+    }
+
+    /// Non-canonical IPv4 spellings are refused, never read as a name or another address.
+    #[test]
+    fn alternate_ipv4_spellings_are_refused(ip in base_ip(), how in prop_oneof![Just(2u8), Just(3), Just(4), Just(5), Just(6), Just(13), Just(14), Just(15), Just(16)]) {
+        let IpAddr::V4(v4) = ip else { return Ok(()) };
+        let text = spell(IpAddr::V4(v4), how);
+        // Spellings that happen to coincide with the canonical one (e.g. 0.0.0.0 in octal) are fine.
+        if text == v4.to_string() {
+            return Ok(());
+        }
+        prop_assert!(destination::parse(text.clone().into_bytes()).is_err(), "{} was accepted", text);
+    }
+
+    /// The accepted spellings of one address canonicalise to one text (per family), the policy
+    /// sees the same address in each, and the canonical text is stable.
+    #[test]
+    fn accepted_spellings_of_one_address_agree(ip in base_ip(), a in 0usize..5, b in 0usize..5) {
+        // Spellings that denote `ip` itself (NAT64, 6to4 and IPv4-compatible forms denote others).
+        let (a, b) = match ip {
+            IpAddr::V4(_) => ([0u8, 1, 7, 8, 9][a], [0u8, 1, 7, 8, 9][b]),
+            IpAddr::V6(_) => ([0u8, 1, 2, 6, 0][a], [0u8, 1, 2, 6, 0][b]),
+        };
+        let x = destination::parse(spell(ip, a).into_bytes());
+        let y = destination::parse(spell(ip, b).into_bytes());
+        let (Ok(x), Ok(y)) = (x, y) else {
+            return Err(TestCaseError::fail(format!("{} or {} refused", spell(ip, a), spell(ip, b))));
+        };
+        let seen = |d: &destination::Destination| match d.target() {
+            Target::Ip(ip) => Some(net::normalize(ip)),
+            Target::Name(_) => None,
+        };
+        prop_assert_eq!(seen(&x), Some(net::normalize(ip)), "{}", spell(ip, a));
+        prop_assert_eq!(seen(&x), seen(&y));
+        if x.kind() == y.kind() {
+            prop_assert_eq!(x.authority(), y.authority());
+        }
+        let again = destination::parse(x.authority().as_bytes().to_vec()).expect("canonical parses");
+        prop_assert_eq!(again.authority(), x.authority());
+    }
+}
+
+#[test]
+fn the_permissive_reference_reads_what_resolvers_read() {
+    assert_eq!(permissive_ipv4("127.1"), Some(0x7f00_0001));
+    assert_eq!(permissive_ipv4("0x7f.1"), Some(0x7f00_0001));
+    assert_eq!(permissive_ipv4("0177.0.0.1"), Some(0x7f00_0001));
+    assert_eq!(permissive_ipv4("2130706433"), Some(0x7f00_0001));
+    assert_eq!(permissive_ipv4("10.1.65535"), Some(0x0a01_ffff));
+    assert_eq!(permissive_ipv4("example.org"), None);
+    assert_eq!(permissive_ipv4("1.2.3.4.5"), None);
+    assert_eq!(permissive_ipv4("256.1.1.1"), None);
 }
