@@ -11,13 +11,13 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
-use crate::proxy::Shared;
-use crate::shared::MetricSnapshot;
+use crate::shared::{MetricSnapshot, MetricsStore, SharedState};
 use crate::types::MetricKind;
 
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
-    shared: Arc<Shared>,
+    stats: Arc<MetricsStore>,
+    wasm: SharedState,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -32,11 +32,11 @@ pub(crate) async fn serve(
                 continue;
             }
         };
-        let shared = shared.clone();
+        let (stats, wasm) = (stats.clone(), wasm.clone());
         tokio::spawn(async move {
             let service = service_fn(move |request| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(&shared, &request)) }
+                let response = route(&stats, &wasm, &request);
+                async move { Ok::<_, Infallible>(response) }
             });
             if let Err(error) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -48,7 +48,11 @@ pub(crate) async fn serve(
     }
 }
 
-fn route(shared: &Shared, request: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+fn route(
+    stats: &MetricsStore,
+    wasm: &SharedState,
+    request: &Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
     let filter = request
         .uri()
         .query()
@@ -62,9 +66,9 @@ fn route(shared: &Shared, request: &Request<hyper::body::Incoming>) -> Response<
         "/ready" => text(StatusCode::OK, "LIVE\n".to_string()),
         "/stats" => text(
             StatusCode::OK,
-            stats_text(&all_stats(shared), filter.as_deref()),
+            stats_text(&all_stats(stats, wasm), filter.as_deref()),
         ),
-        "/stats/prometheus" => text(StatusCode::OK, prometheus(&all_stats(shared))),
+        "/stats/prometheus" => text(StatusCode::OK, prometheus(&all_stats(stats, wasm))),
         _ => text(
             StatusCode::NOT_FOUND,
             "invalid path. admin commands are: /ready, /stats, /stats/prometheus\n".to_string(),
@@ -73,19 +77,12 @@ fn route(shared: &Shared, request: &Request<hyper::body::Incoming>) -> Response<
 }
 
 /// Native stats and wasm custom metrics (prefixed `wasmcustom.`), sorted by name.
-fn all_stats(shared: &Shared) -> Vec<MetricSnapshot> {
-    let mut stats = shared.stats.snapshot();
-    stats.extend(
-        shared
-            .wasm
-            .metrics
-            .snapshot()
-            .into_iter()
-            .map(|mut metric| {
-                metric.name = format!("wasmcustom.{}", metric.name);
-                metric
-            }),
-    );
+fn all_stats(native: &MetricsStore, wasm: &SharedState) -> Vec<MetricSnapshot> {
+    let mut stats = native.snapshot();
+    stats.extend(wasm.metrics.snapshot().into_iter().map(|mut metric| {
+        metric.name = format!("wasmcustom.{}", metric.name);
+        metric
+    }));
     stats.sort_by(|a, b| a.name.cmp(&b.name));
     stats
 }

@@ -1,11 +1,16 @@
 //! host-sim's command line: run an Envoy v3 bootstrap (or the embedded default), or validate one.
+//!
+//! While running: SIGHUP reloads the configuration (the `--config` file, and every `.wasm` it names, read
+//! again; a configuration that does not load is refused and logged, and the running one keeps serving);
+//! SIGTERM or SIGINT stops it.
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use host_sim::config::Bootstrap;
-use host_sim::proxy::{self, ProxyOptions};
+use host_sim::proxy::{self, ProxyOptions, RunningProxy};
 use host_sim::LogLevel;
 
 #[derive(Parser)]
@@ -21,12 +26,14 @@ struct Cli {
     /// admin 127.0.0.1:9901, the system resolver, and dfp_filter.wasm allowing the seed's hosts.
     #[arg(short = 'c', long, global = true)]
     config: Option<PathBuf>,
-    /// Log level: trace, debug, info, warn, error (also what wasm plugins see as their level).
-    #[arg(short = 'l', long, default_value = "info", global = true)]
-    log_level: String,
-    /// Worker threads, each with its own VM per plugin (Envoy's --concurrency). Default: the number of cores.
+    /// Log level, as Envoy's `-l`: host-sim's own log (stderr) and what wasm plugins get from
+    /// `proxy_get_log_level`. `RUST_LOG`, when set, overrides the host's part.
+    #[arg(short = 'l', long, value_enum, default_value_t = Level::Info, global = true)]
+    log_level: Level,
+    /// Worker threads, each with its own event loop, VM per plugin and connection pools (Envoy's
+    /// --concurrency). Default: the number of cores.
     #[arg(long)]
-    concurrency: Option<usize>,
+    concurrency: Option<NonZeroUsize>,
     /// How long one call into a wasm plugin may run before it is interrupted and fails like a trap, in
     /// milliseconds; 0 disables the deadline (Envoy has none: a looping plugin holds its worker forever).
     #[arg(long, default_value_t = host_sim::vm::DEFAULT_CALL_DEADLINE.as_millis() as u64)]
@@ -39,6 +46,19 @@ struct Cli {
     print_default_config: bool,
 }
 
+/// Envoy's log levels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Level {
+    Trace,
+    Debug,
+    Info,
+    #[value(alias = "warning")]
+    Warn,
+    Error,
+    Critical,
+    Off,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Check a configuration as `envoy --mode validate` does: parse, load every plugin, start it, then exit.
@@ -47,7 +67,7 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_tracing(&cli.log_level);
+    init_tracing(cli.log_level);
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
@@ -69,8 +89,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let options = ProxyOptions {
         concurrency: cli
             .concurrency
-            .unwrap_or_else(|| ProxyOptions::default().concurrency),
-        wasm_log_level: wasm_level(&cli.log_level),
+            .map_or_else(|| ProxyOptions::default().concurrency, NonZeroUsize::get),
+        wasm_log_level: wasm_level(cli.log_level),
         wasm_call_deadline: (cli.wasm_call_deadline_ms > 0)
             .then(|| std::time::Duration::from_millis(cli.wasm_call_deadline_ms)),
         wasm_memory_limit: (cli.wasm_memory_limit_mib > 0).then(|| {
@@ -88,17 +108,58 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        None => {
-            let running = proxy::start(&bootstrap, &options)?;
-            for address in &running.listeners {
-                println!("host-sim: listening on {address}");
+        None => serve(cli.config.as_ref(), &bootstrap, &options),
+    }
+}
+
+/// Runs the proxy until SIGTERM or SIGINT, reloading on SIGHUP.
+fn serve(
+    config: Option<&PathBuf>,
+    bootstrap: &Bootstrap,
+    options: &ProxyOptions,
+) -> anyhow::Result<()> {
+    let mut running = proxy::start(bootstrap, options)?;
+    print_addresses("listening on", &running);
+    if let Some(admin) = running.admin {
+        println!("host-sim: admin on http://{admin}/stats");
+    }
+    let signals = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the signal handler")?;
+    signals.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangup = signal(SignalKind::hangup()).context("handling SIGHUP")?;
+        let mut terminate = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+        let mut interrupt = signal(SignalKind::interrupt()).context("handling SIGINT")?;
+        loop {
+            tokio::select! {
+                _ = hangup.recv() => reload(&mut running, config),
+                _ = terminate.recv() => break,
+                _ = interrupt.recv() => break,
             }
-            if let Some(admin) = running.admin {
-                println!("host-sim: admin on http://{admin}/stats");
-            }
-            running.wait();
-            Ok(())
         }
+        anyhow::Ok(())
+    })?;
+    tracing::info!("stopping");
+    running.stop();
+    Ok(())
+}
+
+/// SIGHUP: the configuration (and every `.wasm` it names) read again; on any error the running one stays.
+fn reload(running: &mut RunningProxy, config: Option<&PathBuf>) {
+    tracing::info!("SIGHUP: reloading the configuration");
+    match load(config).and_then(|bootstrap| running.reload(&bootstrap)) {
+        Ok(()) => print_addresses("reloaded; listening on", running),
+        Err(error) => {
+            tracing::error!("reload rejected, the running configuration keeps serving: {error:#}")
+        }
+    }
+}
+
+fn print_addresses(what: &str, running: &RunningProxy) {
+    for address in &running.listeners {
+        println!("host-sim: {what} {address}");
     }
 }
 
@@ -115,23 +176,33 @@ fn load(path: Option<&PathBuf>) -> anyhow::Result<Bootstrap> {
     }
 }
 
-fn init_tracing(level: &str) {
+fn init_tracing(level: Level) {
+    let directive = match level {
+        Level::Trace => "trace",
+        Level::Debug => "debug",
+        Level::Info => "info",
+        Level::Warn => "warn",
+        // tracing has no level above error: critical logs errors.
+        Level::Error | Level::Critical => "error",
+        Level::Off => "off",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(directive));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
 }
 
-fn wasm_level(level: &str) -> LogLevel {
-    match level.to_ascii_lowercase().as_str() {
-        "trace" => LogLevel::Trace,
-        "debug" => LogLevel::Debug,
-        "warn" | "warning" => LogLevel::Warn,
-        "error" => LogLevel::Error,
-        "critical" => LogLevel::Critical,
-        _ => LogLevel::Info,
+/// What `proxy_get_log_level` tells plugins; `off` reads as critical (the ABI has no "off").
+fn wasm_level(level: Level) -> LogLevel {
+    match level {
+        Level::Trace => LogLevel::Trace,
+        Level::Debug => LogLevel::Debug,
+        Level::Info => LogLevel::Info,
+        Level::Warn => LogLevel::Warn,
+        Level::Error => LogLevel::Error,
+        Level::Critical | Level::Off => LogLevel::Critical,
     }
 }
 

@@ -3,7 +3,8 @@
 //!
 //! Threads: like Envoy, `concurrency` workers each run their own event loop (a current-thread tokio runtime) with
 //! their own VM instance of every plugin and their own upstream connection pools; a main runtime runs DNS
-//! resolutions and the admin endpoint.
+//! resolutions and the admin endpoint. A reload builds a new [`Shared`] generation beside the old one (see
+//! `running.rs`).
 
 pub(crate) mod access_log;
 mod body;
@@ -11,6 +12,7 @@ mod calls;
 mod http;
 mod local_reply;
 mod route;
+mod running;
 mod tunnel;
 mod wasm_chain;
 mod worker;
@@ -19,10 +21,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use anyhow::Context as _;
-use tokio::sync::watch;
 
 use crate::config::{
     Bootstrap, Cluster, ClusterKind, FailurePolicy, HttpFilter, Listener, WasmPlugin,
@@ -35,6 +35,7 @@ use crate::types::LogLevel;
 use crate::vm::{PluginConfig, PluginFactory, Runtime};
 
 pub use local_reply::EnvoyReply;
+pub use running::{start, RunningProxy};
 
 /// How to run the proxy.
 #[derive(Debug, Clone)]
@@ -121,51 +122,12 @@ pub(crate) struct Shared {
     pub plugins: Vec<PluginSlot>,
     /// Envoy-named stats (`http.*`, `cluster.*`, `dns_cache.*`).
     pub stats: Arc<MetricsStore>,
-    /// Shared data, queues and custom metrics of the wasm plugins.
-    pub wasm: SharedState,
     /// Addresses host-sim itself listens on: never proxied to.
     pub own_addresses: Vec<SocketAddr>,
-}
-
-/// A running proxy: its bound addresses, and the handle that stops it.
-pub struct RunningProxy {
-    pub listeners: Vec<SocketAddr>,
-    pub admin: Option<SocketAddr>,
-    pub stats: Arc<MetricsStore>,
-    pub wasm: SharedState,
-    shutdown: watch::Sender<bool>,
-    workers: Vec<JoinHandle<()>>,
-    main_runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl RunningProxy {
-    /// Stops accepting, lets the workers end, and waits for them.
-    pub fn stop(mut self) {
-        self.stop_inner();
-    }
-
-    /// Blocks until the proxy stops (it stops only when `stop` is called from elsewhere or the process ends).
-    pub fn wait(mut self) {
-        for worker in self.workers.drain(..) {
-            let _ = worker.join();
-        }
-    }
-
-    fn stop_inner(&mut self) {
-        let _ = self.shutdown.send(true);
-        for worker in self.workers.drain(..) {
-            let _ = worker.join();
-        }
-        if let Some(runtime) = self.main_runtime.take() {
-            runtime.shutdown_background();
-        }
-    }
-}
-
-impl Drop for RunningProxy {
-    fn drop(&mut self) {
-        self.stop_inner();
-    }
+    /// The bound listen sockets, one per entry of `listeners`; each worker accepts on its own duplicate.
+    pub sockets: Vec<std::net::TcpListener>,
+    /// The DNS caches by name, kept by a reload that configures them the same way.
+    pub caches: HashMap<String, DnsCache>,
 }
 
 /// Loads what `bootstrap` needs: wasm plugins (started once, so a plugin refusing its configuration is reported
@@ -174,17 +136,24 @@ struct Loaded {
     listeners: Vec<ListenerRuntime>,
     clusters: HashMap<String, Arc<ClusterRuntime>>,
     plugins: Vec<PluginSlot>,
-    stats: Arc<MetricsStore>,
-    wasm: SharedState,
+    caches: HashMap<String, DnsCache>,
+}
+
+/// What outlives a reload: stats, the wasm plugins' shared data and metrics, and DNS caches whose configuration
+/// did not change (their hosts stay resolved).
+struct Carried<'a> {
+    stats: &'a Arc<MetricsStore>,
+    wasm: &'a SharedState,
+    caches: &'a HashMap<String, DnsCache>,
 }
 
 fn load(
     bootstrap: &Bootstrap,
     options: &ProxyOptions,
     main: &tokio::runtime::Handle,
+    carried: &Carried<'_>,
 ) -> anyhow::Result<Loaded> {
-    let stats = Arc::new(MetricsStore::new());
-    let wasm = SharedState::new();
+    let Carried { stats, wasm, .. } = *carried;
     let runtime = Runtime::new().context("starting the wasm engine")?;
 
     let mut caches: HashMap<String, DnsCache> = HashMap::new();
@@ -192,7 +161,10 @@ fn load(
         if let Some(cache) = caches.get(&config.name) {
             return Ok(cache.clone());
         }
-        let cache = DnsCache::new(config.clone(), main.clone(), &stats)?;
+        let cache = match carried.caches.get(&config.name) {
+            Some(previous) if previous.config() == config => previous.clone(),
+            _ => DnsCache::new(config.clone(), main.clone(), stats)?,
+        };
         caches.insert(config.name.clone(), cache.clone());
         Ok(cache)
     };
@@ -324,8 +296,7 @@ fn load(
         listeners,
         clusters,
         plugins,
-        stats,
-        wasm,
+        caches,
     })
 }
 
@@ -335,100 +306,10 @@ pub fn validate(bootstrap: &Bootstrap, options: &ProxyOptions) -> anyhow::Result
         .enable_all()
         .build()
         .context("starting a runtime for validation")?;
-    load(bootstrap, options, runtime.handle()).map(|_| ())
-}
-
-/// Loads the plugins and caches of `bootstrap`, binds its listeners and admin address, and starts the workers.
-/// Every error here (a missing `.wasm`, a plugin refusing its configuration, a port in use) is reported with the
-/// part of the configuration at fault; nothing is served until everything loaded.
-pub fn start(bootstrap: &Bootstrap, options: &ProxyOptions) -> anyhow::Result<RunningProxy> {
-    let main_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("host-sim-main")
-        .enable_all()
-        .build()
-        .context("starting the main runtime")?;
-    let Loaded {
-        listeners,
-        clusters,
-        plugins,
-        stats,
-        wasm,
-    } = load(bootstrap, options, main_runtime.handle())?;
-
-    // Bind everything before serving anything: a port in use is a startup error.
-    let mut sockets = Vec::new();
-    for listener in &bootstrap.listeners {
-        let socket = std::net::TcpListener::bind(listener.address).with_context(|| {
-            format!(
-                "listener {:?}: cannot bind {}",
-                listener.name, listener.address
-            )
-        })?;
-        socket.set_nonblocking(true)?;
-        sockets.push(socket);
-    }
-    let bound: Vec<SocketAddr> = sockets
-        .iter()
-        .map(|s| s.local_addr())
-        .collect::<Result<_, _>>()?;
-    let admin_socket = match bootstrap.admin {
-        Some(address) => {
-            let socket = std::net::TcpListener::bind(address)
-                .with_context(|| format!("admin: cannot bind {address}"))?;
-            socket.set_nonblocking(true)?;
-            Some(socket)
-        }
-        None => None,
+    let carried = Carried {
+        stats: &Arc::new(MetricsStore::new()),
+        wasm: &SharedState::new(),
+        caches: &HashMap::new(),
     };
-    let admin = admin_socket.as_ref().map(|s| s.local_addr()).transpose()?;
-    let mut own_addresses = bound.clone();
-    own_addresses.extend(admin);
-
-    let shared = Arc::new(Shared {
-        listeners,
-        clusters,
-        plugins,
-        stats: stats.clone(),
-        wasm: wasm.clone(),
-        own_addresses,
-    });
-
-    let (shutdown, shutdown_rx) = watch::channel(false);
-    if let Some(socket) = admin_socket {
-        let shared = shared.clone();
-        let shutdown_rx = shutdown_rx.clone();
-        main_runtime.spawn(async move {
-            match tokio::net::TcpListener::from_std(socket) {
-                Ok(listener) => crate::admin::serve(listener, shared, shutdown_rx).await,
-                Err(error) => tracing::error!(%error, "admin listener failed"),
-            }
-        });
-    }
-
-    let mut workers = Vec::new();
-    for index in 0..options.concurrency.max(1) {
-        let sockets = sockets
-            .iter()
-            .map(|s| s.try_clone())
-            .collect::<Result<Vec<_>, _>>()
-            .context("sharing the listen sockets with a worker")?;
-        let shared = shared.clone();
-        let shutdown_rx = shutdown_rx.clone();
-        let handle = std::thread::Builder::new()
-            .name(format!("host-sim-worker-{index}"))
-            .spawn(move || worker::run(index, shared, sockets, shutdown_rx))
-            .context("starting a worker thread")?;
-        workers.push(handle);
-    }
-    tracing::info!(listeners = ?bound, admin = ?admin, workers = workers.len(), "host-sim is serving");
-    Ok(RunningProxy {
-        listeners: bound,
-        admin,
-        stats,
-        wasm,
-        shutdown,
-        workers,
-        main_runtime: Some(main_runtime),
-    })
+    load(bootstrap, options, runtime.handle(), &carried).map(|_| ())
 }

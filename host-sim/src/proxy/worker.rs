@@ -1,9 +1,14 @@
 //! A worker thread: its own event loop, its own VM instance of every plugin, its own upstream connection pool.
 //! Connections accepted on the shared listen sockets are served here from start to end, as in Envoy.
+//!
+//! A configuration generation on a worker is one [`Worker`]. When a reload publishes a new one, the worker
+//! starts it (its VMs, pool and accept loops), stops the old accept loops and tells the old connections to drain:
+//! each finishes the request in flight and closes (hyper's graceful shutdown). Whatever still holds the old
+//! `Worker` (connections, CONNECT tunnels, bodies) keeps its VMs alive until it ends.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +33,8 @@ pub(crate) struct Worker {
     /// streams re-check whether they were resumed.
     pub wasm_progress: Notify,
     next_connection_id: std::cell::Cell<u64>,
+    /// Set when a newer generation took over: this one's connections finish their request and close.
+    draining: watch::Sender<bool>,
 }
 
 impl Worker {
@@ -43,11 +50,10 @@ impl Worker {
     }
 }
 
-/// The worker thread's body: build the worker, accept on every listener until shutdown.
+/// The worker thread's body: serve each configuration generation as it is published, until shutdown.
 pub(crate) fn run(
     index: usize,
-    shared: Arc<Shared>,
-    sockets: Vec<std::net::TcpListener>,
+    mut generations: watch::Receiver<Arc<Shared>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -62,20 +68,63 @@ pub(crate) fn run(
     };
     let local = LocalSet::new();
     local.block_on(&runtime, async move {
-        let mut plugins = Vec::with_capacity(shared.plugins.len());
-        for slot in &shared.plugins {
-            match slot.factory.instantiate() {
-                Ok(instance) => plugins.push(RefCell::new(PluginHandle::new(
-                    instance,
-                    slot.policy,
-                    slot.reload_backoff,
-                ))),
+        let mut current: Option<Generation> = None;
+        loop {
+            let shared = generations.borrow_and_update().clone();
+            match Generation::start(index, shared) {
+                Ok(next) => {
+                    if let Some(previous) = current.replace(next) {
+                        previous.retire();
+                    }
+                }
+                // The main thread started every plugin once before publishing, so this is rare; the worker keeps
+                // serving what it has rather than serving nothing.
                 Err(error) => {
-                    tracing::error!(worker = index, plugin = %slot.name, %error, "cannot start the plugin on this worker");
-                    return;
+                    tracing::error!(worker = index, %error, "cannot start the new configuration on this worker")
                 }
             }
+            tokio::select! {
+                changed = generations.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            }
         }
+    });
+}
+
+/// One configuration generation on this worker: its `Worker` and its accept loops.
+struct Generation {
+    worker: Rc<Worker>,
+    accepting: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Generation {
+    fn start(index: usize, shared: Arc<Shared>) -> anyhow::Result<Generation> {
+        let mut plugins = Vec::with_capacity(shared.plugins.len());
+        for slot in &shared.plugins {
+            let instance = slot
+                .factory
+                .instantiate()
+                .map_err(|error| anyhow::anyhow!("plugin {}: {error}", slot.name))?;
+            plugins.push(RefCell::new(PluginHandle::new(
+                instance,
+                slot.policy,
+                slot.reload_backoff,
+            )));
+        }
+        let listeners = shared
+            .sockets
+            .iter()
+            .map(|socket| {
+                socket
+                    .try_clone()
+                    .and_then(tokio::net::TcpListener::from_std)
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| anyhow::anyhow!("cannot use a listen socket: {error}"))?;
         let worker = Rc::new(Worker {
             shared: shared.clone(),
             index,
@@ -83,20 +132,28 @@ pub(crate) fn run(
             pool: Rc::new(ConnectionPool::default()),
             wasm_progress: Notify::new(),
             next_connection_id: std::cell::Cell::new(1),
+            draining: watch::channel(false).0,
         });
         for slot in 0..shared.plugins.len() {
-            tokio::task::spawn_local(tick_loop(worker.clone(), slot));
+            tokio::task::spawn_local(tick_loop(Rc::downgrade(&worker), slot));
         }
-        for (listener_index, socket) in sockets.into_iter().enumerate() {
-            match tokio::net::TcpListener::from_std(socket) {
-                Ok(listener) => {
-                    tokio::task::spawn_local(accept_loop(worker.clone(), listener_index, listener));
-                }
-                Err(error) => tracing::error!(worker = index, %error, "cannot use the listen socket"),
-            }
+        let accepting = listeners
+            .into_iter()
+            .enumerate()
+            .map(|(listener_index, listener)| {
+                tokio::task::spawn_local(accept_loop(worker.clone(), listener_index, listener))
+            })
+            .collect();
+        Ok(Generation { worker, accepting })
+    }
+
+    /// Stops accepting with this generation and drains its connections.
+    fn retire(self) {
+        for accept in &self.accepting {
+            accept.abort();
         }
-        let _ = shutdown.wait_for(|stop| *stop).await;
-    });
+        self.worker.draining.send_replace(true);
+    }
 }
 
 async fn accept_loop(worker: Rc<Worker>, listener_index: usize, listener: tokio::net::TcpListener) {
@@ -149,31 +206,49 @@ async fn serve_connection(
         local,
         listener: listener_index,
     });
+    let mut draining = worker.draining.subscribe();
     let service = {
         let worker = worker.clone();
         service_fn(move |request| handle(worker.clone(), connection.clone(), request))
     };
-    let served = hyper::server::conn::http1::Builder::new()
+    let connection = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         // Envoy's default header read timeout is none, but a slow client must not pin a connection forever.
         .header_read_timeout(Duration::from_secs(60))
         .max_buf_size(64 * 1024 + 1024)
         .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades()
-        .await;
+        .with_upgrades();
+    tokio::pin!(connection);
+    let served = tokio::select! {
+        served = connection.as_mut() => served,
+        _ = draining.wait_for(|drain| *drain) => {
+            // A newer configuration took over: finish the request in flight, then close.
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
     if let Err(error) = served {
         tracing::debug!(%error, %peer, "downstream connection ended with an error");
     }
 }
 
-/// Delivers `proxy_on_tick` at the period the plugin asked for (it may change or stop it at any time).
-async fn tick_loop(worker: Rc<Worker>, slot: usize) {
+/// Delivers `proxy_on_tick` at the period the plugin asked for (it may change or stop it at any time), for as long
+/// as anything still uses this generation's worker.
+async fn tick_loop(worker: Weak<Worker>, slot: usize) {
     loop {
-        let period = worker.plugin(slot).borrow().tick_period();
+        let Some(period) = worker
+            .upgrade()
+            .map(|worker| worker.plugin(slot).borrow().tick_period())
+        else {
+            return;
+        };
         match period {
             None => tokio::time::sleep(Duration::from_millis(100)).await,
             Some(period) => {
                 tokio::time::sleep(period).await;
+                let Some(worker) = worker.upgrade() else {
+                    return;
+                };
                 let result = worker.plugin(slot).borrow_mut().tick();
                 if let Err(error) = result {
                     tracing::warn!(plugin = %worker.shared.plugins[slot].name, %error, "proxy_on_tick failed");
