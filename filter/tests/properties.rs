@@ -616,44 +616,6 @@ const ALLOW_ALL_IPS: &str = r#"{"allow":[
     {"host":"*.org","ports":[80,443]}
 ]}"#;
 
-/// An `inet_aton`-style reading (1 to 4 parts, each decimal, octal or hex), which some resolvers
-/// and libraries apply to names: a name the filter passes must never read as an address here.
-fn permissive_ipv4(text: &str) -> Option<u32> {
-    let parts: Vec<&str> = text.split('.').collect();
-    if parts.is_empty() || parts.len() > 4 {
-        return None;
-    }
-    let mut values = Vec::new();
-    for part in &parts {
-        let lower = part.to_ascii_lowercase();
-        let value = if let Some(hex) = lower.strip_prefix("0x") {
-            if hex.is_empty() {
-                0
-            } else {
-                u64::from_str_radix(hex, 16).ok()?
-            }
-        } else if lower.len() > 1 && lower.starts_with('0') {
-            u64::from_str_radix(&lower[1..], 8).ok()?
-        } else {
-            lower.parse::<u64>().ok()?
-        };
-        values.push(value);
-    }
-    let (last, head) = values.split_last()?;
-    if head.iter().any(|v| *v > 255) {
-        return None;
-    }
-    let room = 8 * (4 - head.len() as u32);
-    if *last >= (1u64 << room) {
-        return None;
-    }
-    let mut n = 0u64;
-    for (i, v) in head.iter().enumerate() {
-        n |= v << (24 - 8 * i as u32);
-    }
-    u32::try_from(n | last).ok()
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(4000))]
 
