@@ -302,6 +302,10 @@ fn publish(inner: &Inner, key: &str, address: Option<SocketAddr>, details: &str)
         .state
         .send_if_modified(|state| match (state.as_mut(), address) {
             (None, _) => {
+                // Envoy counts the first address as a change too (from none).
+                if address.is_some() {
+                    inner.stats.host_address_changed.add(1);
+                }
                 *state = Some(Resolved {
                     address,
                     details: details.to_string(),
@@ -309,9 +313,7 @@ fn publish(inner: &Inner, key: &str, address: Option<SocketAddr>, details: &str)
                 true
             }
             (Some(current), Some(new)) if current.address != Some(new) => {
-                if current.address.is_some() {
-                    inner.stats.host_address_changed.add(1);
-                }
+                inner.stats.host_address_changed.add(1);
                 current.address = Some(new);
                 current.details = details.to_string();
                 true
