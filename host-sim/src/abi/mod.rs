@@ -14,9 +14,12 @@ mod stream_control;
 mod timers;
 mod wasi;
 
-use wasmtime::{Caller, IntoFunc, Linker};
+use std::sync::Arc;
 
-use crate::vm::HostState;
+use wasmtime::{Caller, Engine, Extern, IntoFunc, Linker, Store, ValType};
+
+use crate::shared::SharedState;
+use crate::vm::{HostState, PluginConfig};
 
 pub(crate) type C<'a> = Caller<'a, HostState>;
 
@@ -72,4 +75,42 @@ pub(crate) fn add_to_linker(
     stream_control::add(&mut reg)?;
     wasi::add(&mut reg)?;
     Ok(reg.names)
+}
+
+/// One function the host provides to guests, with its wasm signature.
+#[derive(Debug, Clone)]
+pub struct Hostcall {
+    pub module: String,
+    pub name: String,
+    pub params: Vec<ValType>,
+    pub results: Vec<ValType>,
+}
+
+/// Every hostcall this host provides (proxy-wasm `env` and WASI), with signatures: lets tests and
+/// fuzzers build guests that import and call all of them.
+pub fn hostcalls(engine: &Engine) -> wasmtime::Result<Vec<Hostcall>> {
+    let mut linker = Linker::new(engine);
+    add_to_linker(&mut linker)?;
+    let mut store = Store::new(
+        engine,
+        HostState::new(Arc::new(PluginConfig::default()), SharedState::new()),
+    );
+    let mut out = Vec::new();
+    let items: Vec<(String, String, Extern)> = linker
+        .iter(&mut store)
+        .map(|(module, name, item)| (module.to_string(), name.to_string(), item))
+        .collect();
+    for (module, name, item) in items {
+        if let Extern::Func(func) = item {
+            let ty = func.ty(&store);
+            out.push(Hostcall {
+                module,
+                name,
+                params: ty.params().collect(),
+                results: ty.results().collect(),
+            });
+        }
+    }
+    out.sort_by(|a, b| (&a.module, &a.name).cmp(&(&b.module, &b.name)));
+    Ok(out)
 }
