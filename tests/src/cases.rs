@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::client::{self, Request, Response};
 use crate::proxy;
 use crate::template::{self, Vars};
-use crate::upstream::CASE_ID_HEADER;
+use crate::upstream::{Seen, CASE_ID_HEADER};
 use crate::world::World;
 
 /// A pair of filter configurations (wasm plugin `configuration`) a proxy is started with.
@@ -90,6 +90,9 @@ pub struct CaseRequest {
     pub headers: Vec<(String, String)>,
     #[serde(default)]
     pub body: Option<String>,
+    /// A generated body of this many bytes ([`generated_body`]), instead of `body`.
+    #[serde(default)]
+    pub body_bytes: Option<usize>,
     /// The complete request for `form: raw`; `{{CASE_ID}}` is replaced by the case id.
     #[serde(default)]
     pub raw: Option<String>,
@@ -116,6 +119,12 @@ pub struct Expect {
     /// Fields the JSON body must have (subset match).
     #[serde(default)]
     pub json: Option<serde_json::Map<String, Value>>,
+    /// The whole body, exactly (text).
+    #[serde(default)]
+    pub body: Option<String>,
+    /// The body's length in bytes (for large bodies).
+    #[serde(default)]
+    pub body_bytes: Option<usize>,
     /// The request some upstream must have received, once. Absent: no upstream may have
     /// received it.
     #[serde(default)]
@@ -157,6 +166,12 @@ pub struct ExpectUpstream {
     /// Headers the upstream must not have seen.
     #[serde(default)]
     pub absent_headers: Vec<String>,
+    /// The request body the upstream received, exactly (text).
+    #[serde(default)]
+    pub body: Option<String>,
+    /// The length of the request body the upstream received.
+    #[serde(default)]
+    pub body_bytes: Option<usize>,
 }
 
 /// Loads every case of one YAML file, placeholders filled from `vars`.
@@ -303,9 +318,17 @@ pub fn request_bytes(case: &Case) -> anyhow::Result<Vec<u8>> {
         method: r.method.clone(),
         target,
         headers,
-        body: r.body.clone().unwrap_or_default().into_bytes(),
+        body: match r.body_bytes {
+            Some(len) => generated_body(len),
+            None => r.body.clone().unwrap_or_default().into_bytes(),
+        },
     }
     .to_bytes())
+}
+
+/// `len` bytes of `abc...xyzabc...`: large bodies that are easy to check and printable.
+pub fn generated_body(len: usize) -> Vec<u8> {
+    (0..len).map(|i| b'a' + (i % 26) as u8).collect()
 }
 
 async fn run_connect(listener: SocketAddr, case: &Case) -> anyhow::Result<Response> {
@@ -349,7 +372,8 @@ async fn run_connect(listener: SocketAddr, case: &Case) -> anyhow::Result<Respon
     Ok(tunnel.response)
 }
 
-fn check_response(case: &Case, response: &Response) -> anyhow::Result<()> {
+/// Checks the response against `status`, `headers`, `json`, `body` and `body_bytes`.
+pub fn check_response(case: &Case, response: &Response) -> anyhow::Result<()> {
     let expect = &case.expect;
     anyhow::ensure!(
         response.status == expect.status,
@@ -378,6 +402,20 @@ fn check_response(case: &Case, response: &Response) -> anyhow::Result<()> {
             );
         }
     }
+    if let Some(want) = &expect.body {
+        anyhow::ensure!(
+            response.body == want.as_bytes(),
+            "body {:?} (expected {want:?})",
+            response.body_text()
+        );
+    }
+    if let Some(want) = expect.body_bytes {
+        anyhow::ensure!(
+            response.body.len() == want,
+            "body of {} bytes (expected {want})",
+            response.body.len()
+        );
+    }
     Ok(())
 }
 
@@ -389,7 +427,13 @@ fn check_upstreams(target: &Target, case: &Case) -> anyhow::Result<()> {
         .iter()
         .flat_map(|s| s.seen_for_case(&id))
         .collect();
-    let Some(want) = &case.expect.upstream else {
+    check_seen(case.expect.upstream.as_ref(), &reached)
+}
+
+/// Checks what the upstreams received for a case (`reached`) against `want` (`None`: nothing
+/// may have arrived anywhere).
+pub fn check_seen(want: Option<&ExpectUpstream>, reached: &[Seen]) -> anyhow::Result<()> {
+    let Some(want) = want else {
         anyhow::ensure!(
             reached.is_empty(),
             "no upstream may see this request, but {:?} did",
@@ -439,6 +483,20 @@ fn check_upstreams(target: &Target, case: &Case) -> anyhow::Result<()> {
             seen.header(name).is_none(),
             "upstream saw header {name}: {:?}, which must not reach it",
             seen.header(name)
+        );
+    }
+    if let Some(body) = &want.body {
+        anyhow::ensure!(
+            &seen.body == body,
+            "upstream saw body {:?}, expected {body:?}",
+            seen.body
+        );
+    }
+    if let Some(len) = want.body_bytes {
+        anyhow::ensure!(
+            seen.body.len() == len,
+            "upstream saw a body of {} bytes, expected {len}",
+            seen.body.len()
         );
     }
     Ok(())

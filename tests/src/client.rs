@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
@@ -139,7 +139,7 @@ pub async fn connect(
         stream.write_all(&request.to_bytes()).await.map_err(io)?;
         // A 2xx to CONNECT has no body; anything after the head belongs to the tunnel.
         let (response, early) =
-            read_head_then(&mut stream, |status| (200..300).contains(&status)).await?;
+            read_head_then(&mut stream, addr, |status| (200..300).contains(&status)).await?;
         Ok(Tunnel {
             response,
             stream,
@@ -154,30 +154,43 @@ async fn read_response(
     stream: &mut TcpStream,
     head_only: bool,
 ) -> Result<(Response, Vec<u8>), ClientError> {
-    read_head_then(stream, |status| {
+    let addr = peer(stream);
+    read_head_then(stream, addr, |status| {
         head_only || status == 204 || status == 304 || (100..200).contains(&status)
     })
     .await
 }
 
+fn peer(stream: &TcpStream) -> SocketAddr {
+    stream
+        .peer_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
 /// Reads a response head, then its body unless `no_body(status)`; returns the bytes read past
 /// the response.
-async fn read_head_then(
-    stream: &mut TcpStream,
+async fn read_head_then<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    addr: SocketAddr,
     no_body: impl Fn(u16) -> bool,
 ) -> Result<(Response, Vec<u8>), ClientError> {
-    let addr = stream
-        .peer_addr()
-        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let (mut response, mut rest) = read_head(stream, addr, Vec::new()).await?;
+    if no_body(response.status) {
+        return Ok((response, rest));
+    }
+    read_body(stream, addr, &mut response, &mut rest).await?;
+    Ok((response, rest))
+}
+
+/// Reads up to the end of a response head (starting with the bytes already in `buf`); returns
+/// it (without body) and the bytes after it.
+async fn read_head<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    addr: SocketAddr,
+    mut buf: Vec<u8>,
+) -> Result<(Response, Vec<u8>), ClientError> {
     let io = |source| ClientError::Io { addr, source };
-    let mut buf = Vec::with_capacity(4096);
     let (status, headers, head_len) = loop {
-        let mut chunk = [0u8; 4096];
-        let n = stream.read(&mut chunk).await.map_err(io)?;
-        if n == 0 {
-            return Err(ClientError::Truncated(buf.len()));
-        }
-        buf.extend_from_slice(&chunk[..n]);
         let mut slots = [httparse::EMPTY_HEADER; 128];
         let mut parsed = httparse::Response::new(&mut slots);
         match parsed.parse(&buf) {
@@ -197,22 +210,38 @@ async fn read_head_then(
                     .collect::<Vec<_>>();
                 break (status, headers, len);
             }
-            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => continue,
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
             Ok(httparse::Status::Partial) => {
                 return Err(ClientError::Malformed("response head too large".into()))
             }
             Err(e) => return Err(ClientError::Malformed(e.to_string())),
         }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await.map_err(io)?;
+        if n == 0 {
+            return Err(ClientError::Truncated(buf.len()));
+        }
+        buf.extend_from_slice(&chunk[..n]);
     };
-    let mut rest = buf.split_off(head_len);
-    let mut response = Response {
+    let rest = buf.split_off(head_len);
+    let response = Response {
         status,
         headers,
         body: Vec::new(),
     };
-    if no_body(status) {
-        return Ok((response, rest));
-    }
+    Ok((response, rest))
+}
+
+/// Reads the body of `response` (content-length, chunked, or up to the end of the connection)
+/// into `response.body`, starting with the bytes already in `rest`; leaves in `rest` what
+/// follows the body. On an error, `response.body` holds what arrived before it.
+async fn read_body<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    addr: SocketAddr,
+    response: &mut Response,
+    rest: &mut Vec<u8>,
+) -> Result<(), ClientError> {
+    let io = |source| ClientError::Io { addr, source };
     let chunked = response
         .header("transfer-encoding")
         .is_some_and(|te| te.to_ascii_lowercase().contains("chunked"));
@@ -225,35 +254,44 @@ async fn read_head_then(
         })
         .transpose()?;
     if chunked {
-        response.body = read_chunked(stream, &mut rest).await?;
-    } else if let Some(length) = length {
+        return read_chunked(stream, addr, rest, &mut response.body).await;
+    }
+    if let Some(length) = length {
         while rest.len() < length {
             let mut chunk = [0u8; 8192];
-            let n = stream.read(&mut chunk).await.map_err(io)?;
+            let n = match stream.read(&mut chunk).await {
+                Ok(n) => n,
+                Err(source) => {
+                    response.body = std::mem::take(rest);
+                    return Err(io(source));
+                }
+            };
             if n == 0 {
+                let got = rest.len();
+                response.body = std::mem::take(rest);
                 return Err(ClientError::Malformed(format!(
-                    "body ended after {} of {length} bytes",
-                    rest.len()
+                    "body ended after {got} of {length} bytes"
                 )));
             }
             rest.extend_from_slice(&chunk[..n]);
         }
         let tail = rest.split_off(length);
-        response.body = rest;
-        rest = tail;
-    } else {
-        // No length: the body runs to the end of the connection.
-        stream.read_to_end(&mut rest).await.map_err(io)?;
-        response.body = std::mem::take(&mut rest);
+        response.body = std::mem::replace(rest, tail);
+        return Ok(());
     }
-    Ok((response, rest))
+    // No length: the body runs to the end of the connection.
+    let read = stream.read_to_end(rest).await;
+    response.body = std::mem::take(rest);
+    read.map(|_| ()).map_err(io)
 }
 
-async fn read_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Vec<u8>, ClientError> {
-    let addr = stream
-        .peer_addr()
-        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-    let mut body = Vec::new();
+/// Reads a chunked body into `body`; `buf` holds bytes already read and keeps what follows.
+async fn read_chunked<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    addr: SocketAddr,
+    buf: &mut Vec<u8>,
+    body: &mut Vec<u8>,
+) -> Result<(), ClientError> {
     let mut pos = 0;
     loop {
         // Make sure a full size line is buffered.
@@ -276,7 +314,7 @@ async fn read_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Vec<u
                     pos += i + 2;
                     if empty {
                         buf.drain(..pos);
-                        return Ok(body);
+                        return Ok(());
                     }
                 } else {
                     fill(stream, buf, addr).await?;
@@ -284,15 +322,19 @@ async fn read_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Vec<u
             }
         }
         while buf.len() < pos + size + 2 {
-            fill(stream, buf, addr).await?;
+            if let Err(e) = fill(stream, buf, addr).await {
+                // Keep what arrived of this chunk, for callers reporting a truncated body.
+                body.extend_from_slice(&buf[pos.min(buf.len())..]);
+                return Err(e);
+            }
         }
         body.extend_from_slice(&buf[pos..pos + size]);
         pos += size + 2;
     }
 }
 
-async fn fill(
-    stream: &mut TcpStream,
+async fn fill<R: AsyncRead + Unpin>(
+    stream: &mut R,
     buf: &mut Vec<u8>,
     addr: SocketAddr,
 ) -> Result<(), ClientError> {
@@ -306,6 +348,69 @@ async fn fill(
     }
     buf.extend_from_slice(&chunk[..n]);
     Ok(())
+}
+
+/// A response that may have been cut short: the head arrived, the body maybe not all of it.
+#[derive(Clone, Debug)]
+pub struct Received {
+    /// Interim (1xx) responses before the final one, e.g. `100` for `expect: 100-continue`.
+    pub interim: Vec<Response>,
+    pub response: Response,
+    /// Why the body is incomplete; `None` when it arrived whole.
+    pub truncated: Option<String>,
+}
+
+/// Like [`exchange`], but writes the request while reading the response, so a proxy that
+/// answers before it has read a large body (and then closes) is still heard; interim (1xx)
+/// responses are collected on the way to the final one; and a response whose body breaks off
+/// comes back with what arrived and why it ended.
+pub async fn exchange_streaming(
+    addr: SocketAddr,
+    raw: Vec<u8>,
+    head_only: bool,
+) -> Result<Received, ClientError> {
+    let io = |source| ClientError::Io { addr, source };
+    timeout(REQUEST_TIMEOUT, async {
+        let stream = TcpStream::connect(addr).await.map_err(io)?;
+        let (mut reader, mut writer) = stream.into_split();
+        let writing = tokio::spawn(async move {
+            // The proxy may answer early and close; a failed write is then expected.
+            let _ = writer.write_all(&raw).await;
+            writer
+        });
+        let mut interim = Vec::new();
+        let mut carry = Vec::new();
+        let (mut response, mut rest) = loop {
+            let (head, rest) = read_head(&mut reader, addr, carry).await?;
+            // 101 ends HTTP/1 on the connection; other 1xx precede the final response.
+            if (100..200).contains(&head.status) && head.status != 101 {
+                interim.push(head);
+                carry = rest;
+                continue;
+            }
+            break (head, rest);
+        };
+        let no_body = head_only
+            || response.status == 204
+            || response.status == 304
+            || (100..200).contains(&response.status);
+        let mut truncated = None;
+        if !no_body {
+            if let Err(e) = read_body(&mut reader, addr, &mut response, &mut rest).await {
+                truncated = Some(e.to_string());
+            }
+        }
+        // The write half lived until the response was read (dropping it half-closes); a write
+        // still pending now is one the proxy will never read.
+        writing.abort();
+        Ok(Received {
+            interim,
+            response,
+            truncated,
+        })
+    })
+    .await
+    .map_err(|_| ClientError::Timeout(addr))?
 }
 
 /// A GET to the admin interface (or any plain HTTP server); returns the response.

@@ -6,6 +6,7 @@ pub mod client;
 pub mod crd_schema;
 pub mod dns;
 pub mod envoy;
+pub mod fidelity;
 pub mod host_sim;
 pub mod pki;
 pub mod proxy;

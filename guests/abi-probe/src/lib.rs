@@ -1,6 +1,7 @@
 //! A proxy-wasm guest that exercises each hostcall family through the Rust SDK, so host-sim's
 //! ABI tests see exactly what a real SDK guest sends and accepts. The request header
-//! `x-probe` picks a scenario; results come back as request/response headers, logs, metrics.
+//! `x-probe` picks a scenario; results come back as request/response headers, logs, metrics,
+//! or (the `report*` and `local-reply*` scenarios of [`report`]) as a JSON local reply.
 #![cfg(target_arch = "wasm32")]
 
 use std::cell::RefCell;
@@ -9,6 +10,8 @@ use std::time::Duration;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType, Status};
+
+mod report;
 
 thread_local! {
     // Streams parked until the next tick (root context resumes them).
@@ -457,6 +460,9 @@ impl HttpContext for Probe {
                 );
                 Action::Continue
             }
+            "report" => report::on_request_headers(self.id, eos),
+            "local-reply" => report::local_reply(false),
+            "local-reply-empty" => report::local_reply(true),
             "trap-headers" => panic!("probe: trap in request headers"),
             "body" | "trap-body" | "trap-log" | "response" | "close" => Action::Continue,
             _ => Action::Continue,
@@ -477,11 +483,15 @@ impl HttpContext for Probe {
                 Action::Continue
             }
             "trap-body" => panic!("probe: trap in request body"),
+            "report" => report::on_request_body(self.id, size, eos),
             _ => Action::Continue,
         }
     }
 
-    fn on_http_response_headers(&mut self, _n: usize, _eos: bool) -> Action {
+    fn on_http_response_headers(&mut self, _n: usize, eos: bool) -> Action {
+        if self.scenario == "report-response" {
+            return report::on_response_headers(self.id, eos);
+        }
         if self.scenario == "response" || self.scenario == "local" {
             self.set_http_response_header("x-resp", Some(&self.scenario));
         }
@@ -492,6 +502,9 @@ impl HttpContext for Probe {
     }
 
     fn on_http_response_body(&mut self, size: usize, eos: bool) -> Action {
+        if self.scenario == "report-response" {
+            return report::on_response_body(self.id, size, eos);
+        }
         if self.scenario == "response" {
             if !eos {
                 return Action::Pause;
