@@ -38,6 +38,11 @@ pub struct HttpConnectionManager {
     pub connect_enabled: bool,
     /// File access logs written when a request ends.
     pub access_logs: Vec<AccessLog>,
+    /// `request_headers_timeout`: how long a client may take to send a request head once it started (none by
+    /// default, as in Envoy).
+    pub request_headers_timeout: Option<std::time::Duration>,
+    /// `max_request_headers_kb` (Envoy's default 60): the largest request head, in KiB; larger gets 431.
+    pub max_request_headers_kb: u32,
 }
 
 /// `envoy.access_loggers.file`: a path and a text format of Envoy command operators.
@@ -159,6 +164,21 @@ fn parse_hcm(at: &At<'_>) -> Result<HttpConnectionManager, ConfigError> {
             .collect::<Result<Vec<_>, _>>()?,
         None => Vec::new(),
     };
+    let request_headers_timeout = match fields.opt("request_headers_timeout") {
+        Some(timeout) => Some(timeout.duration()?).filter(|d| !d.is_zero()),
+        None => None,
+    };
+    let max_request_headers_kb = match fields.opt("max_request_headers_kb") {
+        Some(kb) => {
+            let value = kb.u32()?;
+            // Envoy's bounds (0 < kb <= 8192).
+            if value == 0 || value > 8192 {
+                return Err(kb.error("max_request_headers_kb must be in 1..=8192"));
+            }
+            value
+        }
+        None => 60,
+    };
     // HTTP/2 options only matter for h2 downstreams, which host-sim does not serve; allow_connect is implied.
     fields.cosmetic("http2_protocol_options");
     fields.cosmetic("generate_request_id");
@@ -169,6 +189,8 @@ fn parse_hcm(at: &At<'_>) -> Result<HttpConnectionManager, ConfigError> {
         http_filters,
         connect_enabled,
         access_logs,
+        request_headers_timeout,
+        max_request_headers_kb,
     })
 }
 

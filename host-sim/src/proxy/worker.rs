@@ -21,6 +21,10 @@ use crate::dfp::upstream::ConnectionPool;
 use crate::vm::PluginHandle;
 
 use super::http::{handle, ConnectionInfo, UpstreamBody};
+
+// The read-side framing guard is part of how connections are served here.
+#[path = "framing.rs"]
+mod framing;
 use super::Shared;
 
 pub(crate) struct Worker {
@@ -211,12 +215,8 @@ async fn serve_connection(
         let worker = worker.clone();
         service_fn(move |request| handle(worker.clone(), connection.clone(), request))
     };
-    let connection = hyper::server::conn::http1::Builder::new()
-        .timer(hyper_util::rt::TokioTimer::new())
-        // Envoy's default header read timeout is none, but a slow client must not pin a connection forever.
-        .header_read_timeout(Duration::from_secs(60))
-        .max_buf_size(64 * 1024 + 1024)
-        .serve_connection(TokioIo::new(stream), service)
+    let connection = http1_settings(&worker.shared.listeners[listener_index].config.http)
+        .serve_connection(TokioIo::new(framing::GuardedStream::new(stream)), service)
         .with_upgrades();
     tokio::pin!(connection);
     let served = tokio::select! {
@@ -230,6 +230,33 @@ async fn serve_connection(
     if let Err(error) = served {
         tracing::debug!(%error, %peer, "downstream connection ended with an error");
     }
+}
+
+/// Envoy's default `max_headers_count`: more headers get 431 and the connection closes.
+const MAX_HEADERS: usize = 100;
+/// With no `request_headers_timeout`, a slow or idle client still cannot pin a connection forever.
+const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The HTTP/1 server as Envoy's codec behaves: a request head (request line, headers, blank line) of at most
+/// `max_request_headers_kb` and at most 100 headers, else 431 and the connection closes; the head must arrive
+/// within `request_headers_timeout`.
+fn http1_settings(
+    http: &crate::config::HttpConnectionManager,
+) -> hyper::server::conn::http1::Builder {
+    let max_head = http.max_request_headers_kb as usize * 1024;
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        // Exact: hyper measures the head as Envoy does. The read buffer is larger, so a head just over the limit is
+        // read whole and refused by its size.
+        .max_header_size(max_head)
+        .max_buf_size((max_head + 4096).max(8192))
+        .max_headers(MAX_HEADERS)
+        .header_read_timeout(
+            http.request_headers_timeout
+                .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT),
+        );
+    builder
 }
 
 /// Delivers `proxy_on_tick` at the period the plugin asked for (it may change or stop it at any time), for as long
