@@ -36,6 +36,11 @@ size:
     cargo build --release -p dfp-filter --target {{wasm_target}}
     ls -l {{wasm}}
 
-# Benchmarks (side by side: upstream alone, Envoy with and without the filter, host-sim).
-bench:
-    @echo "benchmarks: not implemented yet (issue: benchmarks side by side)" && exit 1
+# Benchmarks side by side (upstream alone, Envoy with and without the filter, RBAC, host-sim); see
+# docs/benchmarks.md. Writes docs/bench/{results.json,results.md,chart.png}. ARGS go to `bench run`
+# (e.g. `just bench --smoke`, `just bench --rounds 5 --duration 10`). Own target dir: building
+# wasmtime optimised takes minutes, once.
+bench *ARGS:
+    CARGO_TARGET_DIR=target/bench cargo build --release --target {{wasm_target}} -p dfp-filter -p empty-filter
+    CARGO_TARGET_DIR=target/bench cargo build --profile host-bench -p host-sim -p bench
+    target/bench/host-bench/bench run {{ARGS}}

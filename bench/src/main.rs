@@ -173,9 +173,7 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
     machine.load_at_end = machine::load_average();
 
     let rows = report::summarize(&samples, settings.connections);
-    let filter_wasm_bytes = std::fs::metadata(&tools.filter_wasm)
-        .with_context(|| format!("{}", tools.filter_wasm.display()))?
-        .len();
+    let filter_wasm_bytes = std::fs::metadata(&tools.filter_wasm).map_or(0, |m| m.len());
     let targets = report::targets(&rows, &spec.workers, spec.scale_workers, filter_wasm_bytes);
     let report = Report {
         date,
@@ -221,7 +219,7 @@ fn redraw(from: &Path, out: &Path) -> anyhow::Result<()> {
 }
 
 fn tools(args: &RunArgs, setups: &[Setup]) -> anyhow::Result<Tools> {
-    use bench::matrix::Server;
+    use bench::matrix::{Policy, Server};
     let bench = std::env::current_exe().context("finding this binary")?;
     let exe_dir = bench
         .parent()
@@ -243,9 +241,17 @@ fn tools(args: &RunArgs, setups: &[Setup]) -> anyhow::Result<Tools> {
             .join("empty_filter.wasm")
     });
     let needs = |server: Server| setups.iter().any(|s| s.server() == server);
-    for (wasm, what) in [(&filter_wasm, "--filter-wasm"), (&noop_wasm, "--noop-wasm")] {
+    let needs_filter = setups
+        .iter()
+        .any(|s| matches!(s.policy(), Policy::Filter { .. }));
+    let needs_noop = setups.iter().any(|s| s.policy() == Policy::NoopWasm);
+    // The report states the filter's size whenever the file is there.
+    for (wasm, what, needed) in [
+        (&filter_wasm, "--filter-wasm", needs_filter),
+        (&noop_wasm, "--noop-wasm", needs_noop),
+    ] {
         anyhow::ensure!(
-            wasm.is_file(),
+            !needed || wasm.is_file(),
             "{} not found (build it: cargo build --release --target wasm32-unknown-unknown \
              -p dfp-filter -p empty-filter, or pass {what})",
             wasm.display()
