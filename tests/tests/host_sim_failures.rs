@@ -123,6 +123,9 @@ struct Upstreams {
     wrong_ca: EchoServer,
     /// TLS with a certificate from the trusted CA naming two other hosts.
     two_names: EchoServer,
+    /// TLS with a certificate from another CA that has the trusted CA's name: the signature does not verify.
+    same_name_ca: EchoServer,
+    _same_name_pki: tests::pki::Pki,
 }
 
 impl Upstreams {
@@ -131,7 +134,24 @@ impl Upstreams {
             .pki
             .leaf("two-names", &["one.fail.dfp.test", "two.fail.dfp.test"])
             .expect("leaf");
+        // tests::pki names every CA alike, so a second one looks like the trusted issuer with a different key.
+        let same_name_pki = tests::pki::Pki::new().expect("second CA");
+        let same_name_leaf = same_name_pki
+            .leaf("same-name", &["same-name-ca.fail.dfp.test"])
+            .expect("leaf");
+        // A name that resolves off loopback: the clusters bind 127.0.0.1, so the kernel refuses the connect call.
+        world.dns.set(
+            "private.fail.dfp.test",
+            tests::dns::Answer::ips(&["10.0.0.6".parse().expect("ip")]),
+        );
         Upstreams {
+            same_name_ca: EchoServer::tls(
+                "same-name-ca",
+                same_name_leaf.server_config().expect("tls"),
+            )
+            .await
+            .expect("tls upstream"),
+            _same_name_pki: same_name_pki,
             refused: refused_port().await,
             close: BadUpstream::start(Misbehaviour::Close).await,
             reset: BadUpstream::start(Misbehaviour::Reset).await,
@@ -155,6 +175,10 @@ impl Upstreams {
             // world.tls serves a certificate for secure.dfp.test only.
             { "host": "wrong-name.fail.dfp.test", "ports": [world.tls.port()], "tls": true },
             { "host": "three.fail.dfp.test", "ports": [self.two_names.port()], "tls": true },
+            { "host": "same-name-ca.fail.dfp.test", "ports": [self.same_name_ca.port()], "tls": true },
+            // TLS to the plain echo.
+            { "host": "plaintext.fail.dfp.test", "ports": [world.plain.port()], "tls": true },
+            { "host": "private.fail.dfp.test", "ports": [world.plain.port()] },
             { "host": "secure.dfp.test", "ports": [world.tls.port()], "tls": true },
             { "host": "api.fail.dfp.test", "ports": [world.plain.port()] },
             { "host": "tunnel.fail.dfp.test", "ports": [world.tcp.port(), self.refused] }
@@ -202,6 +226,18 @@ fn rows(up: &Upstreams, world: &World) -> Vec<Row> {
         Row {
             name: "tls wrong name, two SANs",
             request: get(&host("three", up.two_names.port()), "/"),
+        },
+        Row {
+            name: "tls bad signature",
+            request: get(&host("same-name-ca", up.same_name_ca.port()), "/"),
+        },
+        Row {
+            name: "tls to a plain-text server",
+            request: get(&host("plaintext", world.plain.port()), "/"),
+        },
+        Row {
+            name: "immediate connect error",
+            request: get(&host("private", world.plain.port()), "/"),
         },
         Row {
             name: "tls right name",
@@ -312,6 +348,9 @@ fn failure_modes_answer_as_envoy_does() {
             "tls wrong CA",
             "tls wrong name",
             "tls wrong name, two SANs",
+            "tls bad signature",
+            "tls to a plain-text server",
+            "immediate connect error",
         ] {
             assert_eq!(by_name[name].outcome.status, 503, "{name}");
             assert!(

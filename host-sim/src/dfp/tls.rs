@@ -171,6 +171,18 @@ impl ServerCertVerifier for ChainVerifier {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) if !self.check_name => Ok(ServerCertVerified::assertion()),
+            // BoringSSL reports a bad ECDSA signature with the algorithm's own errors first; only the certificate
+            // tells which algorithm signed it.
+            Err(rustls::Error::InvalidCertificate(CertificateError::BadSignature))
+                if signed_with_ecdsa(end_entity) =>
+            {
+                Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                    rustls::OtherError(Arc::new(BoringReason(format!(
+                        "|{ECDSA_BAD_SIGNATURE}|{X509_PUBLIC_KEY}|{VERIFY_FAILED}:verify cert failed: {}",
+                        at_depth_0("certificate signature failure")
+                    )))),
+                )))
+            }
             other => other,
         }
     }
@@ -249,11 +261,42 @@ impl ServerCertVerifier for AcceptAny {
 
 /// BoringSSL's error for a failed certificate verification, as Envoy reports it.
 const VERIFY_FAILED: &str = "268435581:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED";
+const ECDSA_BAD_SIGNATURE: &str = "436207716:ECDSA routines:OPENSSL_internal:BAD_SIGNATURE";
+const X509_PUBLIC_KEY: &str =
+    "184549382:X.509 certificate routines:OPENSSL_internal:public_key routines";
+/// What BoringSSL says when the peer's first bytes are not a TLS record (a plain-text server).
+const WRONG_VERSION: &str = "268435703:SSL routines:OPENSSL_internal:WRONG_VERSION_NUMBER";
+
+/// A failure already worded as BoringSSL's error queue (the part between `TLS_error:` and `:TLS_error_end`).
+#[derive(Debug)]
+struct BoringReason(String);
+
+impl std::fmt::Display for BoringReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BoringReason {}
+
+fn at_depth_0(what: &str) -> String {
+    format!("X509_verify_cert: certificate verification error at depth 0: {what}")
+}
+
+/// The certificate's signature algorithm is ECDSA (its DER names `ecdsa-with-SHA*`, OID 1.2.840.10045.4.3).
+fn signed_with_ecdsa(certificate: &CertificateDer<'_>) -> bool {
+    const ECDSA_WITH_SHA: [u8; 9] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03];
+    certificate
+        .as_ref()
+        .windows(ECDSA_WITH_SHA.len())
+        .any(|window| window == ECDSA_WITH_SHA)
+}
 
 /// A failed handshake as Envoy's transport failure reason words it (`TLS_error:|<BoringSSL errors>:TLS_error_end`),
 /// so response code details match Envoy's for the certificate failures a forward proxy meets: a name the
-/// certificate does not cover, an issuer nobody trusts, an expired or not yet valid certificate. Other failures
-/// keep rustls' text inside the same frame (BoringSSL's error queue has no rustls equivalent).
+/// certificate does not cover, an issuer nobody trusts, a bad signature, an expired or not yet valid certificate,
+/// a server that does not speak TLS. Other failures keep rustls' text inside the same frame (BoringSSL's error
+/// queue has no rustls equivalent).
 pub fn failure_reason(error: &std::io::Error) -> String {
     let rustls_error = error
         .get_ref()
@@ -261,8 +304,6 @@ pub fn failure_reason(error: &std::io::Error) -> String {
     let verify = |reason: String| {
         format!("TLS_error:|{VERIFY_FAILED}:verify cert failed: {reason}:TLS_error_end")
     };
-    let at_depth_0 =
-        |what: &str| format!("X509_verify_cert: certificate verification error at depth 0: {what}");
     match rustls_error {
         Some(rustls::Error::InvalidCertificate(certificate)) => match certificate {
             CertificateError::NotValidForNameContext {
@@ -288,8 +329,12 @@ pub fn failure_reason(error: &std::io::Error) -> String {
                 verify(at_depth_0("certificate is not yet valid"))
             }
             CertificateError::BadSignature => verify(at_depth_0("certificate signature failure")),
+            CertificateError::Other(other) => format!("TLS_error:{}:TLS_error_end", other.0),
             other => format!("TLS_error:|{other:?}:TLS_error_end"),
         },
+        Some(rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)) => {
+            format!("TLS_error:|{WRONG_VERSION}:TLS_error_end")
+        }
         Some(other) => format!("TLS_error:|{other}:TLS_error_end"),
         None => format!("TLS_error:|{error}:TLS_error_end"),
     }
@@ -339,6 +384,13 @@ mod tests {
         ));
         assert!(failure_reason(&unknown)
             .ends_with("at depth 0: unable to get local issuer certificate:TLS_error_end"));
+        let plaintext = io(rustls::Error::InvalidMessage(
+            rustls::InvalidMessage::InvalidContentType,
+        ));
+        assert_eq!(
+            failure_reason(&plaintext),
+            "TLS_error:|268435703:SSL routines:OPENSSL_internal:WRONG_VERSION_NUMBER:TLS_error_end"
+        );
         let plain = std::io::Error::other("handshake eof");
         assert_eq!(
             failure_reason(&plain),

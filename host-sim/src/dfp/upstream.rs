@@ -22,9 +22,13 @@ use super::tls::UpstreamTls;
 /// Why an upstream connection could not be made, with Envoy's wording for its 503 body and details.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConnectError {
-    /// TCP connect failed (refused, unreachable ...); the OS reason as Envoy spells it ("Connection refused").
+    /// TCP connect failed once under way (refused, timed out ...); the OS reason as Envoy spells it
+    /// ("Connection refused").
     #[error("remote connection failure: delayed connect error: {0}")]
     Refused(String),
+    /// The connect call itself failed (a source address that cannot reach the destination, no route ...).
+    #[error("remote connection failure: immediate connect error: {reason} ({remote})")]
+    Immediate { reason: String, remote: SocketAddr },
     /// No connection within `connect_timeout`.
     #[error("connection timeout")]
     Timeout,
@@ -40,7 +44,9 @@ impl ConnectError {
     /// Envoy's stream reset reason (`Http::Utility::resetReasonToString`), the end of its 503 body.
     pub fn reset_reason(&self) -> &'static str {
         match self {
-            ConnectError::Refused(_) | ConnectError::Tls(_) => "remote connection failure",
+            ConnectError::Refused(_) | ConnectError::Immediate { .. } | ConnectError::Tls(_) => {
+                "remote connection failure"
+            }
             ConnectError::Timeout => "connection timeout",
             ConnectError::Http(_) => "connection termination",
         }
@@ -52,6 +58,10 @@ impl ConnectError {
         let reason = self.reset_reason().replace(' ', "_");
         let transport = match self {
             ConnectError::Refused(os) => format!("delayed connect error: {os}"),
+            // Envoy names the address for connect calls that fail at once.
+            ConnectError::Immediate { reason, remote } => {
+                format!("immediate connect error: {reason}|remote_address:{remote}")
+            }
             ConnectError::Tls(tls) => tls.clone(),
             ConnectError::Timeout | ConnectError::Http(_) => return reason,
         };
@@ -154,7 +164,7 @@ pub async fn tcp_connect(
         socket
             .connect(address)
             .await
-            .map_err(|error| ConnectError::Refused(io_reason(&error)))
+            .map_err(|error| connect_failure(&error, address))
     };
     let stream = tokio::time::timeout(timeout, attempt)
         .await
@@ -206,6 +216,36 @@ where
 
 trait Io: AsyncRead + AsyncWrite + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Unpin> Io for T {}
+
+/// A failed connect, split as Envoy splits it: errors the connect call returns at once (on a non-blocking socket
+/// that is everything but the outcome of the handshake) and errors the handshake ends with.
+fn connect_failure(error: &std::io::Error, remote: SocketAddr) -> ConnectError {
+    const IMMEDIATE: [i32; 6] = [
+        libc_errno::EACCES,
+        libc_errno::EPERM,
+        libc_errno::EINVAL,
+        libc_errno::EADDRNOTAVAIL,
+        libc_errno::EAFNOSUPPORT,
+        libc_errno::ENETUNREACH,
+    ];
+    match error.raw_os_error() {
+        Some(code) if IMMEDIATE.contains(&code) => ConnectError::Immediate {
+            reason: io_reason(error),
+            remote,
+        },
+        _ => ConnectError::Refused(io_reason(error)),
+    }
+}
+
+/// Linux errno values (the platform host-sim and Envoy's wording target).
+mod libc_errno {
+    pub const EPERM: i32 = 1;
+    pub const EACCES: i32 = 13;
+    pub const EINVAL: i32 = 22;
+    pub const EAFNOSUPPORT: i32 = 97;
+    pub const EADDRNOTAVAIL: i32 = 99;
+    pub const ENETUNREACH: i32 = 101;
+}
 
 /// The OS reason in Envoy's spelling ("Connection refused").
 fn io_reason(error: &std::io::Error) -> String {

@@ -77,9 +77,13 @@ pub fn downstream_config(allow: Json) -> Json {
     })
 }
 
-/// The upstream stage with loopback carved out, since every test address is loopback.
+/// The upstream stage with loopback carved out, since every test address is loopback, and 10.0.0.6, which
+/// the failure suite resolves a name to (the kernel refuses the connect: clusters bind to 127.0.0.1).
 pub fn upstream_config() -> Json {
-    serde_json::json!({ "stage": "upstream", "addresses": { "allow": ["127.0.0.0/8"] } })
+    serde_json::json!({
+        "stage": "upstream",
+        "addresses": { "allow": ["127.0.0.0/8", "10.0.0.6/32"] }
+    })
 }
 
 /// Starts a proxy of `kind` on the test bootstrap with these filter configs and tweaks.
