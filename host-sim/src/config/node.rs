@@ -187,7 +187,7 @@ impl<'a> Fields<'a> {
             .ok_or_else(|| self.error(format!("missing required field {name:?}")))
     }
 
-    /// A field accepted and ignored because it does not change what host-sim does (documented in the README).
+    /// A field accepted and ignored because it does not change what host-sim does (listed in docs/host-sim.md).
     pub(crate) fn cosmetic(&mut self, name: &str) {
         let _ = self.opt(name);
     }
@@ -202,8 +202,8 @@ impl<'a> Fields<'a> {
             if !self.used.contains(&key_text) {
                 return Err(ConfigError::Invalid {
                     path: join(&self.path, &key_text),
-                    message: "field not supported by host-sim (it would change behaviour; see README, \"host-sim's \
-                              Envoy subset\")"
+                    message: "field not supported by host-sim (it would change behaviour; docs/host-sim.md lists \
+                              the fields host-sim runs)"
                         .to_string(),
                 });
             }
