@@ -252,6 +252,9 @@ fn http1_settings(
         .max_header_size(max_head)
         .max_buf_size((max_head + 4096).max(8192))
         .max_headers(MAX_HEADERS)
+        // Answer what was asked before the read side ended (a client's half-close, or the framing guard stopping at
+        // a refused request) instead of dropping it.
+        .half_close(true)
         .header_read_timeout(
             http.request_headers_timeout
                 .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT),

@@ -122,15 +122,19 @@ fn serve(
         let Some((head, body_len)) = read_request_head(&mut stream, &mut buf) else {
             return;
         };
-        // Drain the body (content-length only; the suites send no chunked requests here).
-        while buf.len() < body_len {
-            let mut chunk = [0u8; 8192];
-            match stream.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
+        let chunked = head
+            .to_ascii_lowercase()
+            .contains("\r\ntransfer-encoding: chunked");
+        let drained = if chunked {
+            drain_chunked(&mut stream, &mut buf)
+        } else {
+            fill(&mut stream, &mut buf, body_len).then(|| {
+                buf.drain(..body_len);
+            })
+        };
+        if drained.is_none() {
+            return;
         }
-        buf.drain(..body_len);
         requests.fetch_add(1, Ordering::SeqCst);
         seen.lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -161,6 +165,58 @@ fn serve(
         if head.to_ascii_lowercase().contains("\r\nconnection: close") {
             return;
         }
+    }
+}
+
+/// Reads until `buf` holds at least `len` bytes; false when the connection ends first.
+fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>, len: usize) -> bool {
+    while buf.len() < len {
+        let mut chunk = [0u8; 8192];
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    true
+}
+
+/// Reads and drops a chunked body (and its trailers) from the front of `buf`.
+fn drain_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
+    loop {
+        let line_end = loop {
+            if let Some(i) = find(buf, b"\r\n") {
+                break i;
+            }
+            let have = buf.len();
+            if !fill(stream, buf, have + 1) {
+                return None;
+            }
+        };
+        let line = String::from_utf8_lossy(&buf[..line_end]).into_owned();
+        let size = usize::from_str_radix(line.split(';').next()?.trim(), 16).ok()?;
+        buf.drain(..line_end + 2);
+        if size == 0 {
+            // Trailers, up to the empty line.
+            loop {
+                let end = loop {
+                    if let Some(i) = find(buf, b"\r\n") {
+                        break i;
+                    }
+                    let have = buf.len();
+                    if !fill(stream, buf, have + 1) {
+                        return None;
+                    }
+                };
+                buf.drain(..end + 2);
+                if end == 0 {
+                    return Some(());
+                }
+            }
+        }
+        if !fill(stream, buf, size + 2) {
+            return None;
+        }
+        buf.drain(..size + 2);
     }
 }
 
