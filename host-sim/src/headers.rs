@@ -63,29 +63,27 @@ impl HeaderMap {
             .collect()
     }
 
-    /// Appends a value (Envoy's `addCopy`).
+    /// Appends a value (Envoy's `addCopy`); a pseudo-header (`:name`) goes after the other
+    /// pseudo-headers instead, as Envoy keeps them ahead of every regular header.
     pub fn add(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
-        self.entries
-            .push((key.as_ref().to_ascii_lowercase(), value.as_ref().to_vec()));
+        let entry = (key.as_ref().to_ascii_lowercase(), value.as_ref().to_vec());
+        if entry.0.first() == Some(&b':') {
+            let end = self
+                .entries
+                .iter()
+                .position(|(k, _)| k.first() != Some(&b':'))
+                .unwrap_or(self.entries.len());
+            self.entries.insert(end, entry);
+        } else {
+            self.entries.push(entry);
+        }
     }
 
-    /// Replaces every value of `key` with one value, keeping the position of the first one
-    /// (Envoy's `setCopy`), or appends when absent.
+    /// Replaces every value of `key` with one value (Envoy 1.40's `setCopy`: remove, then
+    /// `addCopy`, so the header moves to the end of its block).
     pub fn replace(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
-        let key = key.as_ref().to_ascii_lowercase();
-        let value = value.as_ref().to_vec();
-        match self.entries.iter().position(|(k, _)| *k == key) {
-            Some(first) => {
-                self.entries[first].1 = value;
-                let mut i = 0;
-                self.entries.retain(|(k, _)| {
-                    let keep = i <= first || *k != key;
-                    i += 1;
-                    keep
-                });
-            }
-            None => self.entries.push((key, value)),
-        }
+        self.remove(key.as_ref());
+        self.add(key, value);
     }
 
     /// Removes every value of `key`.
@@ -211,16 +209,29 @@ mod tests {
     }
 
     #[test]
-    fn replace_keeps_first_position_and_drops_duplicates() {
-        let mut map = HeaderMap::from_pairs([("a", "1"), ("b", "2"), ("a", "3")]);
+    fn replace_moves_the_header_to_the_end_of_its_block() {
+        // As the ABI probe shows Envoy 1.40 doing (tests/fidelity, probe/header_mutations).
+        let mut map = HeaderMap::from_pairs([
+            (":path", "/"),
+            (":method", "GET"),
+            ("a", "1"),
+            ("b", "2"),
+            ("a", "3"),
+        ]);
         map.replace("A", "9");
+        map.replace(":path", "/new");
+        map.add(":x", "p");
         let got: Vec<_> = map.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
-        assert_eq!(
-            got,
-            vec![
-                (b"a".to_vec(), b"9".to_vec()),
-                (b"b".to_vec(), b"2".to_vec())
-            ]
-        );
+        let want: Vec<(Vec<u8>, Vec<u8>)> = [
+            (":method", "GET"),
+            (":path", "/new"),
+            (":x", "p"),
+            ("b", "2"),
+            ("a", "9"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect();
+        assert_eq!(got, want);
     }
 }

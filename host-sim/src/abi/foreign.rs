@@ -89,6 +89,10 @@ pub(crate) fn parse_filter_state_args(buf: &[u8]) -> Option<EnvoyFilterState> {
     while at < buf.len() {
         let key = varint(&mut at)?;
         let (field, wire) = (key >> 3, key & 7);
+        // Field number 0 does not exist in protobuf: the message does not parse.
+        if field == 0 {
+            return None;
+        }
         match wire {
             0 => {
                 let v = varint(&mut at)?;
@@ -112,8 +116,13 @@ pub(crate) fn parse_filter_state_args(buf: &[u8]) -> Option<EnvoyFilterState> {
             _ => return None,
         }
     }
+    // A fixed-width field running past the end is a truncated message.
+    if at != buf.len() {
+        return None;
+    }
+    // proto3: an absent path is the empty string (which no factory knows: NotFound, as Envoy).
     Some(EnvoyFilterState {
-        path: path?,
+        path: path.unwrap_or_default(),
         value,
         span,
     })
@@ -136,5 +145,13 @@ mod tests {
             ("a.b", &b"xy"[..], 1)
         );
         assert!(parse_filter_state_args(&[0x0a, 9, b'a']).is_none());
+        // An empty message is valid (every field default), as Envoy's protobuf parser has it.
+        assert_eq!(
+            parse_filter_state_args(&[]).map(|fs| fs.path),
+            Some(String::new())
+        );
+        // Field 0, or a fixed-width field cut short, is not a message.
+        assert!(parse_filter_state_args(&[0x01, 0x02, b'x']).is_none());
+        assert!(parse_filter_state_args(&[0x09, 1, 2]).is_none());
     }
 }

@@ -127,12 +127,25 @@ fn set_pairs(c: &mut C<'_>, t: u32, ptr: u32, size: u32) -> HostResult {
     Ok(())
 }
 
+/// Envoy's request header map knows the HTTP/1 name `host` as `:authority` (the legacy alias
+/// of its inline `:authority` header), for reads and edits alike.
+fn map_key(t: MapType, key: &[u8]) -> &[u8] {
+    if t == MapType::RequestHeaders && key.eq_ignore_ascii_case(b"host") {
+        b":authority"
+    } else {
+        key
+    }
+}
+
 fn get_value(c: &mut C<'_>, t: u32, kp: u32, ks: u32, vpp: u32, vsp: u32) -> HostResult {
     let t = map_type(t)?;
     let value = with_slice(c, kp, ks, |key, st| match const_map(st, t) {
         None if in_access_log(st) => Err(Status::NotFound),
         None => Err(Status::BadArgument),
-        Some(m) => m.get(key).map(<[u8]>::to_vec).ok_or(Status::NotFound),
+        Some(m) => m
+            .get(map_key(t, key))
+            .map(<[u8]>::to_vec)
+            .ok_or(Status::NotFound),
     })??;
     copy_out(c, &value, vpp, vsp)
 }
@@ -158,10 +171,11 @@ fn modify(
         None => Vec::new(),
     };
     let map = mut_map(c.data_mut(), t).ok_or(Status::BadArgument)?;
+    let key = map_key(t, &key);
     match edit {
-        Edit::Add => map.add(&key, &value),
-        Edit::Replace => map.replace(&key, &value),
-        Edit::Remove => map.remove(&key),
+        Edit::Add => map.add(key, &value),
+        Edit::Replace => map.replace(key, &value),
+        Edit::Remove => map.remove(key),
     }
     Ok(())
 }

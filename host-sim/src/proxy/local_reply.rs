@@ -27,9 +27,10 @@ impl EnvoyReply {
         Self::new(404, "", "route_not_found")
     }
 
-    /// `cluster_header` absent or naming no cluster (Envoy's route docs: 404).
+    /// `cluster_header` absent or naming no cluster: the route's `cluster_not_found_response_code`,
+    /// whose default is 503 (SERVICE_UNAVAILABLE), as Envoy 1.40 answers.
     pub fn cluster_not_found() -> Self {
-        Self::new(404, "", "cluster_not_found")
+        Self::new(503, "", "cluster_not_found")
     }
 
     /// The DFP cluster has no host for this request (no DFP filter ran, or the entry is gone).
