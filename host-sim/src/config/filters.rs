@@ -1,14 +1,17 @@
-//! HTTP filters: wasm, dynamic_forward_proxy and router downstream; wasm and upstream_codec upstream.
+//! HTTP filters: wasm, dynamic_forward_proxy and router downstream; rbac (Envoy's upstream RBAC filter, see
+//! `rbac.rs`), wasm and upstream_codec upstream.
 
 use std::path::PathBuf;
 
 use super::dns_cache::{parse_dns_cache, DnsCacheConfig};
 use super::node::{At, Fields};
+use super::rbac::{parse_rbac, RbacConfig};
 use super::{typed_config, ConfigError};
 
 const WASM_TYPE: &str = "envoy.extensions.filters.http.wasm.v3.Wasm";
 const DFP_TYPE: &str = "envoy.extensions.filters.http.dynamic_forward_proxy.v3.FilterConfig";
 const ROUTER_TYPE: &str = "envoy.extensions.filters.http.router.v3.Router";
+const RBAC_TYPE: &str = "envoy.extensions.filters.http.rbac.v3.RBAC";
 const UPSTREAM_CODEC_TYPE: &str = "envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec";
 const STRING_VALUE_TYPE: &str = "google.protobuf.StringValue";
 
@@ -23,6 +26,7 @@ pub enum FilterStage {
 pub enum HttpFilter {
     Wasm(WasmPlugin),
     DynamicForwardProxy(DfpFilterConfig),
+    Rbac(RbacConfig),
     Router,
     UpstreamCodec,
 }
@@ -111,7 +115,8 @@ fn parse_http_filter(at: &At<'_>, stage: FilterStage) -> Result<HttpFilter, Conf
 
     let allowed: &[&str] = match stage {
         FilterStage::Downstream => &[WASM_TYPE, DFP_TYPE, ROUTER_TYPE],
-        FilterStage::Upstream => &[WASM_TYPE, UPSTREAM_CODEC_TYPE],
+        // In a cluster's chain the RBAC type is Envoy's upstream RBAC filter.
+        FilterStage::Upstream => &[WASM_TYPE, RBAC_TYPE, UPSTREAM_CODEC_TYPE],
     };
     let (type_name, mut config) = typed_config(&typed, allowed)?;
     let filter = match type_name.as_str() {
@@ -127,6 +132,7 @@ fn parse_http_filter(at: &At<'_>, stage: FilterStage) -> Result<HttpFilter, Conf
             config.finish()?;
             HttpFilter::DynamicForwardProxy(DfpFilterConfig { dns_cache })
         }
+        RBAC_TYPE => HttpFilter::Rbac(parse_rbac(config)?),
         ROUTER_TYPE => {
             config.finish()?;
             HttpFilter::Router

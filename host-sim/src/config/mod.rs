@@ -9,6 +9,7 @@ mod dns_cache;
 mod filters;
 mod listener;
 mod node;
+mod rbac;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -22,6 +23,7 @@ pub use listener::{
     AccessLog, HttpConnectionManager, Listener, Route, RouteAction, RouteConfig, RouteMatch,
     RouteTarget, VirtualHost,
 };
+pub use rbac::{CidrRange, Permission, RbacAction, RbacConfig, RbacPolicy, RbacRules};
 
 /// An error in the bootstrap: where it is (a YAML path such as `static_resources.clusters[0].connect_timeout`) and
 /// what is wrong.

@@ -4,6 +4,7 @@
 //! downstream request → header map (:authority from Host or the absolute URI) → route
 //!   → downstream filters: wasm (may reply, pause, clear the route cache) → dynamic_forward_proxy (DNS cache)
 //!   → router: cluster (by name or cluster_header) → host (DFP cache / static endpoint)
+//!   → upstream RBAC (judges the selected host before connecting)
 //!   → upstream filters: wasm (sees upstream.address) → upstream connection (pooled, TLS) → response
 //! response → upstream wasm → downstream wasm (reverse order) → client; then on_done / on_log / on_delete
 //! ```
@@ -236,6 +237,14 @@ impl Exchange<'_> {
             Ok(target) => target,
             Err(reply) => return self.local_reply(&mut downstream, None, Reply::Envoy(reply)),
         };
+        // Envoy's upstream RBAC filter acts when the host is selected, before the connection.
+        let stats = &self.worker.shared.stats;
+        let stat_prefix = format!("cluster.{}", cluster.name);
+        for rbac in &cluster.upstream_rbac {
+            if let Err(reply) = super::rbac::run(rbac, target.address, stats, &stat_prefix) {
+                return self.local_reply(&mut downstream, None, Reply::Envoy(reply));
+            }
+        }
         if self.worker.shared.own_addresses.contains(&target.address) {
             // Proxying to host-sim's own listener or admin would loop or expose the admin API.
             return self.local_reply(

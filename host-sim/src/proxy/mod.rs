@@ -11,6 +11,7 @@ mod body;
 mod calls;
 mod http;
 mod local_reply;
+mod rbac;
 mod route;
 mod running;
 mod tunnel;
@@ -92,6 +93,8 @@ pub(crate) struct ClusterRuntime {
     /// The DNS cache a DFP cluster takes its hosts from.
     pub dns_cache: Option<DnsCache>,
     pub upstream_slots: Vec<usize>,
+    /// Upstream RBAC filters: they judge the selected host before any connection, whatever their position.
+    pub upstream_rbac: Vec<crate::config::RbacConfig>,
     /// Round-robin position for STATIC clusters.
     pub next_endpoint: AtomicUsize,
 }
@@ -234,12 +237,15 @@ fn load(
             ClusterKind::Static { .. } => None,
         };
         let mut upstream_slots = Vec::new();
+        let mut upstream_rbac = Vec::new();
         for (f, filter) in cluster.upstream.http_filters.iter().enumerate() {
-            if let HttpFilter::Wasm(plugin) = filter {
-                upstream_slots.push(load_plugin(
+            match filter {
+                HttpFilter::Wasm(plugin) => upstream_slots.push(load_plugin(
                     plugin,
                     &format!("{path}.typed_extension_protocol_options.http_filters[{f}]"),
-                )?);
+                )?),
+                HttpFilter::Rbac(rbac) => upstream_rbac.push(rbac.clone()),
+                _ => {}
             }
         }
         clusters.insert(
@@ -250,6 +256,7 @@ fn load(
                 tls,
                 dns_cache,
                 upstream_slots,
+                upstream_rbac,
                 next_endpoint: AtomicUsize::new(0),
             }),
         );
@@ -274,7 +281,7 @@ fn load(
                         &dfp.dns_cache,
                     )?));
                 }
-                HttpFilter::Router | HttpFilter::UpstreamCodec => {}
+                HttpFilter::Router | HttpFilter::UpstreamCodec | HttpFilter::Rbac(_) => {}
             }
         }
         let access_logs = listener
