@@ -32,6 +32,11 @@ pub struct Variant {
     pub downstream: Value,
     /// The upstream (cluster) filter's config.
     pub upstream: Value,
+    /// The resolved-address stage (upstream RBAC on the DFP clusters). In `variants.yaml`, its
+    /// address policy in the filter's syntax (`{"addresses": ...}`); `suite::load` turns it into
+    /// the RBAC rules (see `rbac`). Absent: the stage denies nothing.
+    #[serde(default)]
+    pub resolved: Option<Value>,
 }
 
 /// Loads `variants.yaml`: a map from variant name to [`Variant`].

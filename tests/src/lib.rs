@@ -10,6 +10,7 @@ pub mod fidelity;
 pub mod host_sim;
 pub mod pki;
 pub mod proxy;
+pub mod rbac;
 pub mod rt;
 pub mod suite;
 pub mod template;

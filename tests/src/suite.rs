@@ -61,6 +61,13 @@ pub fn load(world: &World) -> anyhow::Result<(BTreeMap<String, Variant>, Vec<Cas
     let dir = tests_dir().join("cases");
     let vars = world.vars();
     let mut variants = cases::load_variants(&dir.join("variants.yaml"), &vars)?;
+    for (name, variant) in &mut variants {
+        if let Some(spec) = &variant.resolved {
+            let rules = crate::rbac::rules(spec)
+                .map_err(|e| anyhow::anyhow!("variant {name}: resolved: {e:#}"))?;
+            variant.resolved = Some(rules);
+        }
+    }
     variants.insert(SHIPPED.to_string(), shipped_variant()?);
     let cases = cases::load_case_dir(&dir.join("requests"), &vars)?;
     for case in &cases {
@@ -114,7 +121,43 @@ pub fn shipped_variant() -> anyhow::Result<Variant> {
         description: "the filter configs of envoy-config/envoy.yaml".into(),
         downstream: pick("downstream")?,
         upstream: pick("upstream")?,
+        resolved: Some(shipped_resolved_rules(&yaml)?),
     })
+}
+
+/// The name of the resolved-address stage (RBAC) in `envoy-config/envoy.yaml`.
+pub const RESOLVED_FILTER: &str = "dfp.resolved_address_policy";
+
+/// The RBAC `rules` of the shipped bootstrap's resolved-address stage (an upstream filter of
+/// each DFP cluster; they must all be the same).
+pub fn shipped_resolved_rules(bootstrap: &Value) -> anyhow::Result<Value> {
+    let mut found = Vec::new();
+    collect_named_filters(bootstrap, RESOLVED_FILTER, &mut found);
+    let rules: Vec<&Value> = found.iter().map(|f| &f["typed_config"]["rules"]).collect();
+    let first = rules
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("envoy-config/envoy.yaml: no {RESOLVED_FILTER} filter"))?;
+    anyhow::ensure!(
+        rules.len() == 2 && rules.iter().all(|r| r == first),
+        "envoy-config/envoy.yaml: expected the same {RESOLVED_FILTER} rules on dfp_plain and dfp_tls"
+    );
+    Ok((*first).clone())
+}
+
+fn collect_named_filters<'a>(node: &'a Value, name: &str, out: &mut Vec<&'a Value>) {
+    match node {
+        Value::Object(map) => {
+            if map.get("name").and_then(Value::as_str) == Some(name) {
+                out.push(node);
+            }
+            map.values()
+                .for_each(|v| collect_named_filters(v, name, out));
+        }
+        Value::Array(items) => items
+            .iter()
+            .for_each(|v| collect_named_filters(v, name, out)),
+        _ => {}
+    }
 }
 
 /// Every `configuration: {"@type": ...StringValue, value: ...}` string under `node`.
@@ -163,12 +206,24 @@ pub async fn start_proxy(
     downstream: &Value,
     upstream: &Value,
 ) -> anyhow::Result<Running> {
+    start_proxy_with(kind, world, downstream, upstream, None).await
+}
+
+/// [`start_proxy`] with the resolved-address stage's RBAC rules (`None`: the stage is inert).
+pub async fn start_proxy_with(
+    kind: ProxyKind,
+    world: &World,
+    downstream: &Value,
+    upstream: &Value,
+    resolved_rules: Option<&Value>,
+) -> anyhow::Result<Running> {
     let dir = tempfile::Builder::new().prefix("dfp-access-").tempdir()?;
     let access_log = dir.path().join("access.log");
-    let bootstrap = world.render_bootstrap(
+    let bootstrap = world.render_bootstrap_with(
         &bootstrap_template()?,
         downstream,
         upstream,
+        resolved_rules,
         (0, 0),
         &access_log,
     )?;
@@ -196,7 +251,14 @@ pub async fn run_variant(kind: ProxyKind, variant_name: &str) -> anyhow::Result<
         .filter(|c| c.variant == variant_name)
         .collect();
     anyhow::ensure!(!cases.is_empty(), "variant {variant_name:?} has no cases");
-    let running = start_proxy(kind, &world, &variant.downstream, &variant.upstream).await?;
+    let running = start_proxy_with(
+        kind,
+        &world,
+        &variant.downstream,
+        &variant.upstream,
+        variant.resolved.as_ref(),
+    )
+    .await?;
     let proxy = &running.proxy;
     let target = Target {
         listener: proxy.listener(),

@@ -79,6 +79,8 @@ impl World {
         set("DNS_PORT", self.dns.addr().port().to_string());
         set("CA_FILE", path_text(&self.pki.ca_file()));
         set("WASM", path_text(&self.wasm));
+        // The resolved-address stage, inert unless a variant configures it.
+        set("RESOLVED_RULES", crate::rbac::neutral_rules().to_string());
         vars
     }
 
@@ -104,8 +106,24 @@ impl World {
         ports: (u16, u16),
         access_log: &Path,
     ) -> anyhow::Result<String> {
+        self.render_bootstrap_with(template_text, downstream, upstream, None, ports, access_log)
+    }
+
+    /// [`World::render_bootstrap`] with the resolved-address stage's RBAC rules (`None`: inert).
+    pub fn render_bootstrap_with(
+        &self,
+        template_text: &str,
+        downstream: &serde_json::Value,
+        upstream: &serde_json::Value,
+        resolved_rules: Option<&serde_json::Value>,
+        ports: (u16, u16),
+        access_log: &Path,
+    ) -> anyhow::Result<String> {
         let (listener_port, admin_port) = ports;
         let mut vars = self.vars();
+        if let Some(rules) = resolved_rules {
+            vars.insert("RESOLVED_RULES".into(), rules.to_string());
+        }
         vars.insert("ACCESS_LOG".into(), path_text(access_log));
         // A JSON string is a valid YAML double-quoted scalar: the config goes in verbatim.
         vars.insert(

@@ -2,6 +2,9 @@
 //! upstreams and a TCP echo on loopback, requests over real sockets. The cases are data
 //! (`tests/cases/*.yaml`); each variant gets one Envoy and runs its cases concurrently.
 
+mod resolved_probe;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -50,8 +53,26 @@ fn shipped_variant_cases() {
     run_variant(suite::SHIPPED);
 }
 
+#[test]
+fn resolved_variant_cases() {
+    run_variant("resolved");
+}
+
+#[test]
+fn resolved_carve_out_variant_cases() {
+    run_variant("resolved_carve_out");
+}
+
 /// The variants the tests above run; every variant in variants.yaml must be one of them.
-const TESTED_VARIANTS: [&str; 5] = ["enforce", "strict", "report", "header", suite::SHIPPED];
+const TESTED_VARIANTS: [&str; 7] = [
+    "enforce",
+    "strict",
+    "report",
+    "header",
+    suite::SHIPPED,
+    "resolved",
+    "resolved_carve_out",
+];
 
 #[test]
 fn every_variant_is_run() {
@@ -234,4 +255,84 @@ fn upstream_stage_stops_the_request_but_not_the_connect() {
         assert_eq!(tls.connections(), 1, "{note}");
         assert_eq!(tls.handshakes(), 1, "{note}");
     });
+}
+
+/// The resolved-address stage in Envoy 1.40: a name resolving to a denied address gets 403 with
+/// no TCP connection and no TLS handshake to it, for plain, TLS and CONNECT.
+#[test]
+fn resolved_stage_refuses_before_connecting() {
+    block_on(resolved_probe::refused_before_connecting(ProxyKind::Envoy));
+}
+
+/// The RBAC list in envoy-config/envoy.yaml is the filter's default address policy, so the
+/// address a name resolves to is judged before connecting exactly as the wasm filter judges it
+/// after: same blocks, and the same verdict on addresses in, next to and between them.
+#[test]
+fn shipped_resolved_stage_is_the_filter_default_policy() {
+    let path = workspace_root().join("envoy-config").join("envoy.yaml");
+    let text = std::fs::read_to_string(&path).expect("envoy.yaml");
+    let yaml: Value = serde_yaml_ng::from_str(&text).expect("envoy.yaml parses");
+    let rules = suite::shipped_resolved_rules(&yaml).expect("the resolved stage");
+    let shipped = tests::rbac::read_rules(&rules).expect("a stage these tests can read");
+    let expected =
+        tests::rbac::AddressLists::from_filter(&serde_json::json!({})).expect("defaults");
+    assert_eq!(
+        shipped.clone().normalized(),
+        expected.clone().normalized(),
+        "envoy.yaml's denied_address blocks differ from the filter's default addresses.deny"
+    );
+
+    let policy = dfp_filter::policy::Policy::compile(
+        &dfp_filter::config::FilterConfig::from_json(r#"{"stage":"upstream"}"#).expect("config"),
+    );
+    let mut probes: Vec<IpAddr> = Vec::new();
+    for &(prefix, len) in shipped.deny.iter().chain(&shipped.allow) {
+        // The first and last address of each block, and their neighbours outside it.
+        match prefix {
+            IpAddr::V4(a) => {
+                let first = u32::from(a);
+                let last = first | u32::MAX.checked_shr(u32::from(len)).unwrap_or(0);
+                for n in [first, last, first.wrapping_sub(1), last.wrapping_add(1)] {
+                    probes.push(IpAddr::V4(Ipv4Addr::from(n)));
+                }
+            }
+            IpAddr::V6(a) => {
+                let first = u128::from(a);
+                let last = first | u128::MAX.checked_shr(u32::from(len)).unwrap_or(0);
+                for n in [first, last, first.wrapping_sub(1), last.wrapping_add(1)] {
+                    probes.push(IpAddr::V6(Ipv6Addr::from(n)));
+                }
+            }
+        }
+    }
+    // And a spread of addresses anywhere (a fixed linear congruential walk).
+    let mut x: u128 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..20_000 {
+        x = x
+            .wrapping_mul(0x2360_ed05_1fc6_5da4_4385_df64_9fcc_f645)
+            .wrapping_add(0x5851_f42d_4c95_7f2d_1405_7b7e_f767_814f);
+        probes.push(IpAddr::V6(Ipv6Addr::from(x)));
+        probes.push(IpAddr::V4(Ipv4Addr::from((x >> 64) as u32)));
+        probes.push(IpAddr::V6(Ipv6Addr::from((0xffff_u128 << 32) | (x >> 96))));
+        probes.push(IpAddr::V6(Ipv6Addr::from(
+            (0x64_ff9b_u128 << 96) | (x >> 96),
+        )));
+    }
+    let wrong: Vec<String> = probes
+        .iter()
+        .filter(|ip| shipped.denies(**ip) != policy.address_denied(**ip))
+        .map(|ip| {
+            format!(
+                "{ip}: RBAC denies {}, filter {}",
+                shipped.denies(*ip),
+                policy.address_denied(*ip)
+            )
+        })
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} disagreements:\n{}",
+        wrong.len(),
+        wrong[..wrong.len().min(20)].join("\n")
+    );
 }

@@ -2,6 +2,8 @@
 //! requests as `envoy_e2e.rs`. A case that passes in Envoy and fails here is a host-sim bug unless README lists
 //! the difference as intentional.
 
+mod resolved_probe;
+
 use tests::rt::block_on;
 use tests::suite::{self, ProxyKind};
 
@@ -38,4 +40,22 @@ fn header_variant_cases() {
 #[test]
 fn shipped_variant_cases() {
     run_variant(suite::SHIPPED);
+}
+
+#[test]
+fn resolved_variant_cases() {
+    run_variant("resolved");
+}
+
+#[test]
+fn resolved_carve_out_variant_cases() {
+    run_variant("resolved_carve_out");
+}
+
+/// As in `envoy_e2e.rs`: a denied resolved address gets no connection and no handshake.
+#[test]
+fn resolved_stage_refuses_before_connecting() {
+    block_on(resolved_probe::refused_before_connecting(
+        ProxyKind::HostSim,
+    ));
 }
