@@ -114,8 +114,10 @@ fn bars(
     let mut workers: Vec<u32> = rows.iter().filter_map(|r| r.row.workers).collect();
     workers.sort_unstable();
     workers.dedup();
+    // The scale follows the proxies; the upstream alone (far faster) is clipped and labelled.
     let max = rows
         .iter()
+        .filter(|r| r.row.setup != Setup::Upstream)
         .map(|r| value(r))
         .filter(|v| v.is_finite())
         .fold(0.0, f64::max)
@@ -142,6 +144,7 @@ fn bars(
                 .get(n.saturating_sub(1).saturating_sub(i as usize))
                 .map_or(String::new(), |l| l.to_string())
         })
+        .x_labels(6)
         .x_label_formatter(&|x: &f64| short_number(*x))
         .label_style((FONT, 15))
         .draw()?;
@@ -173,13 +176,21 @@ fn bars(
         if !v.is_finite() {
             continue;
         }
+        let clipped = v > max * 1.18;
+        let end = if clipped { max * 1.1 } else { v };
         chart.draw_series(std::iter::once(Rectangle::new(
-            [(0.0, y0 + 0.02), (v, y1 - 0.02)],
+            [(0.0, y0 + 0.02), (end, y1 - 0.02)],
             color.filled(),
         )))?;
+        let text = if clipped {
+            format!("{} (off scale)", short_number(v))
+        } else {
+            short_number(v)
+        };
+        let at = if clipped { max * 0.55 } else { v + max * 0.01 };
         chart.draw_series(std::iter::once(Text::new(
-            short_number(v),
-            (v + max * 0.01, (y0 + y1) / 2.0 + 0.12),
+            text,
+            (at, (y0 + y1) / 2.0 + 0.12),
             (FONT, 13).into_font(),
         )))?;
     }

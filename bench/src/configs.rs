@@ -44,12 +44,23 @@ pub fn bootstrap(row: &Row, inputs: &Inputs) -> anyhow::Result<Value> {
     match policy {
         Policy::None => {}
         Policy::NoopWasm => http_filters.push(noop_wasm_filter(&inputs.noop_wasm)),
-        Policy::Filter { .. } => http_filters.push(wasm_filter(
-            "dfp.destination_policy",
-            "dfp_downstream",
-            &inputs.filter_wasm,
-            &downstream_config(row.scale.rules, inputs.upstream_port).to_string(),
-        )),
+        Policy::Filter {
+            cluster_routing, ..
+        } => {
+            let mut config = downstream_config(row.scale.rules, inputs.upstream_port);
+            if !cluster_routing {
+                if let Some(map) = config.as_object_mut() {
+                    map.remove("cluster_header");
+                    map.remove("clusters");
+                }
+            }
+            http_filters.push(wasm_filter(
+                "dfp.destination_policy",
+                "dfp_downstream",
+                &inputs.filter_wasm,
+                &config.to_string(),
+            ))
+        }
         Policy::Rbac => http_filters.push(rbac_filter(row.scale.rules, inputs.upstream_port)),
     }
     http_filters.push(json!({
@@ -67,7 +78,10 @@ pub fn bootstrap(row: &Row, inputs: &Inputs) -> anyhow::Result<Value> {
     }));
     // The filter picks the cluster (as in the shipped config); the other rows go straight there.
     let route = match policy {
-        Policy::Filter { .. } => json!({ "cluster_header": "x-dfp-cluster" }),
+        Policy::Filter {
+            cluster_routing: true,
+            ..
+        } => json!({ "cluster_header": "x-dfp-cluster" }),
         _ => json!({ "cluster": "dfp_plain" }),
     };
     // Envoy refuses a DFP cluster without auto_sni and auto_san_validation (as the shipped one has).
@@ -78,6 +92,7 @@ pub fn bootstrap(row: &Row, inputs: &Inputs) -> anyhow::Result<Value> {
     });
     if let Policy::Filter {
         upstream_stage: true,
+        ..
     } = policy
     {
         protocol_options["http_filters"] = json!([
@@ -336,6 +351,18 @@ mod tests {
             permissions[99]["header"]["string_match"]["suffix"],
             ".bench.test:8080"
         );
+
+        let fixed = bootstrap(&row(Setup::EnvoyFilterStatic, 10), &inputs()).unwrap_or_default();
+        let hcm = &fixed["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"];
+        assert_eq!(
+            hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["cluster"],
+            "dfp_plain"
+        );
+        let config = hcm["http_filters"][0]["typed_config"]["config"]["configuration"]["value"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(!config.contains("cluster_header") && config.contains("*.bench.test"));
 
         let both = bootstrap(&row(Setup::HostSimFilterBoth, 10), &inputs()).unwrap_or_default();
         let hcm = &both["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]

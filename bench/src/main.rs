@@ -294,9 +294,9 @@ fn envoy_version(bin: &Path) -> String {
     let text = output
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
-    // "... version: <sha>/1.40.0/Clean/RELEASE/BoringSSL"
-    text.split('/')
-        .nth(1)
+    // "<path>  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL"
+    text.split_once("version: ")
+        .and_then(|(_, v)| v.split('/').nth(1))
         .map_or_else(|| text.trim().to_string(), str::to_string)
 }
 

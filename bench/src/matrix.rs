@@ -14,6 +14,9 @@ pub enum Setup {
     EnvoyNoop,
     /// Envoy: `dfp_filter.wasm` (downstream stage, cluster routing through `x-dfp-cluster`).
     EnvoyFilter,
+    /// Envoy: the filter without cluster routing (a static route to the plain DFP cluster), so the
+    /// price of `x-dfp-cluster` + `clear_route_cache` shows against `EnvoyFilter`.
+    EnvoyFilterStatic,
     /// Envoy: native RBAC matching `:authority` against the same allowlist (the alternative).
     EnvoyRbac,
     /// host-sim running the same bootstrap as `EnvoyFilter`.
@@ -37,16 +40,21 @@ pub enum Server {
 pub enum Policy {
     None,
     NoopWasm,
-    Filter { upstream_stage: bool },
+    Filter {
+        upstream_stage: bool,
+        /// The filter writes `x-dfp-cluster` and the route reads it (as shipped).
+        cluster_routing: bool,
+    },
     Rbac,
 }
 
 impl Setup {
-    pub const ALL: [Setup; 8] = [
+    pub const ALL: [Setup; 9] = [
         Setup::Upstream,
         Setup::EnvoyDfp,
         Setup::EnvoyNoop,
         Setup::EnvoyFilter,
+        Setup::EnvoyFilterStatic,
         Setup::EnvoyRbac,
         Setup::HostSimFilter,
         Setup::EnvoyFilterBoth,
@@ -64,6 +72,7 @@ impl Setup {
             Setup::HostSimFilter => "host-sim-filter",
             Setup::EnvoyFilterBoth => "envoy-filter-both",
             Setup::HostSimFilterBoth => "host-sim-filter-both",
+            Setup::EnvoyFilterStatic => "envoy-filter-static",
         }
     }
 
@@ -78,6 +87,7 @@ impl Setup {
             Setup::HostSimFilter => "host-sim + dfp_filter.wasm",
             Setup::EnvoyFilterBoth => "Envoy + filter, both stages",
             Setup::HostSimFilterBoth => "host-sim + filter, both stages",
+            Setup::EnvoyFilterStatic => "Envoy + filter, static route",
         }
     }
 
@@ -99,9 +109,15 @@ impl Setup {
             Setup::EnvoyNoop => Policy::NoopWasm,
             Setup::EnvoyFilter | Setup::HostSimFilter => Policy::Filter {
                 upstream_stage: false,
+                cluster_routing: true,
             },
             Setup::EnvoyFilterBoth | Setup::HostSimFilterBoth => Policy::Filter {
                 upstream_stage: true,
+                cluster_routing: true,
+            },
+            Setup::EnvoyFilterStatic => Policy::Filter {
+                upstream_stage: false,
+                cluster_routing: false,
             },
             Setup::EnvoyRbac => Policy::Rbac,
         }
