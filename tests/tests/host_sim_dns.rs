@@ -237,6 +237,7 @@ fn max_hosts_overflow_is_503_dns_cache_overflow() {
                     body: "DNS cache overflow".into(),
                     details: "dns_cache_overflow".into(),
                     content_type: Some("text/plain".into()),
+                    connection: None,
                 },
                 "{}",
                 subject.label()

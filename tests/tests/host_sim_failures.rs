@@ -179,6 +179,8 @@ impl Upstreams {
             // TLS to the plain echo.
             { "host": "plaintext.fail.dfp.test", "ports": [world.plain.port()], "tls": true },
             { "host": "private.fail.dfp.test", "ports": [world.plain.port()] },
+            // Plain HTTP to the TLS echo: its TLS alert is no HTTP response.
+            { "host": "api-to-tls.fail.dfp.test", "ports": [world.tls.port()], "tls": false },
             { "host": "secure.dfp.test", "ports": [world.tls.port()], "tls": true },
             { "host": "api.fail.dfp.test", "ports": [world.plain.port()] },
             { "host": "tunnel.fail.dfp.test", "ports": [world.tcp.port(), self.refused] }
@@ -238,6 +240,19 @@ fn rows(up: &Upstreams, world: &World) -> Vec<Row> {
         Row {
             name: "immediate connect error",
             request: get(&host("private", world.plain.port()), "/"),
+        },
+        Row {
+            name: "plain HTTP to a TLS server",
+            request: get(&host("api-to-tls", world.tls.port()), "/"),
+        },
+        Row {
+            name: "no Host header",
+            request: Request {
+                method: "GET".into(),
+                target: "/".into(),
+                headers: Vec::new(),
+                body: Vec::new(),
+            },
         },
         Row {
             name: "tls right name",
@@ -363,6 +378,8 @@ fn failure_modes_answer_as_envoy_does() {
             );
         }
         assert_eq!(by_name["route timeout"].outcome.status, 504);
+        assert_eq!(by_name["plain HTTP to a TLS server"].outcome.status, 502);
+        assert_eq!(by_name["no Host header"].outcome.status, 400);
         assert_eq!(by_name["tls right name"].outcome.status, 200);
         assert_eq!(by_name["absolute-form"].outcome.status, 200);
     });
@@ -419,12 +436,15 @@ fn connect_tunnels_answer_as_envoy_does() {
                 refused.response.status,
                 refused.response.body_text(),
                 refused_details,
+                refused.response.header("connection").map(str::to_string),
             ));
         }
         host_sim_support::assert_same("CONNECT", &results[0], &results[1]);
         assert_eq!(results[1].0, 200);
         assert_eq!(results[1].1, "ping through the tunnel");
         assert_eq!(results[1].2, 503);
+        // A refused CONNECT ends the connection.
+        assert_eq!(results[1].5.as_deref(), Some("close"));
     });
 }
 
@@ -449,6 +469,27 @@ fn hop_by_hop_headers_stay_at_the_proxy() {
                     ("x-nominated", "by connection"),
                     ("proxy-authorization", "Basic dXNlcjpwYXNz"),
                     ("x-end-to-end", "kept"),
+                    // Headers Envoy's router or connection manager act on: a client may not steer them.
+                    ("x-envoy-max-retries", "3"),
+                    ("x-envoy-retry-on", "5xx"),
+                    ("x-envoy-retry-grpc-on", "cancelled"),
+                    ("x-envoy-retriable-status-codes", "503"),
+                    ("x-envoy-retriable-header-names", "x-a"),
+                    ("x-envoy-upstream-rq-timeout-ms", "50"),
+                    ("x-envoy-upstream-rq-per-try-timeout-ms", "50"),
+                    ("x-envoy-upstream-rq-timeout-alt-response", "1"),
+                    ("x-envoy-hedge-on-per-try-timeout", "true"),
+                    ("x-envoy-expected-rq-timeout-ms", "7"),
+                    ("x-envoy-internal", "true"),
+                    ("x-envoy-external-address", "192.0.2.1"),
+                    ("x-envoy-downstream-service-cluster", "c"),
+                    ("x-envoy-downstream-service-node", "n"),
+                    ("x-envoy-force-trace", "true"),
+                    ("x-envoy-ip-tags", "t"),
+                    ("x-envoy-upstream-alt-stat-name", "s"),
+                    ("x-envoy-decorator-operation", "op"),
+                    ("x-envoy-original-path", "/o"),
+                    ("x-forwarded-for", "192.0.2.9"),
                 ]
                 .map(|(k, v)| (k.to_string(), v.to_string())),
             );

@@ -57,6 +57,24 @@ pub(crate) struct ConnectionInfo {
     pub listener: usize,
 }
 
+/// `x-envoy-*` request headers Envoy removes before they can steer retries, timeouts, tracing or stats (host-sim
+/// interprets none of them; a client must not pass them to the upstream either).
+const ENVOY_CONTROL_HEADERS: &[&str] = &[
+    "x-envoy-max-retries",
+    "x-envoy-retry-on",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-retriable-status-codes",
+    "x-envoy-retriable-header-names",
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-upstream-rq-timeout-alt-response",
+    "x-envoy-hedge-on-per-try-timeout",
+    "x-envoy-internal",
+    "x-envoy-force-trace",
+    "x-envoy-ip-tags",
+    "x-envoy-upstream-alt-stat-name",
+];
+
 /// Hop-by-hop headers: never forwarded (RFC 9110 §7.6.1, and what Envoy's codecs drop).
 const HOP_BY_HOP: &[&str] = &[
     "connection",
@@ -85,8 +103,18 @@ pub(crate) async fn handle(
         start_time: SystemTime::now(),
         log: RefCell::new(LogState::default()),
     };
-    let response = exchange.run(request, upgrade).await;
+    let connect = request.method() == Method::CONNECT;
+    let mut response = exchange.run(request, upgrade).await;
     let status = response.status().as_u16();
+    // A refused CONNECT ends the connection, as in Envoy (the client cannot tell what follows apart), and so does a
+    // request the connection manager refused outright.
+    let refused = exchange.log.borrow().details == "missing_host_header";
+    if refused || (connect && !(200..300).contains(&status)) {
+        response.headers_mut().insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
+    }
     if !listener.access_logs.is_empty() {
         exchange.write_access_logs(&response);
     }
@@ -142,7 +170,12 @@ impl Exchange<'_> {
         let mut headers = match request_header_map(&parts) {
             Ok(headers) => headers,
             Err(reply) => {
-                self.log.borrow_mut().details = reply.details.clone();
+                let mut log = self.log.borrow_mut();
+                log.details = reply.details.clone();
+                // The access log still names what the client sent.
+                for (name, value) in &parts.headers {
+                    log.request.add(name.as_str(), value.as_bytes());
+                }
                 return plain_reply(&reply);
             }
         };
@@ -150,6 +183,7 @@ impl Exchange<'_> {
         self.log.borrow_mut().request = headers.clone();
 
         let mut selected = self.select_route(&headers, connect);
+        self.note_route_cluster(selected.as_ref(), &headers);
         let properties = self.stream_properties(selected.as_ref(), &headers);
         let mut downstream =
             match WasmChain::new(&self.worker, &self.listener.wasm_slots, &properties) {
@@ -173,6 +207,7 @@ impl Exchange<'_> {
                         Settled::Continue { clear_route_cache } => {
                             if clear_route_cache {
                                 selected = self.select_route(&headers, connect);
+                                self.note_route_cluster(selected.as_ref(), &headers);
                             }
                         }
                         Settled::Reply(reply) => {
@@ -341,6 +376,17 @@ impl Exchange<'_> {
             headers.get_str(":path"),
             connect,
         )
+    }
+
+    /// Envoy records the cluster of the route it picked (`%UPSTREAM_CLUSTER%`) whenever it (re-)picks one, so even
+    /// a reply before the router names it.
+    fn note_route_cluster(&self, selected: Option<&Selected<'_>>, headers: &HeaderMap) {
+        if self.listener.access_logs.is_empty() {
+            return;
+        }
+        self.log.borrow_mut().cluster = self
+            .route_cluster(selected, headers)
+            .map(|cluster| cluster.name.clone());
     }
 
     /// The route's cluster: by name, or by the `cluster_header` value (first value) when it names a cluster.
@@ -564,12 +610,14 @@ impl Exchange<'_> {
             Ok(response) => response,
             Err(error) => {
                 tracing::debug!(%error, "upstream reset before response headers");
-                let reply =
-                    if error.is_canceled() || error.is_closed() || error.is_incomplete_message() {
-                        EnvoyReply::upstream_reset()
-                    } else {
-                        EnvoyReply::upstream_failure(&ConnectError::Http(error.to_string()))
-                    };
+                let reply = if error.is_parse() {
+                    EnvoyReply::upstream_protocol_error()
+                } else if error.is_canceled() || error.is_closed() || error.is_incomplete_message()
+                {
+                    EnvoyReply::upstream_reset()
+                } else {
+                    EnvoyReply::upstream_failure(&ConnectError::Http(error.to_string()))
+                };
                 return self.local_reply(&mut downstream, Some(&mut upstream), Reply::Envoy(reply));
             }
         };
@@ -698,7 +746,7 @@ fn request_header_map(parts: &hyper::http::request::Parts) -> Result<HeaderMap, 
                 .map(|value| value.as_bytes())
                 .collect();
             if hosts.is_empty() {
-                return Err(EnvoyReply::bad_request("missing_host_header"));
+                return Err(EnvoyReply::missing_host());
             }
             hosts.join(&b","[..])
         }
@@ -725,6 +773,8 @@ fn request_header_map(parts: &hyper::http::request::Parts) -> Result<HeaderMap, 
         if name == hyper::header::HOST
             || HOP_BY_HOP.contains(&name.as_str())
             || nominated.iter().any(|n| n == name.as_str())
+            || (name.as_str().starts_with("x-envoy-")
+                && ENVOY_CONTROL_HEADERS.contains(&name.as_str()))
         {
             continue;
         }
@@ -734,7 +784,7 @@ fn request_header_map(parts: &hyper::http::request::Parts) -> Result<HeaderMap, 
         headers.add("x-forwarded-proto", "http");
     }
     if headers.get("x-request-id").is_none() {
-        headers.add("x-request-id", request_id());
+        headers.add("x-request-id", super::request_id::new_uuid());
     }
     Ok(headers)
 }
@@ -756,34 +806,6 @@ fn has_token(value: &[u8], token: &str) -> bool {
         .split(|b| *b == b',')
         .filter_map(|t| std::str::from_utf8(t).ok())
         .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
-/// A random UUID v4, as Envoy's default request id extension makes.
-fn request_id() -> String {
-    let mut bytes = [0u8; 16];
-    if getrandom(&mut bytes).is_err() {
-        // Fall back to time-derived bytes: uniqueness matters here, not secrecy.
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        bytes.copy_from_slice(&nanos.to_le_bytes());
-    }
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
-}
-
-fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")?.read_exact(buf)
 }
 
 fn host_without_port(authority: &str) -> &str {

@@ -90,6 +90,21 @@ impl EnvoyReply {
         )
     }
 
+    /// The upstream's response could not be parsed as HTTP/1.1 (Envoy's codec: 502, reset reason "protocol error").
+    pub fn upstream_protocol_error() -> Self {
+        Self::new(
+            502,
+            "upstream connect error or disconnect/reset before headers. reset reason: protocol error",
+            "upstream_reset_before_response_started{protocol_error}",
+        )
+    }
+
+    /// An HTTP/1.1 request without `Host` (and not in absolute form): Envoy's connection manager answers 400 with
+    /// no body.
+    pub fn missing_host() -> Self {
+        Self::new(400, "", "missing_host_header")
+    }
+
     /// The route timeout fired before the response headers.
     pub fn upstream_timeout() -> Self {
         Self::new(504, "upstream request timeout", "response_timeout")

@@ -12,6 +12,7 @@ mod calls;
 mod http;
 mod local_reply;
 mod rbac;
+mod request_id;
 mod route;
 mod running;
 mod tunnel;

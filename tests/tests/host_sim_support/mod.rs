@@ -65,6 +65,8 @@ pub struct Outcome {
     /// `%RESPONSE_CODE_DETAILS%`
     pub details: String,
     pub content_type: Option<String>,
+    /// The `connection` response header (`close` when the proxy ends the connection).
+    pub connection: Option<String>,
 }
 
 /// The downstream filter config the suites use: `allow` rules plus cluster selection through `x-dfp-cluster`.
@@ -183,6 +185,7 @@ impl Subject {
             body: response.body_text(),
             details,
             content_type: response.header("content-type").map(str::to_string),
+            connection: response.header("connection").map(str::to_string),
         })
     }
 
