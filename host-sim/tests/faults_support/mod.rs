@@ -71,12 +71,21 @@ pub struct Upstream {
     pub addr: SocketAddr,
     pub requests: Arc<AtomicUsize>,
     pub behaviour: Arc<Mutex<Behaviour>>,
-    /// Request heads received, in order.
+    /// Request heads received, in order (unless started with [`Upstream::start_quiet`]).
     pub seen: Arc<Mutex<Vec<String>>>,
 }
 
 impl Upstream {
     pub fn start(behaviour: Behaviour) -> Upstream {
+        Self::start_with(behaviour, true)
+    }
+
+    /// An upstream that keeps no record of the requests (long runs measuring memory).
+    pub fn start_quiet(behaviour: Behaviour) -> Upstream {
+        Self::start_with(behaviour, false)
+    }
+
+    fn start_with(behaviour: Behaviour, record: bool) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
         let addr = listener.local_addr().expect("upstream addr");
         let requests = Arc::new(AtomicUsize::new(0));
@@ -89,7 +98,9 @@ impl Upstream {
                     let Ok(stream) = stream else { continue };
                     let (requests, behaviour, seen) =
                         (requests.clone(), behaviour.clone(), seen.clone());
-                    std::thread::spawn(move || serve(stream, &requests, &behaviour, &seen));
+                    std::thread::spawn(move || {
+                        serve(stream, &requests, &behaviour, record.then_some(&*seen))
+                    });
                 }
             });
         }
@@ -114,7 +125,7 @@ fn serve(
     mut stream: TcpStream,
     requests: &AtomicUsize,
     behaviour: &Mutex<Behaviour>,
-    seen: &Mutex<Vec<String>>,
+    seen: Option<&Mutex<Vec<String>>>,
 ) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
     let mut buf = Vec::new();
@@ -136,9 +147,11 @@ fn serve(
             return;
         }
         requests.fetch_add(1, Ordering::SeqCst);
-        seen.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(head.clone());
+        if let Some(seen) = seen {
+            seen.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(head.clone());
+        }
         let now = *behaviour.lock().unwrap_or_else(|e| e.into_inner());
         match now {
             Behaviour::Echo => {}
