@@ -30,6 +30,8 @@ enum Misbehaviour {
     Reset,
     /// Reads the request head and never answers.
     Silent,
+    /// Answers 200 announcing 100 bytes of body, sends 10, and closes.
+    ShortBody,
 }
 
 /// A TCP server on loopback that misbehaves after reading a request head; stops on drop.
@@ -76,6 +78,12 @@ async fn misbehave(mut stream: TcpStream, behaviour: Misbehaviour) {
             let _ = stream.set_linger(Some(Duration::ZERO));
         }
         Misbehaviour::Silent => tokio::time::sleep(Duration::from_secs(60)).await,
+        Misbehaviour::ShortBody => {
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly ten b")
+                .await;
+            let _ = stream.shutdown().await;
+        }
     }
 }
 
@@ -119,6 +127,7 @@ struct Upstreams {
     close: BadUpstream,
     reset: BadUpstream,
     silent: BadUpstream,
+    short_body: BadUpstream,
     /// TLS with a certificate for the right name from a CA the proxies do not trust.
     wrong_ca: EchoServer,
     /// TLS with a certificate from the trusted CA naming two other hosts.
@@ -156,6 +165,7 @@ impl Upstreams {
             close: BadUpstream::start(Misbehaviour::Close).await,
             reset: BadUpstream::start(Misbehaviour::Reset).await,
             silent: BadUpstream::start(Misbehaviour::Silent).await,
+            short_body: BadUpstream::start(Misbehaviour::ShortBody).await,
             wrong_ca: EchoServer::tls("wrong-ca", foreign_ca_server("wrong-ca.fail.dfp.test"))
                 .await
                 .expect("tls upstream"),
@@ -171,6 +181,7 @@ impl Upstreams {
             { "host": "close.fail.dfp.test", "ports": [self.close.addr.port()] },
             { "host": "reset.fail.dfp.test", "ports": [self.reset.addr.port()] },
             { "host": "slow.fail.dfp.test", "ports": [self.silent.addr.port()] },
+            { "host": "short.fail.dfp.test", "ports": [self.short_body.addr.port()] },
             { "host": "wrong-ca.fail.dfp.test", "ports": [self.wrong_ca.port()], "tls": true },
             // world.tls serves a certificate for secure.dfp.test only.
             { "host": "wrong-name.fail.dfp.test", "ports": [world.tls.port()], "tls": true },
@@ -532,6 +543,75 @@ fn hop_by_hop_headers_stay_at_the_proxy() {
         assert_eq!(
             host_sim, envoy,
             "upstream header names: host-sim (left), Envoy (right)"
+        );
+    });
+}
+
+/// How a stream ended reaches the access log as Envoy writes it, at the end: a body the upstream broke off, a
+/// tunnel the client closed, a response the client read to the end.
+#[test]
+fn stream_ends_are_logged_as_envoy_logs_them() {
+    block_on(async {
+        let world = suite::shared_world().await.expect("fixtures");
+        let up = Upstreams::start(&world).await;
+        let mut results = Vec::new();
+        for kind in KINDS {
+            let subject = subject(kind, &world, &up).await.expect("proxy");
+            // The upstream announces 100 bytes and sends 10: the client gets a truncated body.
+            let short = format!("short.fail.dfp.test:{}", up.short_body.addr.port());
+            let mut stream = TcpStream::connect(subject.proxy.listener())
+                .await
+                .expect("connect");
+            stream
+                .write_all(
+                    format!("GET / HTTP/1.1\r\nhost: {short}\r\nx-case-id: short\r\n\r\n")
+                        .as_bytes(),
+                )
+                .await
+                .expect("write");
+            let mut received = Vec::new();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut received))
+                    .await;
+            let head = String::from_utf8_lossy(&received).into_owned();
+            let short_details = subject.details("short").await.expect("details");
+
+            // A tunnel the client closes.
+            let tunnel = client::connect(
+                subject.proxy.listener(),
+                &format!("tunnel.fail.dfp.test:{}", world.tcp.port()),
+                &[("x-case-id".into(), "tunnel-closed".into())],
+            )
+            .await
+            .expect("CONNECT");
+            assert_eq!(tunnel.response.status, 200);
+            drop(tunnel);
+            let tunnel_details = subject.details("tunnel-closed").await.expect("details");
+
+            // A response read to the end.
+            let whole = subject
+                .send(
+                    "whole",
+                    &get(&format!("api.fail.dfp.test:{}", world.plain.port()), "/"),
+                )
+                .await
+                .expect("request");
+            results.push((
+                head.starts_with("HTTP/1.1 200"),
+                short_details,
+                tunnel_details,
+                whole.details,
+            ));
+        }
+        host_sim_support::assert_same("stream ends", &results[0], &results[1]);
+        assert_eq!(
+            results[1],
+            (
+                true,
+                "upstream_reset_after_response_started{protocol_error}".to_string(),
+                "downstream_remote_disconnect".to_string(),
+                "via_upstream".to_string()
+            )
         );
     });
 }

@@ -42,6 +42,43 @@ pub(crate) struct Entry<'a> {
     pub duration: Duration,
 }
 
+/// An access-log line waiting for its stream to end: Envoy logs when a stream completes, and only the end knows
+/// the final response code details (a body the upstream broke off, a tunnel the client closed).
+pub(crate) struct PendingEntry {
+    pub shared: std::sync::Arc<super::Shared>,
+    pub listener: usize,
+    pub request: HeaderMap,
+    pub response: HeaderMap,
+    pub code: u16,
+    pub cluster: Option<std::sync::Arc<str>>,
+    pub upstream: Option<SocketAddr>,
+    pub downstream_remote: SocketAddr,
+    pub downstream_local: SocketAddr,
+    pub start: SystemTime,
+    pub started: std::time::Instant,
+}
+
+impl PendingEntry {
+    /// Writes the line to every access log of the listener.
+    pub fn finish(self, details: &str) {
+        let entry = Entry {
+            request: &self.request,
+            response: Some(&self.response),
+            code: self.code,
+            details,
+            cluster: self.cluster.as_deref(),
+            upstream: self.upstream,
+            downstream_remote: self.downstream_remote,
+            downstream_local: self.downstream_local,
+            start: self.start,
+            duration: self.started.elapsed(),
+        };
+        for writer in &self.shared.listeners[self.listener].access_logs {
+            writer.write(&entry);
+        }
+    }
+}
+
 /// The header names (`?` alternatives) and optional maximum length of `%REQ(...)%` / `%RESP(...)%`.
 type HeaderOperator = (Vec<String>, Option<usize>);
 

@@ -1,6 +1,7 @@
 //! The response body on its way to the client: each data frame passes the wasm filters' body callbacks (upstream
 //! chain, then downstream chain in reverse), trailers pass the trailer callbacks, and when the body ends (or the
-//! client goes away) every wasm context is finished with the final status, as in Envoy's access-log phase.
+//! client goes away, or the upstream breaks off) every wasm context is finished and the access log written with
+//! how the stream ended, as in Envoy's access-log phase.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -10,6 +11,7 @@ use hyper::body::{Body, Frame, SizeHint};
 
 use crate::headers::HeaderMap;
 
+use super::access_log::PendingEntry;
 use super::http::BoxError;
 use super::wasm_chain::{Phase, WasmChain};
 
@@ -21,19 +23,24 @@ pub(crate) struct FilteredResponse<B> {
     status: u16,
     /// No filter in either chain: frames pass untouched.
     passthrough: bool,
+    /// The body was empty from the start: the server may never poll it.
+    empty: bool,
     done: bool,
+    log: Option<PendingEntry>,
 }
 
-impl<B> FilteredResponse<B> {
+impl<B: Body> FilteredResponse<B> {
     pub fn new(
         inner: B,
         downstream: WasmChain,
         upstream: WasmChain,
         headers: HeaderMap,
         status: u16,
+        log: Option<PendingEntry>,
     ) -> Self {
         let passthrough = downstream.is_empty() && upstream.is_empty();
         FilteredResponse {
+            empty: inner.is_end_stream(),
             inner,
             downstream,
             upstream,
@@ -41,9 +48,12 @@ impl<B> FilteredResponse<B> {
             status,
             passthrough,
             done: false,
+            log,
         }
     }
+}
 
+impl<B> FilteredResponse<B> {
     fn finish(&mut self, details: &str) {
         if !self.done {
             self.done = true;
@@ -51,6 +61,9 @@ impl<B> FilteredResponse<B> {
                 .finish(Some(&self.headers), Some(self.status), details);
             self.downstream
                 .finish(Some(&self.headers), Some(self.status), details);
+            if let Some(log) = self.log.take() {
+                log.finish(details);
+            }
         }
     }
 
@@ -108,8 +121,9 @@ where
                     return Poll::Ready(None);
                 }
                 Poll::Ready(Some(Err(error))) => {
-                    this.finish("upstream_reset_after_response_started");
-                    return Poll::Ready(Some(Err(error.into())));
+                    let error = error.into();
+                    this.finish(&upstream_reset_details(&error));
+                    return Poll::Ready(Some(Err(error)));
                 }
                 Poll::Ready(Some(Ok(frame))) => frame,
             };
@@ -170,6 +184,38 @@ where
 
 impl<B> Drop for FilteredResponse<B> {
     fn drop(&mut self) {
-        self.finish("downstream_remote_disconnect");
+        let details = if self.empty {
+            "via_upstream"
+        } else {
+            "downstream_remote_disconnect"
+        };
+        self.finish(details);
     }
+}
+
+/// Envoy's details for an upstream that broke off after the response started: a body shorter than announced is a
+/// protocol error, anything else the connection ending.
+fn upstream_reset_details(error: &BoxError) -> String {
+    let hyper_says = error
+        .downcast_ref::<hyper::Error>()
+        .is_some_and(|error| error.is_incomplete_message() || error.is_parse());
+    // hyper reports a body cut short as an I/O "unexpected end of file" under its body error.
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
+    let mut cut_short = false;
+    while let Some(error) = source {
+        if error
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::UnexpectedEof)
+        {
+            cut_short = true;
+        }
+        source = error.source();
+    }
+    let incomplete = hyper_says || cut_short;
+    let reason = if incomplete {
+        "protocol_error"
+    } else {
+        "connection_termination"
+    };
+    format!("upstream_reset_after_response_started{{{reason}}}")
 }

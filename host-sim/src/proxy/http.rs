@@ -115,7 +115,7 @@ pub(crate) async fn handle(
             hyper::header::HeaderValue::from_static("close"),
         );
     }
-    if !listener.access_logs.is_empty() {
+    if !listener.access_logs.is_empty() && !exchange.log.borrow().deferred {
         exchange.write_access_logs(&response);
     }
     let prefix = &listener.config.http.stat_prefix;
@@ -151,6 +151,8 @@ struct LogState {
     details: String,
     cluster: Option<std::sync::Arc<str>>,
     upstream: Option<SocketAddr>,
+    /// The line is written when the stream ends (by the response body or the tunnel), not with the head.
+    deferred: bool,
 }
 
 /// Where the router sends the request.
@@ -366,6 +368,34 @@ impl Exchange<'_> {
         for writer in &self.listener.access_logs {
             writer.write(&entry);
         }
+    }
+
+    /// The access-log line to write when the stream ends; `None` without access logs.
+    fn pending_log(
+        &self,
+        response: &HeaderMap,
+        code: u16,
+    ) -> Option<super::access_log::PendingEntry> {
+        if self.listener.access_logs.is_empty() {
+            return None;
+        }
+        let mut log = self.log.borrow_mut();
+        log.deferred = true;
+        let mut response = response.clone();
+        response.add("server", "host-sim");
+        Some(super::access_log::PendingEntry {
+            shared: self.worker.shared.clone(),
+            listener: self.connection.listener,
+            request: std::mem::take(&mut log.request),
+            response,
+            code,
+            cluster: log.cluster.clone(),
+            upstream: log.upstream,
+            downstream_remote: self.connection.peer,
+            downstream_local: self.connection.local,
+            start: self.start_time,
+            started: self.started,
+        })
     }
 
     fn select_route(&self, headers: &HeaderMap, connect: bool) -> Option<Selected<'_>> {
@@ -650,6 +680,7 @@ impl Exchange<'_> {
         }
         let status = parts.status.as_u16();
         self.log.borrow_mut().details = "via_upstream".to_string();
+        let log = self.pending_log(&response_headers, status);
         let pooled = PooledBody::new(body, pool, key, sender);
         let body = super::body::FilteredResponse::new(
             pooled,
@@ -657,6 +688,7 @@ impl Exchange<'_> {
             upstream,
             response_headers.clone(),
             status,
+            log,
         );
         build_response(&response_headers, local_body(body))
     }
@@ -704,12 +736,14 @@ impl Exchange<'_> {
             );
         };
         self.log.borrow_mut().details = "via_upstream".to_string();
+        let log = self.pending_log(&headers, 200);
         tokio::task::spawn_local(super::tunnel::relay(
             upgrade,
             stream,
             downstream,
             upstream,
             headers.clone(),
+            log,
         ));
         build_response(
             &headers,
