@@ -17,7 +17,7 @@ use crate::headers::HeaderMap;
 use crate::properties::Properties;
 use crate::stream::{LocalReply, StreamState};
 use crate::types::{Action, MetricKind};
-use crate::vm::{Admission, HttpStream, ReloadEvent};
+use crate::vm::{Admission, CallbackError, HttpStream, ReloadEvent};
 
 use super::local_reply::EnvoyReply;
 use super::worker::Worker;
@@ -197,7 +197,8 @@ impl WasmChain {
             Err(error) => {
                 tracing::warn!(plugin = %self.worker.shared.plugins[slot].name, %error, "wasm filter failed");
                 drop(instance);
-                return self.fail_member(index);
+                let trapped_here = matches!(error, CallbackError::Trap { .. });
+                return self.fail_member(index, trapped_here);
             }
         };
         let state = instance.stream_state_mut(stream)?;
@@ -238,7 +239,7 @@ impl WasmChain {
         if instance.failure().is_some() || instance.stream_state(stream).is_none() {
             // The VM failed (or was reloaded) while this stream waited.
             drop(instance);
-            return Some(self.fail_member(index).unwrap_or(Outcome::Continue {
+            return Some(self.fail_member(index, false).unwrap_or(Outcome::Continue {
                 clear_route_cache: false,
             }));
         }
@@ -309,7 +310,8 @@ impl WasmChain {
                 Err(error) => {
                     tracing::warn!(plugin = %self.worker.shared.plugins[slot].name, %error, "wasm body callback failed");
                     drop(instance);
-                    match self.fail_member(index) {
+                    let trapped_here = matches!(error, CallbackError::Trap { .. });
+                    match self.fail_member(index, trapped_here) {
                         None => continue,
                         Some(outcome) => return Err(outcome),
                     }
@@ -388,11 +390,12 @@ impl WasmChain {
 }
 
 impl WasmChain {
-    /// A callback of the `index`-th filter failed (its VM is failed now): under fail-open the filter leaves the
-    /// stream (`None`: go on); otherwise the stream fails with 503.
-    fn fail_member(&mut self, index: usize) -> Option<Outcome> {
+    /// A callback of the `index`-th filter failed (its VM is failed now). The stream whose callback trapped fails
+    /// with 503 whatever the policy, as in Envoy; a stream that merely meets the failed VM leaves the filter out under
+    /// fail-open (`None`: go on) and fails with 503 otherwise.
+    fn fail_member(&mut self, index: usize, trapped_here: bool) -> Option<Outcome> {
         let member = &mut self.members[index];
-        if member.policy == FailurePolicy::FailOpen {
+        if member.policy == FailurePolicy::FailOpen && !trapped_here {
             member.state = MemberState::Skipped;
             return None;
         }
