@@ -1,7 +1,9 @@
-//! The documented intentional differences (`tests/fidelity/differences.yaml`): the only way a
-//! difference between host-sim and Envoy is accepted. Each entry says which cases and fields it
-//! covers, optionally what each proxy's value must look like, and why the difference is wanted.
-//! An entry that no longer matches anything is itself a failure, so the list stays true.
+//! The documented differences (`tests/fidelity/differences.yaml`): the only way a difference
+//! between host-sim and Envoy is accepted. Each entry says which cases and fields it covers,
+//! optionally what each proxy's value must look like, and why: `kind: intentional` (host-sim
+//! differs on purpose) or `kind: gap` (host-sim does not do this like Envoy yet; the entry says
+//! precisely what differs). An entry that no longer matches anything is itself a failure, so
+//! the list stays true as host-sim closes gaps.
 
 use std::path::Path;
 
@@ -10,10 +12,21 @@ use serde::Deserialize;
 
 use super::compare::FieldDiff;
 
+/// Why a difference is accepted.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// host-sim differs on purpose.
+    Intentional,
+    /// host-sim does not (yet) behave like Envoy here.
+    Gap,
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Entry {
     id: String,
+    kind: Kind,
     reason: String,
     /// Case ids (`variant/name`) with `*` wildcards.
     cases: Vec<String>,
@@ -28,9 +41,10 @@ struct Entry {
 }
 
 /// One documented difference, compiled.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Documented {
     pub id: String,
+    pub kind: Kind,
     pub reason: String,
     pub cases: Vec<String>,
     pub fields: Vec<String>,
@@ -128,6 +142,7 @@ pub fn parse(text: &str) -> Result<Vec<Documented>, DifferencesError> {
             envoy: entry.envoy.as_deref().map(full).transpose()?,
             host_sim: entry.host_sim.as_deref().map(full).transpose()?,
             id: entry.id,
+            kind: entry.kind,
             reason: entry.reason,
             cases: entry.cases,
             fields: entry.fields,
@@ -150,6 +165,7 @@ mod tests {
 
     const LIST: &str = r#"
 - id: tls_text
+  kind: intentional
   reason: the TLS libraries word their errors differently
   cases: ["tls/*"]
   fields: [log]
@@ -189,7 +205,7 @@ mod tests {
 
     #[test]
     fn rejects_undocumented_or_duplicate_entries() {
-        let no_reason = "- { id: a, reason: because, cases: [x], fields: [y] }";
+        let no_reason = "- { id: a, kind: gap, reason: because, cases: [x], fields: [y] }";
         assert!(matches!(
             parse(no_reason),
             Err(DifferencesError::Invalid { .. })
@@ -199,17 +215,27 @@ mod tests {
             parse(&twice),
             Err(DifferencesError::Invalid { .. })
         ));
-        let unknown =
-            "- { id: a, reason: a reason long enough to pass, cases: [x], fields: [y], why: z }";
+        let unknown = "- { id: a, kind: gap, reason: a reason long enough to pass, cases: [x], fields: [y], why: z }";
         assert!(matches!(
             parse(unknown),
             Err(DifferencesError::Parse { .. })
         ));
-        let bad_re = "- { id: a, reason: a reason long enough to pass, cases: [x], fields: [y], envoy: '(' }";
+        let bad_re = "- { id: a, kind: gap, reason: a reason long enough to pass, cases: [x], fields: [y], envoy: '(' }";
         assert!(matches!(
             parse(bad_re),
             Err(DifferencesError::Invalid { .. })
         ));
+    }
+
+    #[test]
+    fn kind_is_required() {
+        let no_kind = "- { id: a, reason: a reason long enough to pass, cases: [x], fields: [y] }";
+        assert!(matches!(
+            parse(no_kind),
+            Err(DifferencesError::Parse { .. })
+        ));
+        let list = parse(LIST).expect("list");
+        assert_eq!(list[0].kind, Kind::Intentional);
     }
 
     #[test]

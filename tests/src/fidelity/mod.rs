@@ -6,6 +6,7 @@
 //! | module | concern |
 //! | --- | --- |
 //! | `model` | the table as data: variants, cases (DNS records, upstream behaviour, masks) |
+//! | `patch` | a variant's changes to the rendered bootstrap, by path |
 //! | `scripted` | the scripted upstream (echo, reset, close, delay, respond, truncate) and a refusing port |
 //! | `fixtures` | the extra fixtures: scripted upstream, TLS servers with other certificates, the ABI probe |
 //! | `observe` | one case against one proxy: everything observable about it |
@@ -23,6 +24,7 @@ pub mod fixtures;
 pub mod model;
 pub mod normalise;
 pub mod observe;
+pub mod patch;
 pub mod report;
 pub mod run;
 pub mod scripted;

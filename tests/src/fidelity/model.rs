@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::patch::Patch;
 use crate::cases::{Case, CaseRequest, Expect};
 use crate::dns::Answer;
 use crate::template::{self, Vars};
@@ -29,6 +30,13 @@ pub struct FidelityVariant {
     /// A bootstrap template relative to `tests/`; default `config/envoy.template.yaml`.
     #[serde(default)]
     pub template: Option<PathBuf>,
+    /// Changes to the rendered bootstrap (see [`Patch`]).
+    #[serde(default)]
+    pub patch: Vec<Patch>,
+    /// The resolved-address stage (RBAC after dynamic_forward_proxy) as `tests/cases/variants.yaml`
+    /// gives it: the address policy in the filter's syntax; absent: the stage denies nothing.
+    #[serde(default)]
+    pub resolved: Option<Value>,
 }
 
 /// One request, the world it meets, and what must come of it.
@@ -50,20 +58,26 @@ pub struct FidelityCase {
     #[serde(default)]
     pub mask: Vec<String>,
     /// Regular expressions over the response body text whose matches vary from run to run:
-    /// replaced by `<masked>` before the proxies are compared (for values JSON pointers cannot
-    /// name, such as one header in a list of pairs).
+    /// each match is replaced by the JSON string `"<masked>"` (so a pattern matching a whole JSON
+    /// value keeps the body JSON) before the proxies are compared; for values JSON pointers
+    /// cannot name, such as one header in a list of pairs.
     #[serde(default)]
     pub mask_text: Vec<String>,
+    /// JSON pointers (`*` allowed) to arrays in the response body whose order carries no
+    /// meaning (a map a host serialises in hash order): sorted before the proxies are compared.
+    #[serde(default)]
+    pub sort: Vec<String>,
+    /// Compare the response body as JSON, leaf by leaf (`body:/json/pointer` fields), instead
+    /// of byte for byte: for bodies a guest builds (the ABI probe's reports), whose layout is
+    /// not the host's doing, so that each differing value can be named and documented.
+    #[serde(default)]
+    pub json_body: bool,
     /// The response body breaks off (the upstream reset mid-body): its head arrives, the rest not.
     #[serde(default)]
     pub truncated: bool,
     pub request: CaseRequest,
     /// What must come of the request: Envoy's behaviour, the reference.
     pub expect: Expect,
-    /// What host-sim must do instead, when it differs from Envoy as the documented differences
-    /// (`tests/fidelity/differences.yaml`) say; a case with this and no accepted difference fails.
-    #[serde(default)]
-    pub host_sim_expect: Option<Expect>,
 }
 
 impl FidelityCase {
@@ -82,16 +96,6 @@ impl FidelityCase {
             request: self.request.clone(),
             expect: self.expect.clone(),
         }
-    }
-
-    /// Like [`FidelityCase::tagged`], with host-sim's expectations (`host_sim_expect`, else
-    /// `expect`).
-    pub fn tagged_host_sim(&self, tag: &str) -> Case {
-        let mut case = self.tagged(tag);
-        if let Some(expect) = &self.host_sim_expect {
-            case.expect = expect.clone();
-        }
-        case
     }
 }
 
@@ -325,10 +329,10 @@ pub fn validate(cases: &[FidelityCase]) -> anyhow::Result<()> {
             regex::Regex::new(re)
                 .map_err(|e| anyhow::anyhow!("case {id}: mask_text {re:?}: {e}"))?;
         }
-        for pointer in &case.mask {
+        for pointer in case.mask.iter().chain(&case.sort) {
             anyhow::ensure!(
                 pointer.starts_with('/'),
-                "case {id}: mask {pointer:?} is not a JSON pointer (starts with /)"
+                "case {id}: {pointer:?} is not a JSON pointer (starts with /)"
             );
         }
     }
@@ -351,7 +355,8 @@ mod tests {
     fn e2e_cases_load_with_defaults() {
         let c = case("name: a\nvariant: v\nrequest: { host: x }\nexpect: { status: 200 }\n");
         assert_eq!(c.behaviour, Behaviour::Echo);
-        assert!(c.dns.is_empty() && c.mask.is_empty() && c.mask_text.is_empty() && !c.truncated);
+        assert!(c.dns.is_empty() && c.mask.is_empty() && c.mask_text.is_empty());
+        assert!(c.sort.is_empty() && !c.truncated && !c.json_body);
         assert_eq!(c.tagged("~E").id(), "v/a~E");
     }
 

@@ -7,8 +7,9 @@
 //!   echo of what the upstream received), as does the upstream's `x-request-id` header value;
 //! - the per-proxy tag on the case id (see [`FidelityCase::tagged`](super::model::FidelityCase::tagged))
 //!   becomes [`TAG_MASK`];
-//! - JSON pointers a case lists in `mask` become `"<masked>"`, and matches of its `mask_text`
-//!   regular expressions `<masked>` (times, ports, ids a probe reports);
+//! - JSON pointers a case lists in `mask` become `"<masked>"`, as do matches of its `mask_text`
+//!   regular expressions (times, ports, ids a probe reports); arrays its `sort` pointers name
+//!   are compared in sorted order (maps a host serialises in hash order);
 //! - header order across different names is not compared (RFC 9110 §5.3: it carries no meaning),
 //!   neither in responses nor at the upstream, nor in the echo servers' JSON of the headers they
 //!   received; the order of repeated values of one name is compared.
@@ -47,6 +48,10 @@ pub struct Normaliser<'a> {
     pub mask: &'a [String],
     /// Regular expressions to mask in the response body text (checked when the case loaded).
     pub mask_text: &'a [String],
+    /// JSON pointers to arrays whose order is not compared.
+    pub sort: &'a [String],
+    /// Compare a JSON body leaf by leaf (`body:<pointer>` fields).
+    pub json_body: bool,
 }
 
 impl Normaliser<'_> {
@@ -84,7 +89,13 @@ impl Normaliser<'_> {
                 f.insert(format!("header:{name}"), value);
             }
             let echo = response.header(ECHO_MARKER).is_some();
-            f.insert("body".into(), self.body(&response.body, echo));
+            let body = self.body(&response.body, echo);
+            match serde_json::from_str::<Value>(&body) {
+                Ok(json) if self.json_body => leaves("body:", &json, &mut f),
+                _ => {
+                    f.insert("body".into(), body);
+                }
+            }
         }
         if let Some(why) = &obs.truncated {
             // The reason's byte counts are part of the comparison: both proxies relay the same
@@ -153,14 +164,14 @@ impl Normaliser<'_> {
         let mut text = self.json_masked(self.text(&String::from_utf8_lossy(body)), echo);
         for re in self.mask_text {
             if let Ok(re) = Regex::new(re) {
-                text = re.replace_all(&text, "<masked>").into_owned();
+                text = re.replace_all(&text, "\"<masked>\"").into_owned();
             }
         }
         text
     }
 
     fn json_masked(&self, text: String, echo: bool) -> String {
-        if self.mask.is_empty() && !echo {
+        if self.mask.is_empty() && self.sort.is_empty() && !echo {
             return text;
         }
         let Ok(mut json) = serde_json::from_str::<Value>(&text) else {
@@ -169,10 +180,38 @@ impl Normaliser<'_> {
         for pointer in self.mask {
             mask_pointer(&mut json, pointer);
         }
+        for pointer in self.sort {
+            at_pointer(&mut json, pointer, &mut |v| {
+                if let Value::Array(items) = v {
+                    items.sort_by_key(|i| i.to_string());
+                }
+            });
+        }
         if echo {
             sort_pairs(json.get_mut("headers"));
         }
         json.to_string()
+    }
+}
+
+/// Every leaf of `json` as a field `<prefix><JSON pointer>` holding the leaf's JSON text
+/// (empty objects and arrays are leaves too).
+fn leaves(prefix: &str, json: &Value, out: &mut Fields) {
+    match json {
+        Value::Object(map) if !map.is_empty() => {
+            for (k, v) in map {
+                let key = k.replace('~', "~0").replace('/', "~1");
+                leaves(&format!("{prefix}/{key}"), v, out);
+            }
+        }
+        Value::Array(items) if !items.is_empty() => {
+            for (i, v) in items.iter().enumerate() {
+                leaves(&format!("{prefix}/{i}"), v, out);
+            }
+        }
+        leaf => {
+            out.insert(prefix.to_string(), leaf.to_string());
+        }
     }
 }
 
@@ -198,32 +237,39 @@ fn uuid() -> &'static Regex {
 /// Replaces the value(s) at `pointer` with `"<masked>"`; a segment `*` stands for every key or
 /// index at that level. Pointers that resolve to nothing change nothing.
 pub fn mask_pointer(json: &mut Value, pointer: &str) {
+    at_pointer(json, pointer, &mut |v| {
+        *v = Value::String("<masked>".into())
+    });
+}
+
+/// Applies `f` to every value `pointer` resolves to (`*` matching any key or index).
+fn at_pointer(json: &mut Value, pointer: &str, f: &mut dyn FnMut(&mut Value)) {
     let segments: Vec<String> = pointer
         .split('/')
         .skip(1)
         .map(|s| s.replace("~1", "/").replace("~0", "~"))
         .collect();
-    mask_at(json, &segments);
+    walk(json, &segments, f);
 }
 
-fn mask_at(node: &mut Value, segments: &[String]) {
+fn walk(node: &mut Value, segments: &[String], f: &mut dyn FnMut(&mut Value)) {
     let Some((first, rest)) = segments.split_first() else {
-        *node = Value::String("<masked>".into());
+        f(node);
         return;
     };
     match node {
         Value::Object(map) => {
             if first == "*" {
-                map.values_mut().for_each(|v| mask_at(v, rest));
+                map.values_mut().for_each(|v| walk(v, rest, f));
             } else if let Some(v) = map.get_mut(first) {
-                mask_at(v, rest);
+                walk(v, rest, f);
             }
         }
         Value::Array(items) => {
             if first == "*" {
-                items.iter_mut().for_each(|v| mask_at(v, rest));
+                items.iter_mut().for_each(|v| walk(v, rest, f));
             } else if let Some(v) = first.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
-                mask_at(v, rest);
+                walk(v, rest, f);
             }
         }
         _ => {}
@@ -251,6 +297,8 @@ mod tests {
             masked_id: "v/case~*",
             mask,
             mask_text: &[],
+            sort: &[],
+            json_body: false,
         }
     }
 
@@ -311,17 +359,59 @@ mod tests {
     #[test]
     fn text_masks_replace_matches() {
         let masks = vec!["\"date\",\"[^\"]*\"".to_string()];
+        let sort = vec!["/pairs".to_string()];
         let n = Normaliser {
             tagged_id: "t",
             masked_id: "t",
             mask: &[],
             mask_text: &masks,
+            sort: &[],
+            json_body: false,
         };
         let obs = Observation {
             response: Some(response(&[], r#"[["date","Mon, 1 Jan"],["x","1"]]"#)),
             ..Observation::default()
         };
-        assert_eq!(n.fields(&obs)["body"], r#"[[<masked>],["x","1"]]"#);
+        assert_eq!(n.fields(&obs)["body"], r#"[["<masked>"],["x","1"]]"#);
+        let sorted = Normaliser { sort: &sort, ..n };
+        let obs = Observation {
+            response: Some(response(
+                &[],
+                r#"{"pairs":[["b","1"],["a","2"]],"keep":[2,1]}"#,
+            )),
+            ..Observation::default()
+        };
+        assert_eq!(
+            sorted.fields(&obs)["body"],
+            r#"{"keep":[2,1],"pairs":[["a","2"],["b","1"]]}"#
+        );
+    }
+
+    #[test]
+    fn json_bodies_can_be_compared_leaf_by_leaf() {
+        let n = Normaliser {
+            json_body: true,
+            ..normaliser(&[])
+        };
+        let obs = Observation {
+            response: Some(response(
+                &[],
+                r#"{"a": {"b/c": 1, "d": [true, {}]}, "e": []}"#,
+            )),
+            ..Observation::default()
+        };
+        let f = n.fields(&obs);
+        assert!(!f.contains_key("body"));
+        assert_eq!(f["body:/a/b~1c"], "1");
+        assert_eq!(f["body:/a/d/0"], "true");
+        assert_eq!(f["body:/a/d/1"], "{}");
+        assert_eq!(f["body:/e"], "[]");
+        // Not JSON: compared as text after all.
+        let obs = Observation {
+            response: Some(response(&[], "plain")),
+            ..Observation::default()
+        };
+        assert_eq!(n.fields(&obs)["body"], "plain");
     }
 
     #[test]
