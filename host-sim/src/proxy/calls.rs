@@ -64,7 +64,7 @@ async fn send(worker: &Rc<Worker>, call: &HttpCallRequest) -> Option<HttpCallRes
             cache.load(&authority, cluster.default_port()).await.ok()?
         }
     };
-    if worker.shared.own_addresses.contains(&address) {
+    if worker.shared.is_own_address(address) {
         return None;
     }
     let key = PoolKey {

@@ -282,7 +282,7 @@ impl Exchange<'_> {
                 return self.local_reply(&mut downstream, None, Reply::Envoy(reply));
             }
         }
-        if self.worker.shared.own_addresses.contains(&target.address) {
+        if self.worker.shared.is_own_address(target.address) {
             // Proxying to host-sim's own listener or admin would loop or expose the admin API.
             return self.local_reply(
                 &mut downstream,

@@ -11,6 +11,7 @@ mod body;
 mod calls;
 mod http;
 mod local_reply;
+mod own_address;
 mod rbac;
 mod request_id;
 mod route;

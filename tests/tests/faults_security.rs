@@ -1,0 +1,317 @@
+//! Security defaults, tested end to end against real Envoy 1.40 and host-sim (same bootstrap, same filter): an
+//! empty allowlist denies everything; with every IP allowed, the default `addresses.deny` still denies an address
+//! of every special-purpose range, in IPv4 and IPv4-in-IPv6 spellings; a client cannot pick the cluster;
+//! `Proxy-Authorization` and hop-by-hop headers do not reach the upstream. And host-sim never proxies to its own
+//! listener or admin address, even with no filter in front. (The full IANA table is checked against the policy in
+//! `filter/tests/special_purpose.rs`.)
+
+#[path = "../../host-sim/tests/faults_support/mod.rs"]
+mod faults_support;
+
+use std::net::SocketAddr;
+
+use faults_support::{request, Behaviour, Proxy, Upstream};
+use host_sim::proxy::ProxyOptions;
+use serde_json::{json, Value};
+use tests::rt::block_on;
+use tests::suite::{self, ProxyKind};
+use tests::world::World;
+
+const KINDS: [ProxyKind; 2] = [ProxyKind::Envoy, ProxyKind::HostSim];
+
+fn routing(mut config: Value) -> Value {
+    config["cluster_header"] = json!("x-dfp-cluster");
+    config["clusters"] = json!({ "plain": "dfp_plain", "tls": "dfp_tls" });
+    config
+}
+
+fn carve_out() -> Value {
+    json!({ "stage": "upstream", "addresses": { "allow": ["127.0.0.0/8"] } })
+}
+
+/// Starts `kind` with the test bootstrap and these filter configs, runs `check` with its listener.
+fn with_proxy(
+    kind: ProxyKind,
+    downstream: &Value,
+    upstream: &Value,
+    check: impl FnOnce(&World, SocketAddr),
+) {
+    let world = block_on(suite::shared_world()).expect("fixtures");
+    let running =
+        block_on(suite::start_proxy(kind, &world, downstream, upstream)).expect("proxy starts");
+    check(&world, running.proxy.listener());
+}
+
+fn get(listener: SocketAddr, host: &str, extra: &[(&str, &str)]) -> faults_support::Reply {
+    request(listener, &faults_support::get(host, extra)).unwrap_or_else(|e| panic!("{host}: {e}"))
+}
+
+fn reached(world: &World) -> usize {
+    world.echoes().iter().map(|e| e.seen().len()).sum()
+}
+
+#[test]
+fn an_empty_allowlist_denies_everything() {
+    let downstream = routing(json!({ "stage": "downstream", "allow": [] }));
+    for kind in KINDS {
+        with_proxy(kind, &downstream, &carve_out(), |world, listener| {
+            let before = reached(world);
+            let plain = world.plain.port();
+            for host in [
+                format!("api.dfp.test:{plain}"),
+                format!("127.0.0.1:{plain}"),
+                format!("[::1]:{plain}"),
+                "example.org".to_string(),
+                "localhost".to_string(),
+            ] {
+                let reply = get(listener, &host, &[]);
+                assert_eq!(reply.status, 403, "{kind:?} {host}: {reply:?}");
+            }
+            let tunnel = request(
+                listener,
+                format!(
+                    "CONNECT tunnel.dfp.test:{0} HTTP/1.1\r\nhost: tunnel.dfp.test:{0}\r\n\r\n",
+                    world.tcp.port()
+                )
+                .as_bytes(),
+            )
+            .expect("an answer");
+            assert_eq!(tunnel.status, 403, "{kind:?} CONNECT: {tunnel:?}");
+            assert_eq!(
+                reached(world),
+                before,
+                "{kind:?}: something reached an upstream"
+            );
+        });
+    }
+}
+
+/// One address per special-purpose block (IANA IPv4 and IPv6 registries, multicast, class E), and how a client
+/// might write it.
+const SPECIAL: &[&str] = &[
+    "0.0.0.0",
+    "10.1.2.3",
+    "100.64.0.1",
+    "127.0.0.1",
+    "127.255.255.254",
+    "169.254.169.254",
+    "172.16.0.1",
+    "192.0.0.8",
+    "192.0.2.1",
+    "192.88.99.1",
+    "192.168.1.1",
+    "198.18.0.1",
+    "198.51.100.1",
+    "203.0.113.1",
+    "224.0.0.1",
+    "240.0.0.1",
+    "255.255.255.255",
+    "[::ffff:127.0.0.1]",
+    "[::ffff:169.254.169.254]",
+    "[::ffff:a01:203]",
+    "[64:ff9b::a9fe:a9fe]",
+    "[2002:a00:1::1]",
+    "[::]",
+    "[::1]",
+    "[::7f00:1]",
+    "[64:ff9b:1::1]",
+    "[100::1]",
+    "[2001::1]",
+    "[2001:db8::1]",
+    "[3fff::1]",
+    "[5f00::1]",
+    "[fc00::1]",
+    "[fd12:3456::1]",
+    "[fe80::1]",
+    "[fec0::1]",
+    "[ff02::1]",
+];
+
+#[test]
+fn the_default_address_policy_denies_every_special_purpose_range() {
+    for kind in KINDS {
+        let world = block_on(suite::shared_world()).expect("fixtures");
+        let plain = world.plain.port();
+        // Every IP allowed by the rules on the echo's port; the default addresses.deny is all that stands.
+        let downstream = routing(json!({
+            "stage": "downstream",
+            "allow": [
+                { "host": "0.0.0.0/0", "ports": [plain] },
+                { "host": "::/0", "ports": [plain] },
+            ],
+        }));
+        with_proxy(kind, &downstream, &carve_out(), |world, listener| {
+            let before = reached(world);
+            for ip in SPECIAL {
+                let reply = get(listener, &format!("{ip}:{plain}"), &[]);
+                assert_eq!(reply.status, 403, "{kind:?} {ip}: {reply:?}");
+                let body: Value = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
+                assert_eq!(
+                    body["reason"],
+                    "address_denied",
+                    "{kind:?} {ip}: {}",
+                    reply.text()
+                );
+            }
+            // A public address is not special: it passes the filter (and then fails to connect, bound to loopback).
+            let public = get(listener, &format!("93.184.215.14:{plain}"), &[]);
+            assert_ne!(public.status, 403, "{kind:?}: {public:?}");
+            assert_eq!(reached(world), before, "{kind:?}");
+        });
+    }
+}
+
+#[test]
+fn proxy_authorization_and_hop_by_hop_headers_never_reach_the_upstream() {
+    for kind in KINDS {
+        let world = block_on(suite::shared_world()).expect("fixtures");
+        let plain = world.plain.port();
+        let downstream = routing(json!({
+            "stage": "downstream",
+            "allow": [{ "host": "api.dfp.test", "ports": [plain] }],
+        }));
+        with_proxy(kind, &downstream, &carve_out(), |world, listener| {
+            let case = format!("hop-{kind:?}");
+            let reply = get(
+                listener,
+                &format!("api.dfp.test:{plain}"),
+                &[
+                    ("x-case-id", &case),
+                    ("proxy-authorization", "Basic c2VjcmV0OnBhc3N3b3Jk"),
+                    ("proxy-connection", "keep-alive"),
+                    ("keep-alive", "timeout=5"),
+                    ("x-dfp-cluster", "forbidden"),
+                    ("x-end-to-end", "kept"),
+                ],
+            );
+            assert_eq!(reply.status, 200, "{kind:?}: {reply:?}");
+            let seen = world.plain.seen_for_case(&case);
+            assert_eq!(seen.len(), 1, "{kind:?}");
+            for absent in [
+                "proxy-authorization",
+                "proxy-connection",
+                "keep-alive",
+                "connection",
+                "x-dfp-cluster",
+            ] {
+                assert!(
+                    seen[0].header(absent).is_none(),
+                    "{kind:?}: {absent} reached the upstream: {:?}",
+                    seen[0].headers
+                );
+            }
+            assert_eq!(seen[0].header("x-end-to-end"), Some("kept"), "{kind:?}");
+            // The client named a cluster; the filter chose: nothing reached the static `forbidden` cluster.
+            assert!(world.forbidden.seen().is_empty(), "{kind:?}");
+        });
+    }
+}
+
+#[test]
+fn the_shipped_envoy_yaml_strips_proxy_authorization() {
+    let path = tests::wasm::workspace_root().join("envoy-config/envoy.yaml");
+    let text = std::fs::read_to_string(&path).expect("envoy.yaml");
+    let yaml: Value = serde_yaml_ng::from_str(&text).expect("YAML");
+    let removed = &yaml["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"]["route_config"]["virtual_hosts"][0]["request_headers_to_remove"];
+    let removed: Vec<&str> = removed
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(removed.contains(&"proxy-authorization"), "{removed:?}");
+    assert!(removed.contains(&"x-dfp-cluster"), "{removed:?}");
+}
+
+/// host-sim alone (no filter at all: any destination goes to the dynamic forward proxy) must still refuse its own
+/// listener and admin address, however they are spelled or resolved.
+#[test]
+fn host_sim_never_proxies_to_its_own_addresses() {
+    let world = block_on(suite::shared_world()).expect("fixtures");
+    let echo = Upstream::start(Behaviour::Echo);
+    let yaml = format!(
+        r#"admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+static_resources:
+  listeners:
+  - name: open
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: open
+          route_config:
+            virtual_hosts:
+            - name: any
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: dfp }}
+          http_filters:
+          - name: envoy.filters.http.dynamic_forward_proxy
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_forward_proxy.v3.FilterConfig
+              dns_cache_config: &cache
+                name: cache
+                dns_lookup_family: V4_ONLY
+                typed_dns_resolver_config:
+                  name: envoy.network.dns_resolver.cares
+                  typed_config:
+                    "@type": type.googleapis.com/envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig
+                    resolvers:
+                    - socket_address: {{ address: 127.0.0.1, port_value: {dns} }}
+                    use_resolvers_as_fallback: false
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: dfp
+    connect_timeout: 2s
+    lb_policy: CLUSTER_PROVIDED
+    cluster_type:
+      name: envoy.clusters.dynamic_forward_proxy
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig
+        dns_cache_config: *cache
+        allow_insecure_cluster_options: true
+"#,
+        dns = world.dns.addr().port()
+    );
+    let proxy = Proxy::start(
+        &yaml,
+        &ProxyOptions {
+            concurrency: 1,
+            ..ProxyOptions::default()
+        },
+    );
+    let (listener, admin) = (proxy.listener.port(), proxy.admin.port());
+    // The proxy does forward: to the echo, by name.
+    let fine = get(
+        proxy.listener,
+        &format!("api.dfp.test:{}", echo.addr.port()),
+        &[],
+    );
+    assert_eq!(fine.status, 200, "{fine:?}");
+    for host in [
+        format!("127.0.0.1:{admin}"),
+        format!("127.0.0.1:{listener}"),
+        format!("[::ffff:127.0.0.1]:{admin}"),
+        format!("0.0.0.0:{admin}"),
+        format!("0.0.0.0:{listener}"),
+        format!("api.dfp.test:{admin}"),
+        format!("api.dfp.test:{listener}"),
+    ] {
+        let reply = get(proxy.listener, &host, &[]);
+        assert_eq!(reply.status, 403, "{host}: {reply:?}");
+        assert!(
+            reply.text().contains("own addresses"),
+            "{host}: {}",
+            reply.text()
+        );
+    }
+    // Nothing looped: the admin served only what the test asked of it.
+    assert_eq!(proxy.stat("http.open.downstream_rq_total"), 8);
+}
