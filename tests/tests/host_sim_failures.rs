@@ -266,6 +266,43 @@ fn rows(up: &Upstreams, world: &World) -> Vec<Row> {
             },
         },
         Row {
+            name: "CONNECT with an absolute URI",
+            request: Request {
+                method: "CONNECT".into(),
+                target: format!("http://{}/", host("tunnel", world.tcp.port())),
+                headers: vec![("host".into(), host("tunnel", world.tcp.port()))],
+                body: Vec::new(),
+            },
+        },
+        Row {
+            name: "websocket upgrade, none configured",
+            request: {
+                let mut request = get(&host("api", world.plain.port()), "/ws");
+                request.headers.extend(
+                    [
+                        ("connection", "Upgrade"),
+                        ("upgrade", "websocket"),
+                        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                        ("sec-websocket-version", "13"),
+                    ]
+                    .map(|(k, v)| (k.to_string(), v.to_string())),
+                );
+                request
+            },
+        },
+        Row {
+            name: "expect 100-continue",
+            request: Request {
+                method: "POST".into(),
+                target: "/expect".into(),
+                headers: vec![
+                    ("host".into(), host("api", world.plain.port())),
+                    ("expect".into(), "100-continue".into()),
+                ],
+                body: b"payload".to_vec(),
+            },
+        },
+        Row {
             name: "tls right name",
             request: get(&format!("secure.dfp.test:{}", world.tls.port()), "/tls"),
         },
@@ -276,19 +313,31 @@ fn rows(up: &Upstreams, world: &World) -> Vec<Row> {
     ]
 }
 
+/// What the echo saw: method, path, `Host`, SNI and `Expect`.
+type SeenRequest = (
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
 /// What a row produced, with what the echo (if any) received, normalised for comparison.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Observed {
     outcome: Outcome,
-    /// The echo's record of the request: method, path, Host and SNI.
-    upstream: Option<(String, String, Option<String>, Option<String>)>,
+    /// The echo's record of the request.
+    upstream: Option<SeenRequest>,
 }
 
 fn observe(mut outcome: Outcome) -> Observed {
     let upstream = (outcome.status == 200)
         .then(|| serde_json::from_str::<Seen>(&outcome.body).ok())
         .flatten()
-        .map(|seen| (seen.method, seen.path, seen.authority, seen.sni));
+        .map(|seen| {
+            let expect = seen.header("expect").map(str::to_string);
+            (seen.method, seen.path, seen.authority, seen.sni, expect)
+        });
     if upstream.is_some() {
         outcome.body.clear();
     }
@@ -391,6 +440,20 @@ fn failure_modes_answer_as_envoy_does() {
         assert_eq!(by_name["route timeout"].outcome.status, 504);
         assert_eq!(by_name["plain HTTP to a TLS server"].outcome.status, 502);
         assert_eq!(by_name["no Host header"].outcome.status, 400);
+        assert_eq!(by_name["CONNECT with an absolute URI"].outcome.status, 400);
+        assert_eq!(
+            by_name["websocket upgrade, none configured"].outcome.status,
+            403
+        );
+        assert_eq!(by_name["expect 100-continue"].outcome.status, 200);
+        assert_eq!(
+            by_name["expect 100-continue"]
+                .upstream
+                .as_ref()
+                .map(|seen| seen.4.clone()),
+            Some(None),
+            "the expectation is not passed on"
+        );
         assert_eq!(by_name["tls right name"].outcome.status, 200);
         assert_eq!(by_name["absolute-form"].outcome.status, 200);
     });

@@ -108,14 +108,23 @@ pub(crate) async fn handle(
     let status = response.status().as_u16();
     // A refused CONNECT ends the connection, as in Envoy (the client cannot tell what follows apart), and so does a
     // request the connection manager refused outright.
-    let refused = exchange.log.borrow().details == "missing_host_header";
+    let (refused, codec_error) = {
+        let details = &exchange.log.borrow().details;
+        let codec_error = details.starts_with("http1.");
+        let refused = matches!(
+            details.as_str(),
+            "missing_host_header" | "upgrade_failed" | "path_normalization_failed"
+        );
+        (codec_error || refused, codec_error)
+    };
     if refused || (connect && !(200..300).contains(&status)) {
         response.headers_mut().insert(
             hyper::header::CONNECTION,
             hyper::header::HeaderValue::from_static("close"),
         );
     }
-    if !listener.access_logs.is_empty() && !exchange.log.borrow().deferred {
+    // A request the codec refused never became a stream Envoy logs.
+    if !listener.access_logs.is_empty() && !exchange.log.borrow().deferred && !codec_error {
         exchange.write_access_logs(&response);
     }
     let prefix = &listener.config.http.stat_prefix;
@@ -768,6 +777,7 @@ pub(crate) enum Reply {
 /// headers the connection manager adds (`x-forwarded-proto`, `x-request-id`).
 fn request_header_map(parts: &hyper::http::request::Parts) -> Result<HeaderMap, EnvoyReply> {
     let connect = parts.method == Method::CONNECT;
+    check_request_shape(parts)?;
     let authority = match parts.uri.authority() {
         Some(authority) => authority.as_str().as_bytes().to_vec(),
         None => {
@@ -797,6 +807,10 @@ fn request_header_map(parts: &hyper::http::request::Parts) -> Result<HeaderMap, 
     }
     let nominated = connection_nominated(&parts.headers);
     for (name, value) in &parts.headers {
+        if name == hyper::header::EXPECT && value.as_bytes().eq_ignore_ascii_case(b"100-continue") {
+            // Envoy answers `100 Continue` itself and does not pass the expectation on.
+            continue;
+        }
         if name == hyper::header::TE {
             // Envoy passes `TE: trailers` on (gRPC needs it) and drops any other TE.
             if has_token(value.as_bytes(), "trailers") {
@@ -821,6 +835,34 @@ fn request_header_map(parts: &hyper::http::request::Parts) -> Result<HeaderMap, 
         headers.add("x-request-id", super::request_id::new_uuid());
     }
     Ok(headers)
+}
+
+/// What Envoy's codec and connection manager refuse before any filter: a CONNECT whose target is not
+/// `host:port`, an upgrade (other than CONNECT) no configuration accepts, a fragment in the request target.
+fn check_request_shape(parts: &hyper::http::request::Parts) -> Result<(), EnvoyReply> {
+    if parts.method == Method::CONNECT {
+        if parts.uri.scheme().is_some() || parts.uri.path_and_query().is_some() {
+            return Err(EnvoyReply::bad_request("http1.codec_error"));
+        }
+        return Ok(());
+    }
+    let upgrade = parts.headers.contains_key(hyper::header::UPGRADE)
+        && parts
+            .headers
+            .get_all(hyper::header::CONNECTION)
+            .iter()
+            .any(|value| has_token(value.as_bytes(), "upgrade"));
+    if upgrade {
+        return Err(EnvoyReply::upgrade_failed());
+    }
+    if parts
+        .uri
+        .path_and_query()
+        .is_some_and(|target| target.as_str().contains('#'))
+    {
+        return Err(EnvoyReply::path_normalization_failed());
+    }
+    Ok(())
 }
 
 /// Headers the client named in `Connection` are hop-by-hop too (RFC 9110 §7.6.1); Envoy drops them.

@@ -105,6 +105,16 @@ impl EnvoyReply {
         Self::new(400, "", "missing_host_header")
     }
 
+    /// An upgrade (websocket ...) no `upgrade_configs` entry accepts: Envoy's connection manager answers 403.
+    pub fn upgrade_failed() -> Self {
+        Self::new(403, "", "upgrade_failed")
+    }
+
+    /// A request target with a fragment (`#`), which Envoy's path normalisation refuses.
+    pub fn path_normalization_failed() -> Self {
+        Self::new(400, "", "path_normalization_failed")
+    }
+
     /// The route timeout fired before the response headers.
     pub fn upstream_timeout() -> Self {
         Self::new(504, "upstream request timeout", "response_timeout")
