@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use super::compare::{json_paths, short};
+use super::compare::{json_paths, short, FieldDiff};
 use super::differences::{Documented, Kind};
 use super::run::{CaseOutcome, RunResult};
 use crate::cases::Form;
@@ -70,6 +70,13 @@ pub fn markdown(result: &RunResult) -> String {
     let _ = writeln!(out, "| different only as documented | {documented} |");
     let _ = writeln!(out, "| **undocumented differences** | {undocumented} |");
     let _ = writeln!(out, "| expectations failed on Envoy | {envoy_failed} |");
+    let kinds = |k: Kind| result.differences.iter().filter(|d| d.kind == k).count();
+    let _ = writeln!(
+        out,
+        "| documented differences: intentional / known gaps | {} / {} |",
+        kinds(Kind::Intentional),
+        kinds(Kind::Gap)
+    );
     let _ = writeln!(
         out,
         "| expectations failed on host-sim (beyond documented differences) | {host_failed} |"
@@ -88,7 +95,8 @@ pub fn markdown(result: &RunResult) -> String {
         "response headers `date` and `server` are dropped, as is `x-request-id`; `x-envoy-upstream-service-time` is compared for presence only (its value is timing);",
         "UUIDs in bodies (the proxies' `x-request-id` values, e.g. in an echo of the upstream request) and the upstream's `x-request-id` value are masked;",
         "each proxy's requests carry its own tag on the case id (`x-case-id`, so the shared upstreams can tell them apart): the tag is masked;",
-        "JSON pointers a case lists under `mask` (times, ports, ids an ABI probe reports) are masked;",
+        "values a case names as volatile are masked: JSON pointers under `mask`, regular expressions under `mask_text` (times, ports, ids an ABI probe reports); arrays under `sort` are compared in sorted order (maps a host serialises in hash order);",
+        "bodies of cases with `json_body` (the ABI probe's reports, whose layout is the guest's) are compared value by value (`body:/json/pointer`), all others byte for byte;",
         "header order across different names is not compared (RFC 9110 §5.3), neither in responses nor at the upstream; the order of one name's values is.",
     ] {
         let _ = writeln!(out, "- {line}");
@@ -200,11 +208,18 @@ fn write_documented(out: &mut String, result: &RunResult, doc: &Documented) {
     );
     let _ = writeln!(out, "- occurs in {} case(s) of this run", hits.len());
     if let Some(example) = hits.first() {
-        if let Some((d, _)) = example
+        let mine: Vec<&FieldDiff> = example
             .diffs
             .iter()
-            .find(|(_, id)| id.as_deref() == Some(&doc.id))
-        {
+            .filter(|(_, id)| id.as_deref() == Some(&doc.id))
+            .map(|(d, _)| d)
+            .collect();
+        // The most telling field first: the status, then the log line, then whatever differs.
+        let pick = ["status", "log"]
+            .iter()
+            .find_map(|f| mine.iter().find(|d| d.field == *f))
+            .or_else(|| mine.first());
+        if let Some(d) = pick {
             let _ = writeln!(
                 out,
                 "- e.g. `{}`, field `{}`: Envoy `{}`, host-sim `{}`",
