@@ -243,6 +243,12 @@ pub async fn run(only: Option<&[String]>) -> anyhow::Result<RunResult> {
     let fixtures = Fixtures::shared().await?;
     let vars = fixtures.vars();
     let table = Table::load(&vars)?;
+    for name in only.unwrap_or_default() {
+        anyhow::ensure!(
+            table.variants.contains_key(name),
+            "no variant {name:?} (DFP_FIDELITY_VARIANTS)"
+        );
+    }
     // Variants run a few at a time: most of a variant's time is its proxies starting (host-sim
     // compiling the wasm), which overlaps well with another variant's requests.
     let permits = Arc::new(tokio::sync::Semaphore::new(PARALLEL_VARIANTS));
