@@ -678,3 +678,44 @@ fn stream_ends_are_logged_as_envoy_logs_them() {
         );
     });
 }
+
+/// `generate_request_id: false`: no `x-request-id` is made up, in either proxy; one the client sent passes.
+#[test]
+fn generate_request_id_false_adds_none() {
+    block_on(async {
+        let world = suite::shared_world().await.expect("fixtures");
+        let up = Upstreams::start(&world).await;
+        let downstream = host_sim_support::downstream_config(up.allow(&world));
+        let tweaks = Tweaks {
+            hcm: vec![("generate_request_id", false.into())],
+            ..Tweaks::default()
+        };
+        let mut seen = Vec::new();
+        for kind in KINDS {
+            let subject = start(
+                kind,
+                &world,
+                &downstream,
+                &host_sim_support::upstream_config(),
+                &tweaks,
+            )
+            .await
+            .expect("proxy");
+            let api = format!("api.fail.dfp.test:{}", world.plain.port());
+            let mut ids = Vec::new();
+            for (case, sent) in [("no-id", None), ("own-id", Some("client-chosen"))] {
+                let mut request = get(&api, "/id");
+                if let Some(id) = sent {
+                    request.headers.push(("x-request-id".into(), id.into()));
+                }
+                let outcome = subject.send(case, &request).await.expect("request");
+                let echo: Seen = serde_json::from_str(&outcome.body)
+                    .unwrap_or_else(|e| panic!("{}: {e}: {outcome:?}", subject.label()));
+                ids.push(echo.header("x-request-id").map(str::to_string));
+            }
+            seen.push(ids);
+        }
+        host_sim_support::assert_same("generate_request_id", &seen[0], &seen[1]);
+        assert_eq!(seen[1], vec![None, Some("client-chosen".to_string())]);
+    });
+}

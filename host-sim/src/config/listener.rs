@@ -43,6 +43,8 @@ pub struct HttpConnectionManager {
     pub request_headers_timeout: Option<std::time::Duration>,
     /// `max_request_headers_kb` (Envoy's default 60): the largest request head, in KiB; larger gets 431.
     pub max_request_headers_kb: u32,
+    /// `generate_request_id` (default true): add an `x-request-id` to requests that have none.
+    pub generate_request_id: bool,
 }
 
 /// `envoy.access_loggers.file`: a path and a text format of Envoy command operators.
@@ -181,7 +183,11 @@ fn parse_hcm(at: &At<'_>) -> Result<HttpConnectionManager, ConfigError> {
     };
     // HTTP/2 options only matter for h2 downstreams, which host-sim does not serve; allow_connect is implied.
     fields.cosmetic("http2_protocol_options");
-    fields.cosmetic("generate_request_id");
+    let generate_request_id = fields
+        .opt("generate_request_id")
+        .map(|g| g.bool())
+        .transpose()?
+        .unwrap_or(true);
     fields.finish()?;
     Ok(HttpConnectionManager {
         stat_prefix,
@@ -191,6 +197,7 @@ fn parse_hcm(at: &At<'_>) -> Result<HttpConnectionManager, ConfigError> {
         access_logs,
         request_headers_timeout,
         max_request_headers_kb,
+        generate_request_id,
     })
 }
 

@@ -291,3 +291,26 @@ fn invalid_yaml_is_reported() {
     let error = error_of("static_resources: [");
     assert!(error.starts_with("invalid YAML"), "{error}");
 }
+
+#[test]
+fn generate_request_id_defaults_to_true_and_is_read() {
+    let default = Bootstrap::from_yaml(FULL).expect("valid bootstrap");
+    assert!(default.listeners[0].http.generate_request_id);
+    let off = valid().replacen(
+        "stat_prefix: dfp",
+        "stat_prefix: dfp\n          generate_request_id: false",
+        1,
+    );
+    let bootstrap = Bootstrap::from_yaml(&off).expect("valid bootstrap");
+    assert!(!bootstrap.listeners[0].http.generate_request_id);
+    let wrong = valid().replacen(
+        "stat_prefix: dfp",
+        "stat_prefix: dfp\n          generate_request_id: sometimes",
+        1,
+    );
+    assert!(
+        error_of(&wrong).contains("typed_config.generate_request_id: expected true or false"),
+        "{}",
+        error_of(&wrong)
+    );
+}

@@ -178,7 +178,8 @@ impl Exchange<'_> {
     ) -> Response<DownstreamBody> {
         let (parts, body) = request.into_parts();
         let connect = parts.method == Method::CONNECT;
-        let mut headers = match request_header_map(&parts) {
+        let generate_request_id = self.listener.config.http.generate_request_id;
+        let mut headers = match request_header_map(&parts, generate_request_id) {
             Ok(headers) => headers,
             Err(reply) => {
                 let mut log = self.log.borrow_mut();
@@ -774,8 +775,11 @@ pub(crate) enum Reply {
 
 /// The request as Envoy's HTTP/1 codec presents it to filters: `:authority` (from the absolute URI or `Host`),
 /// `:path`, `:method`, `:scheme`, then the request's headers without `Host` and hop-by-hop headers, then the
-/// headers the connection manager adds (`x-forwarded-proto`, `x-request-id`).
-fn request_header_map(parts: &hyper::http::request::Parts) -> Result<HeaderMap, EnvoyReply> {
+/// headers the connection manager adds (`x-forwarded-proto`, `x-request-id` unless `generate_request_id: false`).
+fn request_header_map(
+    parts: &hyper::http::request::Parts,
+    generate_request_id: bool,
+) -> Result<HeaderMap, EnvoyReply> {
     let connect = parts.method == Method::CONNECT;
     check_request_shape(parts)?;
     let authority = match parts.uri.authority() {
@@ -831,7 +835,7 @@ fn request_header_map(parts: &hyper::http::request::Parts) -> Result<HeaderMap, 
     if headers.get("x-forwarded-proto").is_none() {
         headers.add("x-forwarded-proto", "http");
     }
-    if headers.get("x-request-id").is_none() {
+    if generate_request_id && headers.get("x-request-id").is_none() {
         headers.add("x-request-id", super::request_id::new_uuid());
     }
     Ok(headers)

@@ -40,6 +40,8 @@ pub struct Tweaks {
     pub route_timeout: Option<&'static str>,
     /// The `connect_timeout` of every cluster.
     pub connect_timeout: Option<&'static str>,
+    /// Fields set on the HTTP connection manager.
+    pub hcm: Vec<(&'static str, Yaml)>,
 }
 
 impl Tweaks {
@@ -132,6 +134,11 @@ pub fn apply(bootstrap: &str, tweaks: &Tweaks) -> anyhow::Result<String> {
             (prefix_route, tweaks.route_timeout, map.get_mut("route"))
         {
             route.insert(Yaml::from("timeout"), Yaml::from(timeout));
+        }
+        if map.contains_key("stat_prefix") && map.contains_key("route_config") {
+            for (field, value) in &tweaks.hcm {
+                map.insert(Yaml::from(*field), value.clone());
+            }
         }
         if let (Some(timeout), true) = (tweaks.connect_timeout, map.contains_key("connect_timeout"))
         {
