@@ -195,7 +195,7 @@ const RESPONSE_HEADERS: u32 = 2;
 const REQUEST_BODY: u32 = 0;
 const RESPONSE_BODY: u32 = 1;
 
-/// The proxy-wasm status names (ABI v0.2.1), so the report reads without a table.
+/// The proxy-wasm status names (ABI v0.2.1's `WasmResult`), so the report reads without a table.
 fn status_name(code: u32) -> String {
     match code {
         0 => "Ok".into(),
@@ -203,9 +203,11 @@ fn status_name(code: u32) -> String {
         2 => "BadArgument".into(),
         3 => "SerializationFailure".into(),
         4 => "ParseFailure".into(),
-        6 => "Empty".into(),
-        7 => "CasMismatch".into(),
-        8 => "ResultMismatch".into(),
+        5 => "BadExpression".into(),
+        6 => "InvalidMemoryAccess".into(),
+        7 => "Empty".into(),
+        8 => "CasMismatch".into(),
+        9 => "ResultMismatch".into(),
         10 => "InternalFailure".into(),
         11 => "BrokenConnection".into(),
         12 => "Unimplemented".into(),
