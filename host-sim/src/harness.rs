@@ -255,6 +255,18 @@ impl HarnessBuilder {
         self
     }
 
+    /// The longest one guest call may run before it is interrupted (`None`: unbounded).
+    pub fn call_deadline(mut self, deadline: Option<std::time::Duration>) -> Self {
+        self.config.call_deadline = deadline;
+        self
+    }
+
+    /// The most linear memory the VM may grow to (`None`: wasm32's 4 GiB).
+    pub fn memory_limit(mut self, bytes: Option<usize>) -> Self {
+        self.config.memory_limit = bytes;
+        self
+    }
+
     /// A cluster name `proxy_http_call` may target.
     pub fn cluster(mut self, name: &str) -> Self {
         self.config.clusters.push(name.to_string());

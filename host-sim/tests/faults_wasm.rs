@@ -7,7 +7,9 @@ mod faults_support;
 use std::time::{Duration, Instant};
 
 use faults_support::*;
+use host_sim::harness::{Harness, Request, Stage};
 use host_sim::proxy::ProxyOptions;
+use host_sim::vm::{CallbackError, LoadError};
 
 struct Setup {
     proxy: Proxy,
@@ -248,4 +250,75 @@ fn a_guest_growing_memory_past_the_limit_traps_cleanly() {
         .proxy
         .live_streams()
         == 0));
+}
+
+// ---- the VM layer on its own, through the harness ------------------------------------------------------------
+
+fn harness(deadline: Option<Duration>, memory: Option<usize>) -> Harness {
+    Harness::builder(FAULT_GUEST.as_bytes())
+        .call_deadline(deadline)
+        .memory_limit(memory)
+        .build()
+        .expect("the fault guest loads")
+}
+
+#[test]
+fn a_deadline_interruption_names_the_deadline_and_fails_the_vm() {
+    let mut h = harness(Some(Duration::from_millis(50)), None);
+    let t0 = Instant::now();
+    let out = h
+        .run(Request::get("http://a.test/").header("x-fault", "loop"))
+        .expect("runs");
+    let took = t0.elapsed();
+    assert_eq!(out.stage, Stage::Failed);
+    assert_eq!(out.status(), 503);
+    let trap = out.trap.unwrap_or_default();
+    assert!(trap.contains("call deadline of 50ms"), "{trap}");
+    assert!(
+        took >= Duration::from_millis(50) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    assert!(h.instance().failure().is_some());
+    // A failed VM creates no more streams by itself; the harness reloads it for the next run.
+    let s = h.instance().create_stream(Default::default());
+    assert!(matches!(s, Err(CallbackError::VmFailed(_))), "{s:?}");
+    assert_eq!(
+        h.run(Request::get("http://a.test/")).expect("runs").stage,
+        Stage::Finished
+    );
+}
+
+#[test]
+fn without_a_deadline_only_the_guest_decides() {
+    // No deadline: a guest that returns at once is unaffected (and nothing ticks it into a trap).
+    let mut h = harness(None, None);
+    for _ in 0..3 {
+        assert_eq!(
+            h.run(Request::get("http://a.test/")).expect("runs").stage,
+            Stage::Finished
+        );
+    }
+}
+
+#[test]
+fn memory_growth_past_the_limit_traps_and_a_module_too_big_to_start_is_refused() {
+    let mut h = harness(Some(Duration::from_secs(2)), Some(1 << 20));
+    let out = h
+        .run(Request::get("http://a.test/").header("x-fault", "grow"))
+        .expect("runs");
+    assert_eq!(out.stage, Stage::Failed);
+    let trap = out.trap.unwrap_or_default();
+    assert!(trap.contains("growing memory"), "{trap}");
+    assert!(h.instance().memory_size() <= 1 << 20);
+    // A module whose initial memory (40 pages, 2.5 MiB) exceeds the limit does not start.
+    let big = FAULT_GUEST.replace(
+        "(memory (export \"memory\") 2)",
+        "(memory (export \"memory\") 40)",
+    );
+    assert_ne!(big, FAULT_GUEST);
+    let refused = Harness::builder(big.as_bytes())
+        .memory_limit(Some(1 << 20))
+        .build()
+        .expect_err("refused");
+    assert!(matches!(refused, LoadError::Instantiate(_)), "{refused}");
 }
