@@ -28,7 +28,6 @@ use crate::dfp::upstream::{ConnectError, PoolKey, PooledBody};
 use crate::headers::HeaderMap;
 use crate::properties::{Properties, PropertyValue};
 use crate::stream::LocalReply;
-use crate::types::MetricKind;
 
 use super::local_reply::EnvoyReply;
 use super::route::{self, Selected};
@@ -127,20 +126,7 @@ pub(crate) async fn handle(
     if !listener.access_logs.is_empty() && !exchange.log.borrow().deferred && !codec_error {
         exchange.write_access_logs(&response);
     }
-    let prefix = &listener.config.http.stat_prefix;
-    let stats = &worker.shared.stats;
-    stats
-        .define(
-            MetricKind::Counter,
-            &format!("http.{prefix}.downstream_rq_total"),
-        )
-        .add(1);
-    stats
-        .define(
-            MetricKind::Counter,
-            &format!("http.{prefix}.downstream_rq_{}xx", status / 100),
-        )
-        .add(1);
+    listener.stats.count_response(status);
     Ok(response)
 }
 
@@ -582,14 +568,7 @@ impl Exchange<'_> {
         timeout: Option<Duration>,
     ) -> Response<DownstreamBody> {
         let cluster = target.cluster.clone();
-        let stats = &self.worker.shared.stats;
-        let counter = |name: &str| {
-            stats.define(
-                MetricKind::Counter,
-                &format!("cluster.{}.{name}", cluster.name),
-            )
-        };
-        counter("upstream_rq_total").add(1);
+        cluster.stats.upstream_rq_total.add(1);
 
         if let Some(timeout) = timeout {
             headers.replace(
@@ -623,7 +602,7 @@ impl Exchange<'_> {
         let mut sender = match pool.get(&key, &cluster.connect_options()).await {
             Ok(sender) => sender,
             Err(error) => {
-                counter("upstream_cx_connect_fail").add(1);
+                cluster.stats.upstream_cx_connect_fail.add(1);
                 return self.local_reply(
                     &mut downstream,
                     Some(&mut upstream),
@@ -636,7 +615,7 @@ impl Exchange<'_> {
             Some(timeout) => match tokio::time::timeout(timeout, sent).await {
                 Ok(result) => result,
                 Err(_) => {
-                    counter("upstream_rq_timeout").add(1);
+                    cluster.stats.upstream_rq_timeout.add(1);
                     return self.local_reply(
                         &mut downstream,
                         Some(&mut upstream),

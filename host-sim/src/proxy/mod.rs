@@ -16,6 +16,7 @@ mod rbac;
 mod request_id;
 mod route;
 mod running;
+mod stats;
 mod tunnel;
 mod wasm_chain;
 mod worker;
@@ -86,6 +87,7 @@ pub(crate) struct ListenerRuntime {
     /// The wasm slots among `filters`, in order (one context each per request).
     pub wasm_slots: Vec<usize>,
     pub access_logs: Vec<access_log::AccessLogWriter>,
+    pub stats: stats::ListenerStats,
 }
 
 pub(crate) struct ClusterRuntime {
@@ -99,6 +101,7 @@ pub(crate) struct ClusterRuntime {
     pub upstream_rbac: Vec<crate::config::RbacConfig>,
     /// Round-robin position for STATIC clusters.
     pub next_endpoint: AtomicUsize,
+    pub stats: stats::ClusterStats,
 }
 
 impl ClusterRuntime {
@@ -260,6 +263,7 @@ fn load(
                 upstream_slots,
                 upstream_rbac,
                 next_endpoint: AtomicUsize::new(0),
+                stats: stats::ClusterStats::new(stats, &cluster.name),
             }),
         );
     }
@@ -298,6 +302,7 @@ fn load(
             filters,
             wasm_slots,
             access_logs,
+            stats: stats::ListenerStats::new(stats, &listener.http.stat_prefix),
         });
     }
 

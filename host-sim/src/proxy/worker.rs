@@ -191,18 +191,9 @@ async fn serve_connection(
     peer: SocketAddr,
     local: SocketAddr,
 ) {
-    let prefix = worker.shared.listeners[listener_index]
-        .config
-        .http
-        .stat_prefix
-        .clone();
-    worker
-        .shared
+    worker.shared.listeners[listener_index]
         .stats
-        .define(
-            crate::types::MetricKind::Counter,
-            &format!("http.{prefix}.downstream_cx_total"),
-        )
+        .downstream_cx_total
         .add(1);
     let connection = Rc::new(ConnectionInfo {
         id: worker.next_connection_id(),
