@@ -10,12 +10,12 @@
 //! - JSON pointers a case lists in `mask` become `"<masked>"`, as do matches of its `mask_text`
 //!   regular expressions (times, ports, ids a probe reports); arrays its `sort` pointers name
 //!   are compared in sorted order (maps a host serialises in hash order);
-//! - header order across different names is not compared (RFC 9110 §5.3: it carries no meaning),
-//!   neither in responses nor at the upstream, nor in the echo servers' JSON of the headers they
-//!   received; the order of repeated values of one name is compared.
+//! - the echo servers' JSON of the headers they received is compared with the list sorted by
+//!   name (the order they arrived in is its own field, `upstream.header-order`).
 //!
-//! Everything else — status, every other header and value, bodies byte for byte (local replies
-//! included), what the upstream received, the access log line, tunnel bytes, counters — is kept.
+//! Everything else — status, every other header and value, the order of header names
+//! (`header-order`, `upstream.header-order`), bodies byte for byte (local replies included), what
+//! the upstream received, the access log line, tunnel bytes, counters — is kept.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -77,6 +77,10 @@ impl Normaliser<'_> {
         }
         if let Some(response) = &obs.response {
             f.insert("status".into(), response.status.to_string());
+            f.insert(
+                "header-order".into(),
+                order(&response.headers, &DROPPED_RESPONSE_HEADERS),
+            );
             for (name, values) in group(&response.headers) {
                 if DROPPED_RESPONSE_HEADERS.contains(&name.as_str()) {
                     continue;
@@ -141,6 +145,7 @@ impl Normaliser<'_> {
         put("sni", seen.sni.clone().unwrap_or_else(|| "<none>".into()));
         put("method", seen.method.clone());
         put("path", self.text(&seen.path));
+        put("header-order", order(&seen.headers, &[]));
         for (name, values) in group(&seen.headers) {
             let value = if name == "x-request-id" {
                 "<request id>".to_string()
@@ -213,6 +218,16 @@ fn leaves(prefix: &str, json: &Value, out: &mut Fields) {
             out.insert(prefix.to_string(), leaf.to_string());
         }
     }
+}
+
+/// The header names in arrival order (repeats included), without `skip`.
+fn order(headers: &[(String, String)], skip: &[&str]) -> String {
+    headers
+        .iter()
+        .map(|(k, _)| k.to_ascii_lowercase())
+        .filter(|k| !skip.contains(&k.as_str()))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Header values grouped by name, names in sorted order, values in arrival order.
@@ -336,6 +351,10 @@ mod tests {
         assert_eq!(f["header:x-envoy-upstream-service-time"], "<timing>");
         assert_eq!(f["header:content-type"], "text/plain");
         assert_eq!(f["header:set-cookie"], "a\nb");
+        assert_eq!(
+            f["header-order"],
+            "x-envoy-upstream-service-time,content-type,set-cookie,set-cookie"
+        );
         assert_eq!(f["body"], "x");
         assert_eq!(f["upstream.count"], "0");
         assert_eq!(f["log"], "<no access log line>");

@@ -97,16 +97,16 @@ pub fn markdown(result: &RunResult) -> String {
         "each proxy's requests carry its own tag on the case id (`x-case-id`, so the shared upstreams can tell them apart): the tag is masked;",
         "values a case names as volatile are masked: JSON pointers under `mask`, regular expressions under `mask_text` (times, ports, ids an ABI probe reports); arrays under `sort` are compared in sorted order (maps a host serialises in hash order);",
         "bodies of cases with `json_body` (the ABI probe's reports, whose layout is the guest's) are compared value by value (`body:/json/pointer`), all others byte for byte;",
-        "header order across different names is not compared (RFC 9110 §5.3), neither in responses nor at the upstream; the order of one name's values is.",
+        "the echo servers' JSON of the headers they received is compared with its list sorted by name; the order the headers arrived in is compared on its own (`upstream.header-order`), as is the order of the response's headers (`header-order`).",
     ] {
         let _ = writeln!(out, "- {line}");
     }
     let _ = writeln!(
         out,
-        "\nEverything else must agree: status, every other response header and value, bodies byte for byte \
-         (local replies included), whether a body broke off, what the upstream received (method, path, `Host`, \
-         headers, body, TLS and SNI), the access log line (code, cluster, response code details), CONNECT tunnel \
-         bytes, and counter deltas.\n"
+        "\nEverything else must agree: status, every other response header, its value and its place, bodies \
+         byte for byte (local replies included), whether a body broke off, interim (1xx) responses, what the \
+         upstream received (method, path, `Host`, headers and their order, body, TLS and SNI), the access log \
+         line (code, cluster, response code details), CONNECT tunnel bytes, and counter deltas.\n"
     );
 
     for (kind, title, intro) in [
