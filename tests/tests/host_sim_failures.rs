@@ -719,3 +719,52 @@ fn generate_request_id_false_adds_none() {
         assert_eq!(seen[1], vec![None, Some("client-chosen".to_string())]);
     });
 }
+
+/// Requests without a body: which methods reach the upstream with `content-length: 0` (Envoy's HTTP/1 encoder adds
+/// it for methods that anticipate a body).
+#[test]
+fn bodiless_requests_carry_envoys_content_length() {
+    const METHODS: [&str; 9] = [
+        "GET", "HEAD", "DELETE", "TRACE", "OPTIONS", "POST", "PUT", "PATCH", "PURGE",
+    ];
+    block_on(async {
+        let world = suite::shared_world().await.expect("fixtures");
+        let up = Upstreams::start(&world).await;
+        let mut seen = Vec::new();
+        for kind in KINDS {
+            let subject = subject(kind, &world, &up).await.expect("proxy");
+            let api = format!("api.fail.dfp.test:{}", world.plain.port());
+            let mut lengths = Vec::new();
+            for method in METHODS {
+                let mut request = get(&api, "/bodiless");
+                request.method = method.into();
+                request
+                    .headers
+                    .push(("x-case-id".into(), format!("bodiless-{method}")));
+                let before = world
+                    .plain
+                    .seen_for_case(&format!("bodiless-{method}"))
+                    .len();
+                let response = client::exchange(
+                    subject.proxy.listener(),
+                    &request.to_bytes(),
+                    method == "HEAD",
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{} {method}: {e}", subject.label()));
+                assert_eq!(response.status, 200, "{} {method}", subject.label());
+                let records = world.plain.seen_for_case(&format!("bodiless-{method}"));
+                let record = records.get(before).cloned().expect("the upstream saw it");
+                lengths.push((method, record.header("content-length").map(str::to_string)));
+            }
+            seen.push(lengths);
+        }
+        host_sim_support::assert_same("bodiless requests", &seen[0], &seen[1]);
+        let announced: Vec<&str> = seen[1]
+            .iter()
+            .filter(|(_, length)| length.as_deref() == Some("0"))
+            .map(|(method, _)| *method)
+            .collect();
+        assert_eq!(announced, ["OPTIONS", "POST", "PUT", "PATCH", "PURGE"]);
+    });
+}

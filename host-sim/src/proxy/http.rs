@@ -896,6 +896,18 @@ fn upstream_request(
         }
         builder = builder.header(name, value);
     }
+    // Envoy's HTTP/1 encoder announces an empty body (`content-length: 0`) for methods that anticipate one.
+    let bodiless_method = matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::DELETE | Method::CONNECT | Method::TRACE
+    );
+    if body.is_end_stream()
+        && !bodiless_method
+        && headers.get("content-length").is_none()
+        && headers.get("transfer-encoding").is_none()
+    {
+        builder = builder.header(hyper::header::CONTENT_LENGTH, "0");
+    }
     builder
         .body(body)
         .map_err(|_| EnvoyReply::bad_request("invalid_header_after_filters"))
