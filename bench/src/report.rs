@@ -195,6 +195,14 @@ pub fn targets(
             hs.zip(envoy),
             |r| r >= 1.5,
         ));
+        targets.push(cpu_target(
+            format!(
+                "host-sim + filter vs Envoy + filter, requests per proxy CPU-second, {w} worker(s)"
+            ),
+            ">= 1.50x",
+            hs.zip(envoy),
+            1.5,
+        ));
         targets.push(Target {
             name: format!("host-sim + filter p99 vs Envoy + filter p99, {w} worker(s)"),
             wanted: "no worse".into(),
@@ -208,6 +216,12 @@ pub fn targets(
             ">= 0.90x",
             envoy.zip(find.base(Setup::EnvoyNoop, w)),
             |r| r >= 0.9,
+        ));
+        targets.push(cpu_target(
+            format!("Envoy: filter vs no-op wasm, requests per proxy CPU-second, {w} worker(s)"),
+            ">= 0.90x",
+            envoy.zip(find.base(Setup::EnvoyNoop, w)),
+            0.9,
         ));
         targets.push(Target {
             name: format!("host-sim peak RSS vs Envoy's, filter rows, {w} worker(s)"),
@@ -317,6 +331,31 @@ fn ratio_target(
             _ => "not measured".into(),
         },
         met: ratio.map(ok),
+    }
+}
+
+/// The same comparison on requests per CPU-second of the proxy process: what the ratio of
+/// requests/s would be if each proxy had its cores to itself, and far steadier than requests/s
+/// when other work shares the machine.
+fn cpu_target(
+    name: String,
+    wanted: &str,
+    pair: Option<(&RowSummary, &RowSummary)>,
+    at_least: f64,
+) -> Target {
+    let ratio =
+        pair.and_then(|(a, b)| (a.cpu_s_per_10k > 0.0).then(|| b.cpu_s_per_10k / a.cpu_s_per_10k));
+    Target {
+        name,
+        wanted: wanted.to_string(),
+        measured: match (pair, ratio) {
+            (Some((a, b)), Some(r)) => format!(
+                "{r:.2}x ({:.3} vs {:.3} CPU s / 10k requests)",
+                a.cpu_s_per_10k, b.cpu_s_per_10k
+            ),
+            _ => "not measured".into(),
+        },
+        met: ratio.filter(|r| r.is_finite()).map(|r| r >= at_least),
     }
 }
 
@@ -548,7 +587,15 @@ mod tests {
                 .find(|t| t.name.starts_with(prefix))
                 .and_then(|t| t.met)
         };
-        assert_eq!(met("host-sim + filter vs Envoy"), Some(true)); // 1.6x
+        assert_eq!(
+            met("host-sim + filter vs Envoy + filter, requests/s"),
+            Some(true)
+        ); // 1.6x
+           // Same CPU per request in every sample row: 1.00x, short of 1.5x.
+        assert_eq!(
+            met("host-sim + filter vs Envoy + filter, requests per proxy CPU"),
+            Some(false)
+        );
         assert_eq!(met("host-sim + filter p99"), Some(true)); // 3 ms <= 4 ms
         assert_eq!(met("Envoy: filter vs no-op"), Some(false)); // 0.83x
                                                                 // Same CPU per request at 100,000 rules as at 10.
