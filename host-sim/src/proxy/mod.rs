@@ -208,15 +208,18 @@ fn load(
         factory
             .instantiate()
             .with_context(|| format!("{where_}: wasm plugin {:?} failed to start", plugin.name))?;
-        // Envoy creates the plugin's reload counters with the plugin, so they read 0 before any reload.
-        for event in [
+        // Envoy creates the plugin's reload counters with the plugin, so they read 0 before any reload; it also
+        // declares a plain `vm_reload` that 1.40 never increments.
+        let reload_counters = [
             crate::vm::ReloadEvent::Backoff,
             crate::vm::ReloadEvent::Success,
             crate::vm::ReloadEvent::Failure,
-        ] {
+        ]
+        .map(crate::vm::ReloadEvent::stat_name);
+        for name in std::iter::once("vm_reload").chain(reload_counters) {
             stats.define(
                 crate::types::MetricKind::Counter,
-                &format!("wasm.{}.{}", plugin.name, event.stat_name()),
+                &format!("wasm.{}.{name}", plugin.name),
             );
         }
         plugins.push(PluginSlot {
