@@ -143,6 +143,9 @@ fn serve(
     })?;
     tracing::info!("stopping");
     running.stop();
+    if config.is_none() {
+        default_config::remove_embedded_wasm();
+    }
     Ok(())
 }
 
@@ -222,9 +225,19 @@ mod default_config {
         PathBuf::from("dfp_filter.wasm")
     }
 
-    /// Writes the embedded filter where the default configuration points (a per-user cache file).
+    /// A per-process directory in the temp dir for the embedded filter.
+    fn embedded_dir() -> PathBuf {
+        std::env::temp_dir().join(format!("host-sim-{}", std::process::id()))
+    }
+
+    /// Removes what `write_embedded_wasm` wrote (on a clean stop; a killed process leaves it in the temp dir).
+    pub fn remove_embedded_wasm() {
+        let _ = std::fs::remove_dir_all(embedded_dir());
+    }
+
+    /// Writes the embedded filter where the default configuration points.
     pub fn write_embedded_wasm() -> anyhow::Result<PathBuf> {
-        let dir = std::env::temp_dir().join(format!("host-sim-{}", std::process::id()));
+        let dir = embedded_dir();
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let path = dir.join("dfp_filter.wasm");
         std::fs::write(&path, WASM).with_context(|| format!("writing {}", path.display()))?;

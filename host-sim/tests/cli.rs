@@ -357,7 +357,17 @@ fn default_run_serves_the_embedded_allowlist() {
             && denied.body.contains(r#""destination":"example.com:80""#),
         "{denied:?}"
     );
+    let embedded = std::env::temp_dir().join(format!("host-sim-{}", running.child.id()));
+    assert!(
+        embedded.join("dfp_filter.wasm").is_file(),
+        "the embedded filter is written out"
+    );
     assert!(running.terminate().success());
+    assert!(
+        !embedded.exists(),
+        "a clean stop removes {}",
+        embedded.display()
+    );
 }
 
 /// `--concurrency N` starts N workers; `--log-level warn` hides the info lines `info` shows.
@@ -501,7 +511,8 @@ static_resources:
               domains: ["*"]
               routes:
               - match: {{ prefix: "/" }}
-                route: {{ cluster_header: x-dfp-cluster }}
+                # No route timeout: the held request outlives a reload on a slow machine.
+                route: {{ cluster_header: x-dfp-cluster, timeout: 0s }}
           http_filters:
           - name: policy
             typed_config:
