@@ -46,8 +46,14 @@ fn get(listener: SocketAddr, host: &str, extra: &[(&str, &str)]) -> faults_suppo
     request(listener, &faults_support::get(host, extra)).unwrap_or_else(|e| panic!("{host}: {e}"))
 }
 
-fn reached(world: &World) -> usize {
-    world.echoes().iter().map(|e| e.seen().len()).sum()
+/// How many requests tagged `case` reached any upstream (the tests in this file run at once on shared fixtures,
+/// so each counts only its own).
+fn reached(world: &World, case: &str) -> usize {
+    world
+        .echoes()
+        .iter()
+        .map(|e| e.seen_for_case(case).len())
+        .sum()
 }
 
 #[test]
@@ -55,7 +61,7 @@ fn an_empty_allowlist_denies_everything() {
     let downstream = routing(json!({ "stage": "downstream", "allow": [] }));
     for kind in KINDS {
         with_proxy(kind, &downstream, &carve_out(), |world, listener| {
-            let before = reached(world);
+            let case = format!("empty-allowlist-{kind:?}");
             let plain = world.plain.port();
             for host in [
                 format!("api.dfp.test:{plain}"),
@@ -64,7 +70,7 @@ fn an_empty_allowlist_denies_everything() {
                 "example.org".to_string(),
                 "localhost".to_string(),
             ] {
-                let reply = get(listener, &host, &[]);
+                let reply = get(listener, &host, &[("x-case-id", &case)]);
                 assert_eq!(reply.status, 403, "{kind:?} {host}: {reply:?}");
             }
             let tunnel = request(
@@ -78,8 +84,8 @@ fn an_empty_allowlist_denies_everything() {
             .expect("an answer");
             assert_eq!(tunnel.status, 403, "{kind:?} CONNECT: {tunnel:?}");
             assert_eq!(
-                reached(world),
-                before,
+                reached(world, &case),
+                0,
                 "{kind:?}: something reached an upstream"
             );
         });
@@ -141,9 +147,9 @@ fn the_default_address_policy_denies_every_special_purpose_range() {
             ],
         }));
         with_proxy(kind, &downstream, &carve_out(), |world, listener| {
-            let before = reached(world);
+            let case = format!("special-{kind:?}");
             for ip in SPECIAL {
-                let reply = get(listener, &format!("{ip}:{plain}"), &[]);
+                let reply = get(listener, &format!("{ip}:{plain}"), &[("x-case-id", &case)]);
                 assert_eq!(reply.status, 403, "{kind:?} {ip}: {reply:?}");
                 let body: Value = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
                 assert_eq!(
@@ -154,9 +160,13 @@ fn the_default_address_policy_denies_every_special_purpose_range() {
                 );
             }
             // A public address is not special: it passes the filter (and then fails to connect, bound to loopback).
-            let public = get(listener, &format!("93.184.215.14:{plain}"), &[]);
+            let public = get(
+                listener,
+                &format!("93.184.215.14:{plain}"),
+                &[("x-case-id", &case)],
+            );
             assert_ne!(public.status, 403, "{kind:?}: {public:?}");
-            assert_eq!(reached(world), before, "{kind:?}");
+            assert_eq!(reached(world, &case), 0, "{kind:?}");
         });
     }
 }
@@ -202,7 +212,7 @@ fn proxy_authorization_and_hop_by_hop_headers_never_reach_the_upstream() {
             }
             assert_eq!(seen[0].header("x-end-to-end"), Some("kept"), "{kind:?}");
             // The client named a cluster; the filter chose: nothing reached the static `forbidden` cluster.
-            assert!(world.forbidden.seen().is_empty(), "{kind:?}");
+            assert!(world.forbidden.seen_for_case(&case).is_empty(), "{kind:?}");
         });
     }
 }
