@@ -57,6 +57,7 @@ pub fn draw(report: &Report, path: &Path) -> anyhow::Result<()> {
         (20, 52),
         (FONT, 18).into_font().color(&RGBColor(0x44, 0x44, 0x44)),
     ))?;
+    legend(&title, report)?;
     let (top, bottom) = body.split_vertically(640);
     let panels = top.split_evenly((1, 3));
     let base: Vec<&RowSummary> = report
@@ -98,6 +99,32 @@ pub fn draw(report: &Report, path: &Path) -> anyhow::Result<()> {
     )?;
     root.present()
         .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Which colour is which worker count, once for the three bar panels (top right).
+fn legend(area: &DrawingArea<BitMapBackend<'_>, Shift>, report: &Report) -> anyhow::Result<()> {
+    let mut workers: Vec<u32> = report.rows.iter().filter_map(|r| r.row.workers).collect();
+    workers.sort_unstable();
+    workers.dedup();
+    let mut entries: Vec<(String, RGBColor)> = workers
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let plural = if *w == 1 { "" } else { "s" };
+            (
+                format!("{w} worker{plural}"),
+                WORKER_COLORS[i.min(WORKER_COLORS.len() - 1)],
+            )
+        })
+        .collect();
+    entries.push(("upstream alone".into(), UPSTREAM_COLOR));
+    let mut x = WIDTH as i32 - 160 * entries.len() as i32;
+    for (label, color) in entries {
+        area.draw(&Rectangle::new([(x, 58), (x + 16, 74)], color.filled()))?;
+        area.draw(&Text::new(label, (x + 22, 57), (FONT, 17).into_font()))?;
+        x += 160;
+    }
     Ok(())
 }
 
@@ -193,26 +220,6 @@ fn bars(
             (at, (y0 + y1) / 2.0 + 0.12),
             (FONT, 13).into_font(),
         )))?;
-    }
-    // Legend: which colour is which worker count.
-    for (i, w) in workers.iter().enumerate() {
-        let color = WORKER_COLORS[i.min(WORKER_COLORS.len() - 1)];
-        chart
-            .draw_series(std::iter::once(Rectangle::new(
-                [(0.0, -10.0), (0.0, -10.0)],
-                color.filled(),
-            )))?
-            .label(format!("{w} worker{}", if *w == 1 { "" } else { "s" }))
-            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled()));
-    }
-    if !workers.is_empty() {
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::MiddleRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.3))
-            .label_font((FONT, 14))
-            .draw()?;
     }
     Ok(())
 }
