@@ -40,7 +40,15 @@ fn guest(package: &str) -> anyhow::Result<Vec<u8>> {
     if !file.exists() {
         let status = Command::new(env!("CARGO"))
             .current_dir(workspace_root())
-            .args(["build", "--release", "--target", "wasm32-unknown-unknown", "-p", package, "--target-dir"])
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-unknown-unknown",
+                "-p",
+                package,
+                "--target-dir",
+            ])
             .arg(&dir)
             .env_remove("CARGO_TARGET_DIR")
             .status()
@@ -58,7 +66,9 @@ fn instance(runtime: &Runtime, bytes: &[u8], config: &str) -> anyhow::Result<Plu
         configuration: config.as_bytes().to_vec(),
         ..PluginConfig::default()
     };
-    Ok(runtime.load(bytes, plugin, SharedState::new())?.instantiate()?)
+    Ok(runtime
+        .load(bytes, plugin, SharedState::new())?
+        .instantiate()?)
 }
 
 /// One request's downstream stage; returns the action so the work is not optimised away.
@@ -113,9 +123,18 @@ fn main() -> anyhow::Result<()> {
     let base = measure(&mut empty, &headers, n)?;
     let full = measure(&mut filter, &headers, n)?;
     println!("requests per run:     {n}");
-    println!("empty filter:         {:>8.0} ns/request (host overhead)", base.as_nanos() as f64);
-    println!("allowlist filter:     {:>8.0} ns/request", full.as_nanos() as f64);
-    println!("filter's own work:    {:>8.0} ns/request", full.saturating_sub(base).as_nanos() as f64);
+    println!(
+        "empty filter:         {:>8.0} ns/request (host overhead)",
+        base.as_nanos() as f64
+    );
+    println!(
+        "allowlist filter:     {:>8.0} ns/request",
+        full.as_nanos() as f64
+    );
+    println!(
+        "filter's own work:    {:>8.0} ns/request",
+        full.saturating_sub(base).as_nanos() as f64
+    );
     println!("goal:                     2000 ns/request (allowlist filter)");
     Ok(())
 }
