@@ -29,6 +29,12 @@ fn build() -> anyhow::Result<PathBuf> {
         anyhow::ensure!(path.is_file(), "DFP_WASM={} is not a file", path.display());
         return Ok(path);
     }
+    build_guest("dfp-filter")
+}
+
+/// Builds workspace package `package` for wasm32-unknown-unknown (release) into `target/wasm-fixtures` and returns
+/// its `.wasm` (the package name with `-` as `_`). Callers cache the result per process.
+pub fn build_guest(package: &str) -> anyhow::Result<PathBuf> {
     let root = workspace_root();
     let target_dir = root.join("target").join("wasm-fixtures");
     let output = Command::new(env!("CARGO"))
@@ -37,7 +43,7 @@ fn build() -> anyhow::Result<PathBuf> {
             "build",
             "--release",
             "-p",
-            "dfp-filter",
+            package,
             "--target",
             "wasm32-unknown-unknown",
             "--target-dir",
@@ -48,16 +54,17 @@ fn build() -> anyhow::Result<PathBuf> {
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("CARGO_BUILD_TARGET")
         .output()?;
+    let file = format!("{}.wasm", package.replace('-', "_"));
     anyhow::ensure!(
         output.status.success(),
-        "building dfp_filter.wasm failed ({}):\n{}",
+        "building {file} failed ({}):\n{}",
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
     let wasm = target_dir
         .join("wasm32-unknown-unknown")
         .join("release")
-        .join("dfp_filter.wasm");
+        .join(&file);
     anyhow::ensure!(wasm.is_file(), "cargo built no {}", wasm.display());
     Ok(wasm)
 }

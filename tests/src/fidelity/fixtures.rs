@@ -3,7 +3,6 @@
 //! several names, an IP address), and the ABI probe guest.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
 use tokio::sync::OnceCell;
@@ -12,7 +11,6 @@ use super::scripted::{RefusedPort, Scripted, Sink};
 use crate::pki::Pki;
 use crate::template::Vars;
 use crate::upstream::{EchoServer, Seen};
-use crate::wasm::workspace_root;
 use crate::world::World;
 
 /// The extra fixtures, next to the shared world.
@@ -117,35 +115,5 @@ pub fn probe_wasm() -> anyhow::Result<PathBuf> {
 }
 
 fn build_probe() -> anyhow::Result<PathBuf> {
-    let root = workspace_root();
-    let target_dir = root.join("target").join("wasm-fixtures");
-    let output = Command::new(env!("CARGO"))
-        .current_dir(&root)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "abi-probe",
-            "--target",
-            "wasm32-unknown-unknown",
-            "--target-dir",
-        ])
-        .arg(&target_dir)
-        // Flags meant for the host build must not leak into the guest build.
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_BUILD_TARGET")
-        .output()?;
-    anyhow::ensure!(
-        output.status.success(),
-        "building abi_probe.wasm failed ({}):\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let wasm = target_dir
-        .join("wasm32-unknown-unknown")
-        .join("release")
-        .join("abi_probe.wasm");
-    anyhow::ensure!(wasm.is_file(), "cargo built no {}", wasm.display());
-    Ok(wasm)
+    crate::wasm::build_guest("abi-probe")
 }
