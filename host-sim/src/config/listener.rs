@@ -75,6 +75,8 @@ pub struct Route {
     pub name: Option<String>,
     pub request_headers_to_remove: Vec<String>,
     pub matcher: RouteMatch,
+    /// `match.headers`: the route matches only when every one of these does too.
+    pub headers: Vec<HeaderMatcher>,
     pub action: RouteAction,
 }
 
@@ -84,6 +86,25 @@ pub enum RouteMatch {
     Path(String),
     /// `connect_matcher: {}`: matches CONNECT requests only.
     Connect,
+}
+
+/// One entry of a route's `match.headers` (Envoy's `HeaderMatcher`, the subset host-sim implements).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderMatcher {
+    /// Lower-case header name.
+    pub name: String,
+    pub rule: HeaderRule,
+    /// `invert_match`: the entry matches when the rule does not.
+    pub invert: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderRule {
+    /// `present_match`: true matches a present header, false an absent one.
+    Present(bool),
+    /// `string_match: {exact, ignore_case}` on the header's values joined with `,`, as Envoy compares them; an
+    /// absent header never matches.
+    Exact { value: String, ignore_case: bool },
 }
 
 #[derive(Debug, Clone)]
@@ -319,7 +340,7 @@ fn parse_virtual_host(at: &At<'_>) -> Result<VirtualHost, ConfigError> {
 fn parse_route(at: &At<'_>) -> Result<Route, ConfigError> {
     let mut fields = at.map()?;
     let name = fields.opt("name").map(|n| n.string()).transpose()?;
-    let matcher = parse_route_match(&fields.req("match")?)?;
+    let (matcher, headers) = parse_route_match(&fields.req("match")?)?;
     let action = parse_route_action(&fields.req("route")?)?;
     let request_headers_to_remove = header_list(fields.opt("request_headers_to_remove"))?;
     fields.finish()?;
@@ -327,11 +348,12 @@ fn parse_route(at: &At<'_>) -> Result<Route, ConfigError> {
         name,
         request_headers_to_remove,
         matcher,
+        headers,
         action,
     })
 }
 
-fn parse_route_match(at: &At<'_>) -> Result<RouteMatch, ConfigError> {
+fn parse_route_match(at: &At<'_>) -> Result<(RouteMatch, Vec<HeaderMatcher>), ConfigError> {
     let mut fields = at.map()?;
     let prefix = fields.opt("prefix").map(|p| p.string()).transpose()?;
     let path = fields.opt("path").map(|p| p.string()).transpose()?;
@@ -342,8 +364,16 @@ fn parse_route_match(at: &At<'_>) -> Result<RouteMatch, ConfigError> {
         }
         None => false,
     };
+    let headers = match fields.opt("headers") {
+        Some(list) => list
+            .list()?
+            .iter()
+            .map(parse_header_matcher)
+            .collect::<Result<Vec<_>, _>>()?,
+        None => Vec::new(),
+    };
     fields.finish()?;
-    match (prefix, path, connect) {
+    let matcher = match (prefix, path, connect) {
         (Some(prefix), None, false) => Ok(RouteMatch::Prefix(prefix)),
         (None, Some(path), false) => Ok(RouteMatch::Path(path)),
         (None, None, true) => Ok(RouteMatch::Connect),
@@ -351,7 +381,49 @@ fn parse_route_match(at: &At<'_>) -> Result<RouteMatch, ConfigError> {
             Err(at.error("a route match needs one of prefix, path or connect_matcher"))
         }
         _ => Err(at.error("a route match takes exactly one of prefix, path or connect_matcher")),
-    }
+    }?;
+    Ok((matcher, headers))
+}
+
+/// `match.headers[]`: `present_match` or `string_match.exact`, optionally `invert_match`. Other matchers (regex,
+/// range, prefix ...) are errors naming their path: a route that matched differently would route differently.
+fn parse_header_matcher(at: &At<'_>) -> Result<HeaderMatcher, ConfigError> {
+    let mut fields = at.map()?;
+    let name = fields.req("name")?.string()?.to_ascii_lowercase();
+    let invert = fields
+        .opt("invert_match")
+        .map(|i| i.bool())
+        .transpose()?
+        .unwrap_or(false);
+    let present = fields.opt("present_match").map(|p| p.bool()).transpose()?;
+    let exact = match fields.opt("string_match") {
+        Some(string_match) => {
+            let mut matcher = string_match.map()?;
+            let value = matcher.req("exact")?.string()?;
+            let ignore_case = matcher
+                .opt("ignore_case")
+                .map(|i| i.bool())
+                .transpose()?
+                .unwrap_or(false);
+            matcher.finish()?;
+            Some(HeaderRule::Exact { value, ignore_case })
+        }
+        None => None,
+    };
+    fields.finish()?;
+    let rule = match (present, exact) {
+        (Some(present), None) => HeaderRule::Present(present),
+        (None, Some(exact)) => exact,
+        (None, None) => {
+            return Err(at.error("a header matcher needs present_match or string_match"))
+        }
+        (Some(_), Some(_)) => {
+            return Err(
+                at.error("a header matcher takes either present_match or string_match, not both")
+            )
+        }
+    };
+    Ok(HeaderMatcher { name, rule, invert })
 }
 
 fn parse_route_action(at: &At<'_>) -> Result<RouteAction, ConfigError> {

@@ -20,8 +20,8 @@ pub use cluster::{Cluster, ClusterKind, TlsContext, TrustedCa, UpstreamOptions};
 pub use dns_cache::{DnsCacheConfig, LookupFamily};
 pub use filters::{DfpFilterConfig, FailurePolicy, HttpFilter, WasmPlugin};
 pub use listener::{
-    AccessLog, HttpConnectionManager, Listener, Route, RouteAction, RouteConfig, RouteMatch,
-    RouteTarget, VirtualHost,
+    AccessLog, HeaderMatcher, HeaderRule, HttpConnectionManager, Listener, Route, RouteAction,
+    RouteConfig, RouteMatch, RouteTarget, VirtualHost,
 };
 pub use rbac::{CidrRange, Permission, RbacAction, RbacConfig, RbacPolicy, RbacRules};
 

@@ -29,7 +29,7 @@ static_resources:
                   timeout: 0s
                   upgrade_configs: [ { upgrade_type: CONNECT, connect_config: {} } ]
               - name: everything
-                match: { prefix: "/" }
+                match: { prefix: "/", headers: [ { name: X-DFP-Cluster, present_match: true } ] }
                 route: { cluster_header: x-dfp-cluster, timeout: 2.5s }
           http_filters:
           - name: envoy.filters.http.wasm
@@ -142,6 +142,14 @@ fn full_bootstrap_parses_into_the_model() {
         RouteTarget::ClusterHeader("x-dfp-cluster".into())
     );
     assert_eq!(routes[1].name.as_deref(), Some("everything"));
+    assert_eq!(
+        routes[1].headers,
+        vec![HeaderMatcher {
+            name: "x-dfp-cluster".into(),
+            rule: HeaderRule::Present(true),
+            invert: false,
+        }]
+    );
     assert_eq!(routes[1].action.timeout, Some(Duration::from_millis(2500)));
     let filters = &listener.http.http_filters;
     assert_eq!(filters.len(), 3);
@@ -239,6 +247,22 @@ fn unsupported_fields_are_errors_naming_their_path() {
         (
             valid().replacen("route: { cluster_header: x-dfp-cluster, timeout: 2.5s }", "route: { cluster: nowhere }", 1),
             "virtual_hosts[0].routes[1].route.cluster: unknown cluster \"nowhere\"",
+        ),
+        (
+            valid().replacen(
+                "match: { connect_matcher: {} }",
+                "match: { connect_matcher: {}, headers: [ { name: x-a, safe_regex_match: { regex: a } } ] }",
+                1,
+            ),
+            "routes[0].match.headers[0].safe_regex_match: field not supported by host-sim",
+        ),
+        (
+            valid().replacen(
+                "match: { connect_matcher: {} }",
+                "match: { connect_matcher: {}, headers: [ { name: x-a } ] }",
+                1,
+            ),
+            "routes[0].match.headers[0]: a header matcher needs present_match or string_match",
         ),
         (
             valid().replacen(

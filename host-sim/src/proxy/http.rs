@@ -401,6 +401,7 @@ impl Exchange<'_> {
             authority,
             headers.get_str(":path"),
             connect,
+            headers,
         )
     }
 

@@ -1,7 +1,9 @@
 //! Route selection as Envoy's route table does it: the virtual host by `:authority` (exact, then suffix wildcards
-//! longest first, then prefix wildcards, then `*`), then the first route of that host whose match fits.
+//! longest first, then prefix wildcards, then `*`), then the first route of that host whose match (path and
+//! `headers`) fits.
 
-use crate::config::{Route, RouteConfig, RouteMatch, VirtualHost};
+use crate::config::{HeaderMatcher, HeaderRule, Route, RouteConfig, RouteMatch, VirtualHost};
+use crate::headers::HeaderMap;
 
 /// The chosen route, with the names the `xds.*` properties report.
 #[derive(Debug, Clone, Copy)]
@@ -11,19 +13,21 @@ pub struct Selected<'a> {
 }
 
 /// Picks the route for a request. `authority` is `:authority` as received: a port, if present, takes part in the
-/// domain match, as in Envoy without `strip_any_host_port`; `path` is `:path` (absent for CONNECT).
+/// domain match, as in Envoy without `strip_any_host_port`; `path` is `:path` (absent for CONNECT); `headers` are
+/// the request's headers for the routes' header matchers.
 pub fn select<'a>(
     config: &'a RouteConfig,
     authority: &str,
     path: Option<&str>,
     connect: bool,
+    headers: &HeaderMap,
 ) -> Option<Selected<'a>> {
     let host = authority.to_ascii_lowercase();
     let virtual_host = find_virtual_host(config, &host)?;
-    let route = virtual_host
-        .routes
-        .iter()
-        .find(|route| matches(&route.matcher, path, connect))?;
+    let route = virtual_host.routes.iter().find(|route| {
+        matches(&route.matcher, path, connect)
+            && route.headers.iter().all(|h| header_matches(h, headers))
+    })?;
     Some(Selected {
         virtual_host,
         route,
@@ -41,6 +45,24 @@ fn matches(matcher: &RouteMatch, path: Option<&str>, connect: bool) -> bool {
             !connect && path.is_some_and(|path| path_without_query(path) == exact)
         }
     }
+}
+
+fn header_matches(matcher: &HeaderMatcher, headers: &HeaderMap) -> bool {
+    let values = headers.get_all(&matcher.name);
+    let hit = match &matcher.rule {
+        HeaderRule::Present(present) => values.is_empty() != *present,
+        HeaderRule::Exact { value, ignore_case } => {
+            // Envoy compares repeated headers as one value joined with commas.
+            let joined = values.join(&b","[..]);
+            !values.is_empty()
+                && if *ignore_case {
+                    joined.eq_ignore_ascii_case(value.as_bytes())
+                } else {
+                    joined == value.as_bytes()
+                }
+        }
+    };
+    hit != matcher.invert
 }
 
 fn path_without_query(path: &str) -> &str {
@@ -90,6 +112,7 @@ mod tests {
             name: Some(name.to_string()),
             request_headers_to_remove: Vec::new(),
             matcher,
+            headers: Vec::new(),
             action: RouteAction {
                 target: RouteTarget::Cluster(name.to_string()),
                 timeout: None,
@@ -148,7 +171,7 @@ mod tests {
 
     fn pick(authority: &str, path: Option<&str>, connect: bool) -> Option<(String, String)> {
         let table = table();
-        select(&table, authority, path, connect).map(|s| {
+        select(&table, authority, path, connect, &HeaderMap::new()).map(|s| {
             (
                 s.virtual_host.name.clone(),
                 s.route.name.clone().unwrap_or_default(),
@@ -219,5 +242,89 @@ mod tests {
             pick("elsewhere.test", Some("/"), false),
             Some(("any".into(), "all".into()))
         );
+    }
+
+    fn header_route(name: &str, rule: HeaderRule, invert: bool) -> Route {
+        let mut r = route(name, RouteMatch::Prefix("/".into()));
+        r.headers = vec![HeaderMatcher {
+            name: "x-dfp-cluster".into(),
+            rule,
+            invert,
+        }];
+        r
+    }
+
+    fn pick_by_headers(routes: Vec<Route>, headers: &[(&str, &str)]) -> Option<String> {
+        let table = RouteConfig {
+            name: None,
+            virtual_hosts: vec![vhost("any", &["*"], routes)],
+        };
+        let headers = HeaderMap::from_pairs(headers.iter().copied());
+        select(&table, "a.test", Some("/"), false, &headers).and_then(|s| s.route.name.clone())
+    }
+
+    #[test]
+    fn header_matchers_pick_the_first_fitting_route() {
+        let routes = || {
+            vec![
+                header_route("present", HeaderRule::Present(true), false),
+                route("fallback", RouteMatch::Prefix("/".into())),
+            ]
+        };
+        assert_eq!(
+            pick_by_headers(routes(), &[("x-dfp-cluster", "dfp_tls")]).as_deref(),
+            Some("present")
+        );
+        assert_eq!(
+            pick_by_headers(routes(), &[("x-dfp-cluster", "")]).as_deref(),
+            Some("present"),
+            "an empty value is still present"
+        );
+        assert_eq!(pick_by_headers(routes(), &[]).as_deref(), Some("fallback"));
+
+        let absent = || vec![header_route("absent", HeaderRule::Present(false), false)];
+        assert_eq!(pick_by_headers(absent(), &[]).as_deref(), Some("absent"));
+        assert_eq!(pick_by_headers(absent(), &[("x-dfp-cluster", "x")]), None);
+        let inverted = || vec![header_route("inverted", HeaderRule::Present(true), true)];
+        assert_eq!(
+            pick_by_headers(inverted(), &[]).as_deref(),
+            Some("inverted")
+        );
+        assert_eq!(pick_by_headers(inverted(), &[("x-dfp-cluster", "x")]), None);
+    }
+
+    #[test]
+    fn exact_header_match_joins_repeated_values() {
+        let exact = |value: &str, ignore_case| {
+            vec![header_route(
+                "exact",
+                HeaderRule::Exact {
+                    value: value.into(),
+                    ignore_case,
+                },
+                false,
+            )]
+        };
+        let one = [("x-dfp-cluster", "dfp_TLS")];
+        assert_eq!(
+            pick_by_headers(exact("dfp_TLS", false), &one).as_deref(),
+            Some("exact")
+        );
+        assert_eq!(pick_by_headers(exact("dfp_tls", false), &one), None);
+        assert_eq!(
+            pick_by_headers(exact("dfp_tls", true), &one).as_deref(),
+            Some("exact")
+        );
+        assert_eq!(
+            pick_by_headers(exact("", false), &[]),
+            None,
+            "absent never matches"
+        );
+        let two = [("x-dfp-cluster", "a"), ("x-dfp-cluster", "b")];
+        assert_eq!(
+            pick_by_headers(exact("a,b", false), &two).as_deref(),
+            Some("exact")
+        );
+        assert_eq!(pick_by_headers(exact("a", false), &two), None);
     }
 }
