@@ -182,6 +182,12 @@ impl Exchange<'_> {
 
         let mut selected = self.select_route(&headers, connect);
         self.note_route_cluster(selected.as_ref(), &headers);
+        // Envoy refuses an upgrade it has no config for once the route is picked, so its log names the cluster.
+        if !connect && is_upgrade(&parts.headers) {
+            let reply = EnvoyReply::upgrade_failed();
+            self.log.borrow_mut().details = reply.details.clone();
+            return plain_reply(&reply);
+        }
         let properties = self.stream_properties(selected.as_ref(), &headers);
         let mut downstream =
             match WasmChain::new(&self.worker, &self.listener.wasm_slots, &properties) {
@@ -822,22 +828,13 @@ fn request_header_map(
 }
 
 /// What Envoy's codec and connection manager refuse before any filter: a CONNECT whose target is not
-/// `host:port`, an upgrade (other than CONNECT) no configuration accepts, a fragment in the request target.
+/// `host:port`, a fragment in the request target.
 fn check_request_shape(parts: &hyper::http::request::Parts) -> Result<(), EnvoyReply> {
     if parts.method == Method::CONNECT {
         if parts.uri.scheme().is_some() || parts.uri.path_and_query().is_some() {
             return Err(EnvoyReply::bad_request("http1.codec_error"));
         }
         return Ok(());
-    }
-    let upgrade = parts.headers.contains_key(hyper::header::UPGRADE)
-        && parts
-            .headers
-            .get_all(hyper::header::CONNECTION)
-            .iter()
-            .any(|value| has_token(value.as_bytes(), "upgrade"));
-    if upgrade {
-        return Err(EnvoyReply::upgrade_failed());
     }
     if parts
         .uri
@@ -850,6 +847,15 @@ fn check_request_shape(parts: &hyper::http::request::Parts) -> Result<(), EnvoyR
 }
 
 /// Headers the client named in `Connection` are hop-by-hop too (RFC 9110 §7.6.1); Envoy drops them.
+/// An upgrade other than CONNECT (`Upgrade` nominated by `Connection`): no configuration host-sim runs accepts one.
+fn is_upgrade(headers: &hyper::HeaderMap) -> bool {
+    headers.contains_key(hyper::header::UPGRADE)
+        && headers
+            .get_all(hyper::header::CONNECTION)
+            .iter()
+            .any(|value| has_token(value.as_bytes(), "upgrade"))
+}
+
 fn connection_nominated(headers: &hyper::HeaderMap) -> Vec<String> {
     headers
         .get_all(hyper::header::CONNECTION)
