@@ -76,13 +76,25 @@ pub fn bootstrap(row: &Row, inputs: &Inputs) -> anyhow::Result<Value> {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
         }
     }));
-    // The filter picks the cluster (as in the shipped config); the other rows go straight there.
-    let route = match policy {
+    // As in the shipped config, the filter's cluster header picks the cluster when present, and
+    // the table falls back to dfp_plain ("clusters.default": "plain": the filter writes the
+    // header only for TLS destinations, and the load has none). The other rows go straight there.
+    let fallback = json!({ "match": { "prefix": "/" }, "route": { "cluster": "dfp_plain" } });
+    let routes = match policy {
         Policy::Filter {
             cluster_routing: true,
             ..
-        } => json!({ "cluster_header": "x-dfp-cluster" }),
-        _ => json!({ "cluster": "dfp_plain" }),
+        } => json!([
+            {
+                "match": {
+                    "prefix": "/",
+                    "headers": [{ "name": "x-dfp-cluster", "present_match": true }]
+                },
+                "route": { "cluster_header": "x-dfp-cluster" }
+            },
+            fallback
+        ]),
+        _ => json!([fallback]),
     };
     // Envoy refuses a DFP cluster without auto_sni and auto_san_validation (as the shipped one has).
     let mut protocol_options = json!({
@@ -142,7 +154,7 @@ pub fn bootstrap(row: &Row, inputs: &Inputs) -> anyhow::Result<Value> {
                                 "virtual_hosts": [{
                                     "name": "any_destination",
                                     "domains": ["*"],
-                                    "routes": [{ "match": { "prefix": "/" }, "route": route }]
+                                    "routes": routes
                                 }]
                             },
                             "http_filters": http_filters,
@@ -251,7 +263,7 @@ pub fn downstream_config(rules: u32, upstream_port: u16) -> Value {
         "allow": allow,
         "deny": [],
         "cluster_header": "x-dfp-cluster",
-        "clusters": { "plain": "dfp_plain", "tls": "dfp_tls" }
+        "clusters": { "plain": "dfp_plain", "tls": "dfp_tls", "default": "plain" }
     })
 }
 
@@ -367,10 +379,13 @@ mod tests {
         let both = bootstrap(&row(Setup::HostSimFilterBoth, 10), &inputs()).unwrap_or_default();
         let hcm = &both["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
             ["typed_config"];
+        let routes = &hcm["route_config"]["virtual_hosts"][0]["routes"];
+        assert_eq!(routes[0]["route"]["cluster_header"], "x-dfp-cluster");
         assert_eq!(
-            hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["cluster_header"],
-            "x-dfp-cluster"
+            routes[0]["match"]["headers"][0]["name"], "x-dfp-cluster",
+            "the header route applies only when the filter wrote the header"
         );
+        assert_eq!(routes[1]["route"]["cluster"], "dfp_plain");
         let upstream_filters = &both["static_resources"]["clusters"][0]
             ["typed_extension_protocol_options"]
             ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"];

@@ -87,6 +87,9 @@ pub struct ClusterRouting {
     pub header: String,
     pub plain: String,
     pub tls: String,
+    /// `clusters.default`, resolved to its cluster name: the cluster the route table picks when the
+    /// header is absent. The filter writes the header only to pick another one.
+    pub default: Option<String>,
 }
 
 /// A validated configuration.
@@ -143,7 +146,7 @@ const TOP_KEYS: &[&str] = &[
 ];
 const ALLOW_KEYS: &[&str] = &["host", "ports", "tls", "methods"];
 const DENY_KEYS: &[&str] = &["host", "ports", "methods"];
-const CLUSTERS_KEYS: &[&str] = &["plain", "tls"];
+const CLUSTERS_KEYS: &[&str] = &["plain", "tls", "default"];
 const ADDRESSES_KEYS: &[&str] = &["deny", "allow"];
 
 impl FilterConfig {
@@ -167,27 +170,15 @@ fn from_value(value: &Json) -> Result<FilterConfig, ConfigError> {
     let top = object(value, "configuration", TOP_KEYS)?;
     let field = |k: &str| member(top, k);
 
-    let stage = match field("stage") {
-        None => Stage::Downstream,
-        Some(v) => match v.as_str() {
-            Some("downstream") => Stage::Downstream,
-            Some("upstream") => Stage::Upstream,
-            _ => {
-                return Err(invalid(
-                    "stage",
-                    v,
-                    "expected \"downstream\" or \"upstream\"",
-                ))
-            }
-        },
+    let stage = match field("stage").map(|v| either(v, "stage", "downstream", "upstream")) {
+        Some(Ok(true)) => Stage::Upstream,
+        Some(Err(e)) => return Err(e),
+        _ => Stage::Downstream,
     };
-    let mode = match field("mode") {
-        None => Mode::Enforce,
-        Some(v) => match v.as_str() {
-            Some("enforce") => Mode::Enforce,
-            Some("report") => Mode::Report,
-            _ => return Err(invalid("mode", v, "expected \"enforce\" or \"report\"")),
-        },
+    let mode = match field("mode").map(|v| either(v, "mode", "enforce", "report")) {
+        Some(Ok(true)) => Mode::Report,
+        Some(Err(e)) => return Err(e),
+        _ => Mode::Enforce,
     };
 
     let mut allow = Vec::new();
@@ -222,7 +213,12 @@ fn from_value(value: &Json) -> Result<FilterConfig, ConfigError> {
         }
     }
     let cluster_routing = match (cluster_header, clusters) {
-        (Some(header), Some((plain, tls))) => Some(ClusterRouting { header, plain, tls }),
+        (Some(header), Some((plain, tls, default))) => Some(ClusterRouting {
+            header,
+            plain,
+            tls,
+            default,
+        }),
         (None, None) => None,
         (Some(_), None) => {
             return Err(ConfigError::new(
@@ -465,7 +461,8 @@ fn header_name(value: &Json, path: &str) -> Result<String, ConfigError> {
     Ok(name.to_owned())
 }
 
-fn clusters(value: &Json) -> Result<(String, String), ConfigError> {
+/// `clusters`: the plain and TLS cluster names, and the one `default` names, if any.
+fn clusters(value: &Json) -> Result<(String, String, Option<String>), ConfigError> {
     let map = object(value, "clusters", CLUSTERS_KEYS)?;
     let name = |key: &str| {
         let path = format!("clusters.{key}");
@@ -482,7 +479,15 @@ fn clusters(value: &Json) -> Result<(String, String), ConfigError> {
                 )
             })
     };
-    Ok((name("plain")?, name("tls")?))
+    let (plain, tls) = (name("plain")?, name("tls")?);
+    let default =
+        match member(map, "default").map(|v| either(v, "clusters.default", "plain", "tls")) {
+            Some(Ok(true)) => Some(tls.clone()),
+            Some(Ok(false)) => Some(plain.clone()),
+            Some(Err(e)) => return Err(e),
+            None => None,
+        };
+    Ok((plain, tls, default))
 }
 
 fn cidr_list(value: &Json, path: &str) -> Result<Vec<Cidr>, ConfigError> {
@@ -532,6 +537,19 @@ fn array<'a>(value: &'a Json, path: &str) -> Result<&'a [Json], ConfigError> {
 }
 
 /// An error quoting the value as JSON (escaped, and shortened when long).
+/// A string that must be one of two keywords: `false` for the first, `true` for the second.
+fn either(value: &Json, path: &str, first: &str, second: &str) -> Result<bool, ConfigError> {
+    match value.as_str() {
+        Some(s) if s == first => Ok(false),
+        Some(s) if s == second => Ok(true),
+        _ => Err(invalid(
+            path,
+            value,
+            &format!("expected {} or {}", quote(first), quote(second)),
+        )),
+    }
+}
+
 fn invalid(path: &str, value: &Json, why: &str) -> ConfigError {
     let shown = match value {
         Json::String(s) if s.chars().count() > 100 => {
@@ -632,6 +650,7 @@ mod tests {
                 header: "x-dfp-cluster".into(),
                 plain: "dfp_plain".into(),
                 tls: "dfp_tls".into(),
+                default: None,
             })
         );
         assert_eq!(c.destination_header.as_deref(), Some("x-dfp-destination"));
@@ -651,6 +670,22 @@ mod tests {
         }
         let c = FilterConfig::from_json(r#"{"stage":"upstream","mode":"report"}"#).expect("valid");
         assert_eq!((c.stage, c.mode), (Stage::Upstream, Mode::Report));
+    }
+
+    #[test]
+    fn clusters_default_names_the_route_tables_fallback() {
+        let routing = |default: &str| {
+            FilterConfig::from_json(&format!(
+                r#"{{"cluster_header":"x-c","clusters":{{"plain":"p","tls":"t"{default}}}}}"#
+            ))
+            .expect("valid")
+            .cluster_routing
+            .expect("routing")
+            .default
+        };
+        assert_eq!(routing(""), None);
+        assert_eq!(routing(r#","default":"plain""#).as_deref(), Some("p"));
+        assert_eq!(routing(r#","default":"tls""#).as_deref(), Some("t"));
     }
 
     #[test]
@@ -847,6 +882,11 @@ mod tests {
                 r#"{"cluster_header":"h","clusters":{"plain":"p","tls":""}}"#,
                 "clusters.tls",
                 "cluster name",
+            ),
+            (
+                r#"{"cluster_header":"h","clusters":{"plain":"p","tls":"t","default":"p"}}"#,
+                "clusters.default",
+                "\"plain\" or \"tls\"",
             ),
             (
                 r#"{"cluster_header":"X-Dfp","clusters":{"plain":"p","tls":"t"}}"#,

@@ -12,11 +12,14 @@
 
 pub mod config;
 pub mod destination;
+pub mod header_pairs;
 mod index;
 pub mod json;
 pub mod net;
 pub mod policy;
 pub mod response;
 
+#[cfg(target_arch = "wasm32")]
+mod abi;
 #[cfg(target_arch = "wasm32")]
 mod wasm;

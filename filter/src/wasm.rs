@@ -2,20 +2,22 @@
 //! counters; each HTTP context reads what the decision needs through as few hostcalls as it can
 //! and acts on the decision.
 //!
-//! Hot-path budget (downstream, allowed, authority already canonical with a port): one header
-//! read; with cluster routing, one header replace and the `clear_route_cache` call; one counter
-//! increment. `:method` is read only when the decision asks for it.
+//! Hot-path budget (downstream, allowed, authority already canonical with a port): one read of
+//! the whole request header map (`:authority`, `:method`, the destination and cluster headers all
+//! come from it) and one counter increment. With cluster routing, one header replace and the
+//! `clear_route_cache` call — unless `clusters.default` says the route table already picks the
+//! chosen cluster and the client sent no cluster header of its own.
 
 use std::cell::Cell;
-use std::ptr::null_mut;
 use std::rc::Rc;
 
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType, Status};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
 
+use crate::abi;
 use crate::config::{FilterConfig, Stage};
 use crate::destination::{self, InvalidReason};
+use crate::header_pairs::HeaderPairs;
 use crate::net;
 use crate::policy::{DenyReason, MethodSource, Outcome, Policy, Route};
 use crate::response;
@@ -44,17 +46,10 @@ impl Context for Root {}
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
         follow_host_log_level();
-        let bytes = match hostcalls::get_buffer(
-            proxy_wasm::types::BufferType::PluginConfiguration,
-            0,
-            usize::MAX,
-        ) {
-            Ok(b) => b.unwrap_or_default(),
+        let bytes = match abi::plugin_configuration() {
+            Ok(b) => b,
             Err(status) => {
-                log::error!(
-                    "dfp-filter: cannot read the plugin configuration (status {})",
-                    status as u32
-                );
+                log::error!("dfp-filter: cannot read the plugin configuration (status {status})");
                 return false;
             }
         };
@@ -128,26 +123,31 @@ impl HttpContext for Filter {
 
 fn downstream(shared: &Shared) -> Action {
     let policy = &shared.policy;
+    // One hostcall reads every header the decision may need.
+    let Some(buf) = abi::request_header_pairs() else {
+        return invalid(shared, InvalidReason::MissingDestination, AUTHORITY);
+    };
+    let headers = HeaderPairs::new(&buf);
     let mut source = AUTHORITY;
     let mut raw = None;
     if let Some(name) = policy.destination_header() {
-        raw = request_header(name);
+        raw = headers.get(name);
         if raw.is_some() {
             source = name;
         }
     }
     let from_header = raw.is_some();
     if raw.is_none() {
-        raw = request_header(AUTHORITY);
+        raw = headers.get(AUTHORITY);
     }
     let Some(raw) = raw else {
         return invalid(shared, InvalidReason::MissingDestination, source);
     };
-    let mut dest = match destination::parse(raw) {
+    let mut dest = match destination::parse(raw.to_vec()) {
         Ok(d) => d,
         Err(reason) => return invalid(shared, reason, source),
     };
-    let mut method = LazyMethod::default();
+    let mut method = headers.get(":method").unwrap_or_default();
     let decision = match policy.decide(&mut dest, &mut method) {
         Ok(d) => d,
         Err(reason) => return invalid(shared, reason, source),
@@ -177,7 +177,7 @@ fn downstream(shared: &Shared) -> Action {
     }
     if from_header {
         if let Some(name) = policy.destination_header() {
-            let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
+            abi::remove_request_header(name);
         }
     }
     let mut clear = authority_changed;
@@ -186,9 +186,18 @@ fn downstream(shared: &Shared) -> Action {
             Route::Plain => &routing.plain,
             Route::Tls => &routing.tls,
         };
-        // Replace removes every client-sent value of the header before writing ours.
-        set_request_header(&routing.header, cluster);
-        clear = true;
+        let sent = headers.get(&routing.header).is_some();
+        if routing.default.as_deref() == Some(cluster.as_str()) {
+            // The route table's fallback is already right, unless the client sent the header.
+            if sent {
+                abi::remove_request_header(&routing.header);
+                clear = true;
+            }
+        } else {
+            // Replace removes every client-sent value of the header before writing ours.
+            set_request_header(&routing.header, cluster);
+            clear = true;
+        }
     }
     if clear {
         clear_route_cache(shared);
@@ -197,9 +206,9 @@ fn downstream(shared: &Shared) -> Action {
 }
 
 fn upstream(shared: &Shared) -> Action {
-    let address = upstream_address().and_then(|b| net::parse_socket_address(&b));
-    let mut method = LazyMethod::default();
-    let outcome = shared.policy.decide_upstream(address, &mut method);
+    let address = abi::upstream_address().and_then(|b| net::parse_socket_address(&b));
+    let mut headers = LazyHeaders::default();
+    let outcome = shared.policy.decide_upstream(address, &mut headers);
     // Only denials and reports describe the address, so only they format it.
     let shown = || {
         let mut s = String::with_capacity(48);
@@ -224,8 +233,9 @@ fn upstream(shared: &Shared) -> Action {
             shared.metrics.bump(shared.metrics.denied[reason as usize]);
             let shown = shown();
             // The authority was canonicalised downstream; re-validate before echoing it.
-            let authority = request_header(AUTHORITY)
-                .and_then(|a| destination::parse(a).ok())
+            let authority = headers
+                .get(AUTHORITY)
+                .and_then(|a| destination::parse(a.to_vec()).ok())
                 .map(|d| d.authority().to_owned());
             log::info!(
                 "dfp-filter: denied upstream address {shown} for {} ({reason})",
@@ -281,7 +291,7 @@ struct Metrics {
 
 impl Metrics {
     fn define(stage: Stage) -> Option<Metrics> {
-        let counter = |name: String| hostcalls::define_metric(MetricType::Counter, &name).ok();
+        let counter = |name: String| abi::define_counter(&name);
         let mut m = Metrics {
             allowed: counter(response::allowed_metric(stage))?,
             denied: [0; DenyReason::ALL.len()],
@@ -299,119 +309,64 @@ impl Metrics {
     }
 
     fn bump(&self, id: u32) {
-        let _ = hostcalls::increment_metric(id, 1);
+        abi::increment_counter(id);
     }
 }
 
-/// `:method`, read from the host the first time the decision asks.
+/// The request headers, read from the host the first time something asks: the upstream stage
+/// needs them only for rules with methods and for the body of a denial.
 #[derive(Default)]
-struct LazyMethod {
-    value: Option<Vec<u8>>,
+struct LazyHeaders {
+    buf: Option<Vec<u8>>,
 }
 
-impl MethodSource for LazyMethod {
-    fn method(&mut self) -> &[u8] {
-        self.value
-            .get_or_insert_with(|| request_header(":method").unwrap_or_default())
+impl LazyHeaders {
+    fn get(&mut self, name: &str) -> Option<&[u8]> {
+        let buf = self
+            .buf
+            .get_or_insert_with(|| abi::request_header_pairs().unwrap_or_default());
+        HeaderPairs::new(buf).get(name)
     }
 }
 
-fn request_header(name: &str) -> Option<Vec<u8>> {
-    // The bytes variant: a header value that is not UTF-8 must not trap the VM.
-    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
-        .ok()
-        .flatten()
+impl MethodSource for LazyHeaders {
+    fn method(&mut self) -> &[u8] {
+        self.get(":method").unwrap_or_default()
+    }
 }
 
 fn set_request_header(name: &str, value: &str) {
-    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+    abi::replace_request_header(name, value);
 }
 
 fn clear_route_cache(shared: &Shared) {
     if shared.no_clear_route_cache.get() {
         return;
     }
-    if let Err(status) = hostcalls::call_foreign_function("clear_route_cache", Some(&[])) {
+    let status = abi::call_foreign_function("clear_route_cache");
+    if status != abi::OK {
         log::debug!(
-            "dfp-filter: clear_route_cache unavailable (status {}); the route is not re-picked",
-            status as u32
+            "dfp-filter: clear_route_cache unavailable (status {status}); the route is not re-picked"
         );
-        if status == Status::NotFound {
+        if status == abi::NOT_FOUND {
             shared.no_clear_route_cache.set(true);
         }
     }
 }
 
-// Hostcalls the SDK wraps in ways we cannot use: its local reply has no details argument, its
-// property read takes a Vec path, and its log-level read trusts the host's value as an enum.
-// Results are read as plain integers: a status outside the SDK's enum must not be UB.
-#[link(wasm_import_module = "env")]
-extern "C" {
-    fn proxy_send_local_response(
-        status_code: u32,
-        status_code_details_data: *const u8,
-        status_code_details_size: usize,
-        body_data: *const u8,
-        body_size: usize,
-        headers_data: *const u8,
-        headers_size: usize,
-        grpc_status: i32,
-    ) -> u32;
-
-    fn proxy_get_property(
-        path_data: *const u8,
-        path_size: usize,
-        return_value_data: *mut *mut u8,
-        return_value_size: *mut usize,
-    ) -> u32;
-
-    fn proxy_get_log_level(return_level: *mut u32) -> u32;
-}
-
-const STATUS_OK: u32 = 0;
-
 fn send_local_response(status: u32, details: &str, body: &[u8], headers: &[(&str, &str)]) {
     let headers = response::serialize_headers(headers);
-    // SAFETY: every pointer/length pair describes a live buffer that outlives the call.
-    let result = unsafe {
-        proxy_send_local_response(
-            status,
-            details.as_ptr(),
-            details.len(),
-            body.as_ptr(),
-            body.len(),
-            headers.as_ptr(),
-            headers.len(),
-            -1,
-        )
-    };
-    if result != STATUS_OK {
+    let result = abi::send_local_response(status, details, body, &headers);
+    if result != abi::OK {
         log::warn!("dfp-filter: the host refused the local reply (status {result})");
     }
 }
 
-/// The `upstream.address` property (path segments are NUL-separated in the ABI).
-fn upstream_address() -> Option<Vec<u8>> {
-    const PATH: &[u8] = b"upstream\0address";
-    let mut data: *mut u8 = null_mut();
-    let mut size: usize = 0;
-    // SAFETY: the host writes a buffer it allocated through our exported allocator, which
-    // hands out boxed slices of exactly `size` bytes; we take ownership of it once.
-    let status = unsafe { proxy_get_property(PATH.as_ptr(), PATH.len(), &mut data, &mut size) };
-    if status != STATUS_OK || data.is_null() {
-        return None;
-    }
-    Some(unsafe { Vec::from_raw_parts(data, size, size) })
-}
-
 /// Debug logging per request is affordable only when the host would print it: follow its level.
 fn follow_host_log_level() {
-    let mut raw: u32 = u32::MAX;
-    // SAFETY: the host writes one u32.
-    let status = unsafe { proxy_get_log_level(&mut raw) };
-    if status != STATUS_OK {
+    let Some(raw) = abi::log_level() else {
         return;
-    }
+    };
     let level = match raw {
         0 => LogLevel::Trace,
         1 => LogLevel::Debug,

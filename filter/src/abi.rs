@@ -1,0 +1,199 @@
+//! The proxy-wasm hostcalls the filter makes, imported directly rather than through the SDK's
+//! `hostcalls` wrappers: those panic on a status outside the SDK's enum (a panic path and its
+//! formatting in every wrapper, bytes in every Envoy worker), some take owned paths, and the local
+//! reply has no details argument. Statuses are plain integers here; callers treat anything but
+//! [`OK`] as "the host refused".
+
+use std::ptr::null_mut;
+
+/// `proxy_status_t` values the filter looks at.
+pub const OK: u32 = 0;
+pub const NOT_FOUND: u32 = 1;
+
+/// `proxy_map_type_t`: the request header map.
+const REQUEST_HEADERS: u32 = 0;
+/// `proxy_buffer_type_t`: the plugin configuration.
+const PLUGIN_CONFIGURATION: u32 = 7;
+/// `proxy_metric_type_t`: a counter.
+const COUNTER: u32 = 0;
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_send_local_response(
+        status_code: u32,
+        status_code_details_data: *const u8,
+        status_code_details_size: usize,
+        body_data: *const u8,
+        body_size: usize,
+        headers_data: *const u8,
+        headers_size: usize,
+        grpc_status: i32,
+    ) -> u32;
+
+    fn proxy_get_property(
+        path_data: *const u8,
+        path_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
+
+    fn proxy_get_log_level(return_level: *mut u32) -> u32;
+
+    fn proxy_get_header_map_pairs(
+        map_type: u32,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> u32;
+
+    fn proxy_replace_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
+
+    fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
+
+    fn proxy_get_buffer_bytes(
+        buffer_type: u32,
+        start: usize,
+        max_size: usize,
+        return_buffer_data: *mut *mut u8,
+        return_buffer_size: *mut usize,
+    ) -> u32;
+
+    fn proxy_define_metric(
+        metric_type: u32,
+        name_data: *const u8,
+        name_size: usize,
+        return_metric_id: *mut u32,
+    ) -> u32;
+
+    fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+
+    fn proxy_call_foreign_function(
+        function_name_data: *const u8,
+        function_name_size: usize,
+        arguments_data: *const u8,
+        arguments_size: usize,
+        results_data: *mut *mut u8,
+        results_size: *mut usize,
+    ) -> u32;
+}
+
+/// Takes ownership of a buffer the host filled through our exported allocator (the SDK's,
+/// which hands out exactly `size` bytes). `None` when the call failed or returned nothing.
+fn host_buffer(status: u32, data: *mut u8, size: usize) -> Option<Vec<u8>> {
+    if status != OK || data.is_null() {
+        return None;
+    }
+    // SAFETY: `data` was allocated by our allocator for `size` bytes and is owned by nobody
+    // else once the hostcall returned; we take it exactly once.
+    Some(unsafe { Vec::from_raw_parts(data, size, size) })
+}
+
+/// Every request header, serialized (see [`crate::header_pairs`]).
+pub fn request_header_pairs() -> Option<Vec<u8>> {
+    let (mut data, mut size) = (null_mut(), 0);
+    // SAFETY: the host writes the two out-parameters.
+    let status = unsafe { proxy_get_header_map_pairs(REQUEST_HEADERS, &mut data, &mut size) };
+    host_buffer(status, data, size)
+}
+
+/// Replaces every value of a request header with `value` (adds it if absent).
+pub fn replace_request_header(name: &str, value: &str) -> u32 {
+    // SAFETY: both pointer/length pairs describe live buffers for the call.
+    unsafe {
+        proxy_replace_header_map_value(
+            REQUEST_HEADERS,
+            name.as_ptr(),
+            name.len(),
+            value.as_ptr(),
+            value.len(),
+        )
+    }
+}
+
+pub fn remove_request_header(name: &str) -> u32 {
+    // SAFETY: a live buffer for the call.
+    unsafe { proxy_remove_header_map_value(REQUEST_HEADERS, name.as_ptr(), name.len()) }
+}
+
+/// The plugin configuration; `Err(status)` when the host refused, `Ok(empty)` when there is none.
+pub fn plugin_configuration() -> Result<Vec<u8>, u32> {
+    let (mut data, mut size) = (null_mut(), 0);
+    // SAFETY: the host writes the two out-parameters.
+    let status = unsafe {
+        proxy_get_buffer_bytes(PLUGIN_CONFIGURATION, 0, usize::MAX, &mut data, &mut size)
+    };
+    match status {
+        OK => Ok(host_buffer(status, data, size).unwrap_or_default()),
+        NOT_FOUND => Ok(Vec::new()),
+        refused => Err(refused),
+    }
+}
+
+pub fn define_counter(name: &str) -> Option<u32> {
+    let mut id = 0;
+    // SAFETY: a live name buffer; the host writes one u32.
+    let status = unsafe { proxy_define_metric(COUNTER, name.as_ptr(), name.len(), &mut id) };
+    (status == OK).then_some(id)
+}
+
+pub fn increment_counter(id: u32) {
+    // SAFETY: no pointers. A refused increment loses one count; nothing to do about it here.
+    unsafe { proxy_increment_metric(id, 1) };
+}
+
+/// Calls a host function that takes no arguments, dropping any result it returns.
+pub fn call_foreign_function(name: &str) -> u32 {
+    let (mut data, mut size) = (null_mut(), 0);
+    // SAFETY: a live name buffer, an empty argument buffer; the host writes the out-parameters.
+    let status = unsafe {
+        proxy_call_foreign_function(
+            name.as_ptr(),
+            name.len(),
+            [].as_ptr(),
+            0,
+            &mut data,
+            &mut size,
+        )
+    };
+    drop(host_buffer(status, data, size));
+    status
+}
+
+/// A local reply with response code details (the SDK's has none).
+pub fn send_local_response(status: u32, details: &str, body: &[u8], headers: &[u8]) -> u32 {
+    // SAFETY: every pointer/length pair describes a live buffer that outlives the call.
+    unsafe {
+        proxy_send_local_response(
+            status,
+            details.as_ptr(),
+            details.len(),
+            body.as_ptr(),
+            body.len(),
+            headers.as_ptr(),
+            headers.len(),
+            -1,
+        )
+    }
+}
+
+/// The `upstream.address` property (path segments are NUL-separated in the ABI).
+pub fn upstream_address() -> Option<Vec<u8>> {
+    const PATH: &[u8] = b"upstream\0address";
+    let (mut data, mut size) = (null_mut(), 0);
+    // SAFETY: a live path buffer; the host writes the out-parameters.
+    let status = unsafe { proxy_get_property(PATH.as_ptr(), PATH.len(), &mut data, &mut size) };
+    host_buffer(status, data, size)
+}
+
+/// The host's log level as the ABI numbers it (0 trace .. 5 critical), if it tells.
+pub fn log_level() -> Option<u32> {
+    let mut raw = u32::MAX;
+    // SAFETY: the host writes one u32.
+    let status = unsafe { proxy_get_log_level(&mut raw) };
+    (status == OK).then_some(raw)
+}
