@@ -3,7 +3,10 @@
 //! 8-byte little-endian, booleans as one byte, durations and timestamps as i64 nanoseconds,
 //! maps in the pairs format — as Envoy's `serializeValue` produces them.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::headers::{encode_pairs, HeaderMap};
@@ -64,12 +67,104 @@ impl From<String> for PropertyValue {
     }
 }
 
+/// What the proxy knows about a stream when its contexts are created: the facts behind the
+/// stream's properties, kept as plain values and turned into property values only when a
+/// guest reads one (most streams read none). Shared by every context of the stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamFacts {
+    /// `source.address` / `source.port`: the downstream peer.
+    pub source: SocketAddr,
+    /// `destination.address` / `destination.port`: the listener's local address.
+    pub destination: SocketAddr,
+    /// `connection.id`.
+    pub connection_id: u64,
+    /// `connection.mtls`.
+    pub mtls: bool,
+    /// `request.time`.
+    pub request_time: SystemTime,
+    /// `request.protocol`.
+    pub protocol: &'static str,
+    /// `xds.route_configuration_name`, when the route configuration has a name.
+    pub route_configuration_name: Option<String>,
+    /// `xds.virtual_host_name`, when a route was selected.
+    pub virtual_host_name: Option<String>,
+    /// `xds.route_name`, when the selected route has a name.
+    pub route_name: Option<String>,
+    /// `xds.cluster_name`, when the selected route names a known cluster.
+    pub cluster_name: Option<Arc<str>>,
+    /// `xds.listener_direction`.
+    pub listener_direction: i64,
+}
+
+impl StreamFacts {
+    /// The value of `group.leaf`, if these facts provide it.
+    fn lookup(&self, group: &str, leaf: &str) -> Option<PropertyValue> {
+        let socket = |addr: &SocketAddr, leaf: &str| match leaf {
+            "address" => Some(PropertyValue::String(addr.to_string())),
+            "port" => Some(PropertyValue::Int(i64::from(addr.port()))),
+            _ => None,
+        };
+        let name = |name: Option<&str>| name.map(PropertyValue::from);
+        match (group, leaf) {
+            ("source", _) => socket(&self.source, leaf),
+            ("destination", _) => socket(&self.destination, leaf),
+            ("connection", "id") => Some(PropertyValue::Uint(self.connection_id)),
+            ("connection", "mtls") => Some(PropertyValue::Bool(self.mtls)),
+            ("request", "time") => Some(PropertyValue::Timestamp(self.request_time)),
+            ("request", "protocol") => Some(PropertyValue::from(self.protocol)),
+            ("xds", "route_configuration_name") => name(self.route_configuration_name.as_deref()),
+            ("xds", "virtual_host_name") => name(self.virtual_host_name.as_deref()),
+            ("xds", "route_name") => name(self.route_name.as_deref()),
+            ("xds", "cluster_name") => name(self.cluster_name.as_deref()),
+            ("xds", "listener_direction") => Some(PropertyValue::Int(self.listener_direction)),
+            _ => None,
+        }
+    }
+}
+
+/// Values the proxy learns about one context's stream after creating it (the routed cluster,
+/// the upstream address, how the response ended), kept typed so setting them allocates little.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Learned {
+    cluster_name: Option<Arc<str>>,
+    upstream: Option<SocketAddr>,
+    response_code: Option<i64>,
+    response_code_details: Option<String>,
+}
+
+impl Learned {
+    fn lookup(&self, group: &str, leaf: &str) -> Option<PropertyValue> {
+        match (group, leaf) {
+            ("xds", "cluster_name") => self.cluster_name.as_deref().map(PropertyValue::from),
+            ("upstream", "address") => self
+                .upstream
+                .map(|addr| PropertyValue::String(addr.to_string())),
+            ("upstream", "port") => self
+                .upstream
+                .map(|addr| PropertyValue::Int(i64::from(addr.port()))),
+            ("response", "code") => self.response_code.map(PropertyValue::Int),
+            ("response", "code_details") => self
+                .response_code_details
+                .as_deref()
+                .map(PropertyValue::from),
+            _ => None,
+        }
+    }
+}
+
 /// Property values by dotted attribute name (`source.address`, `xds.route_name`, ...).
 /// The proxy sets what it knows; a name that is absent is reported as NotFound, exactly as
 /// Envoy does for an attribute it lacks at that moment.
+///
+/// Three layers, the later-written winning: the stream's [`StreamFacts`] (shared: cloning a
+/// `Properties` costs a reference count, not a map), the values the proxy learns later
+/// ([`Properties::set_cluster_name`] ...), and names set one by one with [`Properties::set`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Properties {
-    values: BTreeMap<String, PropertyValue>,
+    facts: Option<Arc<StreamFacts>>,
+    learned: Learned,
+    /// Names set (`Some`) or removed (`None`) explicitly; ahead of the layers below.
+    values: BTreeMap<String, Option<PropertyValue>>,
 }
 
 impl Properties {
@@ -77,9 +172,17 @@ impl Properties {
         Self::default()
     }
 
+    /// The properties of a stream with these facts.
+    pub fn from_facts(facts: StreamFacts) -> Self {
+        Properties {
+            facts: Some(Arc::new(facts)),
+            ..Self::default()
+        }
+    }
+
     /// Sets `name` (dotted) to `value`, replacing any earlier value.
     pub fn set(&mut self, name: &str, value: impl Into<PropertyValue>) -> &mut Self {
-        self.values.insert(name.to_string(), value.into());
+        self.values.insert(name.to_string(), Some(value.into()));
         self
     }
 
@@ -89,12 +192,44 @@ impl Properties {
         self
     }
 
+    /// Removes `name`; reading it then finds nothing (NotFound). Returns the value it had.
     pub fn remove(&mut self, name: &str) -> Option<PropertyValue> {
-        self.values.remove(name)
+        let old = self.get(name).map(Cow::into_owned);
+        let (group, leaf) = split_name(name);
+        if self.layered(group, leaf).is_some() {
+            self.values.insert(name.to_string(), None);
+        } else {
+            self.values.remove(name);
+        }
+        old
     }
 
-    pub fn get(&self, name: &str) -> Option<&PropertyValue> {
-        self.values.get(name)
+    /// The value of `name` (dotted).
+    pub fn get(&self, name: &str) -> Option<Cow<'_, PropertyValue>> {
+        if let Some(value) = self.values.get(name) {
+            return value.as_ref().map(Cow::Borrowed);
+        }
+        let (group, leaf) = split_name(name);
+        self.layered(group, leaf).map(Cow::Owned)
+    }
+
+    /// The value of `group.leaf`, without building the dotted name unless names were set
+    /// one by one.
+    pub fn lookup(&self, group: &str, leaf: &str) -> Option<Cow<'_, PropertyValue>> {
+        if !self.values.is_empty() {
+            if let Some(value) = self.values.get(&format!("{group}.{leaf}")) {
+                return value.as_ref().map(Cow::Borrowed);
+            }
+        }
+        self.layered(group, Some(leaf)).map(Cow::Owned)
+    }
+
+    /// The learned values, then the facts.
+    fn layered(&self, group: &str, leaf: Option<&str>) -> Option<PropertyValue> {
+        let leaf = leaf?;
+        self.learned
+            .lookup(group, leaf)
+            .or_else(|| self.facts.as_ref()?.lookup(group, leaf))
     }
 
     /// Sets `<prefix>.address` to `addr` (ip:port, IPv6 in brackets, as Envoy prints it)
@@ -106,6 +241,52 @@ impl Properties {
             PropertyValue::Int(i64::from(addr.port())),
         );
         self
+    }
+
+    /// Sets `xds.cluster_name` (the cluster the router picked).
+    pub fn set_cluster_name(&mut self, name: Arc<str>) -> &mut Self {
+        self.forget(&["xds.cluster_name"]);
+        self.learned.cluster_name = Some(name);
+        self
+    }
+
+    /// Sets `upstream.address` and `upstream.port` (the host the router connects to), as
+    /// [`Properties::set_socket_address`] would.
+    pub fn set_upstream_address(&mut self, addr: SocketAddr) -> &mut Self {
+        self.forget(&["upstream.address", "upstream.port"]);
+        self.learned.upstream = Some(addr);
+        self
+    }
+
+    /// Sets `response.code`.
+    pub fn set_response_code(&mut self, code: i64) -> &mut Self {
+        self.forget(&["response.code"]);
+        self.learned.response_code = Some(code);
+        self
+    }
+
+    /// Sets `response.code_details`.
+    pub fn set_response_code_details(&mut self, details: &str) -> &mut Self {
+        self.forget(&["response.code_details"]);
+        self.learned.response_code_details = Some(details.to_string());
+        self
+    }
+
+    /// Drops names set one by one, so a typed value set now is the one read.
+    fn forget(&mut self, names: &[&str]) {
+        if !self.values.is_empty() {
+            for name in names {
+                self.values.remove(*name);
+            }
+        }
+    }
+}
+
+/// `group.leaf` split at the first dot (`leaf` is `None` without one).
+fn split_name(name: &str) -> (&str, Option<&str>) {
+    match name.split_once('.') {
+        Some((group, leaf)) => (group, Some(leaf)),
+        None => (name, None),
     }
 }
 
@@ -164,7 +345,7 @@ pub(crate) fn resolve(
         "plugin_vm_id" => return leaf(facts.vm_id.as_bytes().to_vec()),
         "connection_id" => {
             let v = stream
-                .and_then(|s| s.properties.get("connection.id"))
+                .and_then(|s| s.properties.lookup("connection", "id"))
                 .ok_or(Status::NotFound)?;
             return leaf(v.encode());
         }
@@ -210,12 +391,11 @@ fn resolve_in(
         return Err(Status::SerializationFailure);
     };
     let first = std::str::from_utf8(first).map_err(|_| Status::NotFound)?;
-    let name = format!("{top}.{first}");
     let value = stream
-        .and_then(|p| p.get(&name))
-        .or_else(|| root.get(&name))
+        .and_then(|p| p.lookup(top, first))
+        .or_else(|| root.lookup(top, first))
         .ok_or(Status::NotFound)?;
-    match (value, more) {
+    match (&*value, more) {
         (v, []) => Ok(v.encode()),
         (PropertyValue::Map(m), [key]) => m
             .iter()
@@ -231,7 +411,7 @@ fn derived(top: &str, rest: &[&[u8]], s: &StreamState) -> Result<Option<Vec<u8>>
     let Ok(name) = std::str::from_utf8(rest[0]) else {
         return Ok(None);
     };
-    if s.properties.get(&format!("{top}.{name}")).is_some() {
+    if s.properties.lookup(top, name).is_some() {
         return Ok(None);
     }
     let req = &s.request_headers;
@@ -356,5 +536,174 @@ mod tests {
             Err(Status::SerializationFailure)
         );
         assert_eq!(resolve(b"plugin_vm_id", &f, None), Ok(b"v".to_vec()));
+    }
+
+    fn facts_for_test() -> StreamFacts {
+        StreamFacts {
+            source: "[2001:db8::1]:5555".parse().expect("address"),
+            destination: "127.0.0.1:10000".parse().expect("address"),
+            connection_id: 7,
+            mtls: false,
+            request_time: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            protocol: "HTTP/1.1",
+            route_configuration_name: Some("local_route".to_string()),
+            virtual_host_name: Some("vh".to_string()),
+            route_name: None,
+            cluster_name: Some(Arc::from("dfp_plain")),
+            listener_direction: 0,
+        }
+    }
+
+    /// The same properties set one by one, as the proxy used to build them.
+    fn eager_for_test(f: &StreamFacts) -> Properties {
+        let mut p = Properties::new();
+        p.set_socket_address("source", f.source);
+        p.set_socket_address("destination", f.destination);
+        p.set("connection.id", PropertyValue::Uint(f.connection_id));
+        p.set("connection.mtls", PropertyValue::Bool(f.mtls));
+        p.set("request.time", PropertyValue::Timestamp(f.request_time));
+        p.set("request.protocol", f.protocol);
+        p.set(
+            "xds.route_configuration_name",
+            f.route_configuration_name.clone().unwrap_or_default(),
+        );
+        p.set(
+            "xds.virtual_host_name",
+            f.virtual_host_name.clone().unwrap_or_default(),
+        );
+        p.set("xds.cluster_name", f.cluster_name.as_deref().unwrap_or(""));
+        p.set(
+            "xds.listener_direction",
+            PropertyValue::Int(f.listener_direction),
+        );
+        p
+    }
+
+    const PATHS: &[&str] = &[
+        "source\0address",
+        "source\0port",
+        "destination\0address",
+        "destination\0port",
+        "connection\0id",
+        "connection\0mtls",
+        "connection_id",
+        "request\0time",
+        "request\0protocol",
+        "request\0path",
+        "request\0host",
+        "response\0code",
+        "response\0code_details",
+        "upstream\0address",
+        "upstream\0port",
+        "xds\0route_configuration_name",
+        "xds\0virtual_host_name",
+        "xds\0route_name",
+        "xds\0cluster_name",
+        "xds\0listener_direction",
+        "xds\0node",
+        "source",
+        "source\0address\0more",
+        "source\0",
+    ];
+
+    fn read_all(properties: Properties, root: &Properties) -> Vec<Result<Vec<u8>, Status>> {
+        let mut s = StreamState::new(properties);
+        s.request_headers = HeaderMap::from_pairs([(":path", "/a"), (":authority", "h:80")]);
+        s.response_headers = HeaderMap::from_pairs([(":status", "204")]);
+        let f = facts(root);
+        PATHS
+            .iter()
+            .map(|path| resolve(path.as_bytes(), &f, Some(&s)))
+            .collect()
+    }
+
+    #[test]
+    fn facts_read_as_the_values_they_stand_for() {
+        let root = Properties::new().with("xds.node", "n");
+        let f = facts_for_test();
+        let lazy = Properties::from_facts(f.clone());
+        assert_eq!(
+            read_all(lazy.clone(), &root),
+            read_all(eager_for_test(&f), &root)
+        );
+        assert_eq!(
+            lazy.get("source.address").map(Cow::into_owned),
+            Some(PropertyValue::from("[2001:db8::1]:5555"))
+        );
+        assert_eq!(lazy.get("xds.route_name"), None);
+
+        // What the proxy learns later reads as if it had been set by name.
+        let upstream: SocketAddr = "192.0.2.9:8443".parse().expect("address");
+        let mut lazy = lazy;
+        lazy.set_cluster_name(Arc::from("dfp_tls"))
+            .set_upstream_address(upstream)
+            .set_response_code(503)
+            .set_response_code_details("via_upstream");
+        let mut eager = eager_for_test(&f);
+        eager
+            .set("xds.cluster_name", "dfp_tls")
+            .set_socket_address("upstream", upstream)
+            .set("response.code", PropertyValue::Int(503))
+            .set("response.code_details", "via_upstream");
+        assert_eq!(read_all(lazy, &root), read_all(eager, &root));
+    }
+
+    #[test]
+    fn the_last_write_wins_across_layers() {
+        let mut p = Properties::from_facts(facts_for_test());
+        p.set("xds.cluster_name", "by_name");
+        assert_eq!(
+            p.get("xds.cluster_name").map(Cow::into_owned),
+            Some(PropertyValue::from("by_name"))
+        );
+        p.set_cluster_name(Arc::from("typed"));
+        assert_eq!(
+            p.lookup("xds", "cluster_name").map(Cow::into_owned),
+            Some(PropertyValue::from("typed"))
+        );
+        p.set("xds.cluster_name", "again");
+        assert_eq!(
+            p.lookup("xds", "cluster_name").map(Cow::into_owned),
+            Some(PropertyValue::from("again"))
+        );
+
+        // Removing a fact hides it; setting it again shows the new value.
+        assert_eq!(p.remove("source.port"), Some(PropertyValue::Int(5555)));
+        assert_eq!(p.get("source.port"), None);
+        assert_eq!(p.lookup("source", "port"), None);
+        assert_eq!(p.remove("source.port"), None);
+        p.set("source.port", PropertyValue::Int(1));
+        assert_eq!(
+            p.get("source.port").map(Cow::into_owned),
+            Some(PropertyValue::Int(1))
+        );
+        p.remove("upstream.address");
+        p.set_upstream_address("10.0.0.1:80".parse().expect("address"));
+        assert_eq!(
+            p.get("upstream.address").map(Cow::into_owned),
+            Some(PropertyValue::from("10.0.0.1:80"))
+        );
+
+        // A removed name falls through to the plugin's root properties, as an absent one does.
+        let root = Properties::new().with("xds.listener_direction", PropertyValue::Int(1));
+        let mut s = Properties::from_facts(facts_for_test());
+        s.remove("xds.listener_direction");
+        let state = StreamState::new(s);
+        assert_eq!(
+            resolve(b"xds\0listener_direction", &facts(&root), Some(&state)),
+            Ok(1i64.to_le_bytes().to_vec())
+        );
+    }
+
+    #[test]
+    fn clones_share_the_facts() {
+        let p = Properties::from_facts(facts_for_test());
+        let mut q = p.clone();
+        q.set_upstream_address("10.0.0.1:80".parse().expect("address"));
+        assert!(matches!(
+            (&p.facts, &q.facts),
+            (Some(a), Some(b)) if Arc::ptr_eq(a, b)
+        ));
+        assert_eq!(p.get("upstream.address"), None);
     }
 }

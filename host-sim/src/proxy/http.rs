@@ -26,7 +26,7 @@ use hyper::{Method, Request, Response};
 use crate::config::{ClusterKind, RouteTarget};
 use crate::dfp::upstream::{ConnectError, PoolKey, PooledBody};
 use crate::headers::HeaderMap;
-use crate::properties::{Properties, PropertyValue};
+use crate::properties::{Properties, StreamFacts};
 use crate::stream::LocalReply;
 
 use super::local_reply::EnvoyReply;
@@ -270,7 +270,7 @@ impl Exchange<'_> {
                 Reply::Envoy(EnvoyReply::cluster_not_found()),
             );
         };
-        downstream.set_property("xds.cluster_name", cluster.name.to_string());
+        downstream.set_cluster_name(&cluster.name);
         self.log.borrow_mut().cluster = Some(cluster.name.clone());
         let target = match self.pick_host(&cluster, &headers, resolved) {
             Ok(target) => target,
@@ -299,9 +299,9 @@ impl Exchange<'_> {
 
         self.log.borrow_mut().upstream = Some(target.address);
         // Upstream filters see the address the router is about to use.
-        let mut upstream_properties = properties.clone();
-        upstream_properties.set("xds.cluster_name", cluster.name.to_string());
-        upstream_properties.set_socket_address("upstream", target.address);
+        let mut upstream_properties = properties;
+        upstream_properties.set_cluster_name(cluster.name.clone());
+        upstream_properties.set_upstream_address(target.address);
         let mut upstream =
             match WasmChain::new(&self.worker, &cluster.upstream_slots, &upstream_properties) {
                 Ok(chain) => chain,
@@ -459,33 +459,28 @@ impl Exchange<'_> {
         })
     }
 
-    /// Properties Envoy has for the stream at request-headers time.
+    /// Properties Envoy has for the stream at request-headers time. Only the facts are gathered here; a value is
+    /// formatted when a filter reads it, and every context of the stream shares the facts.
     fn stream_properties(
         &self,
         selected: Option<&Selected<'_>>,
         headers: &HeaderMap,
     ) -> Properties {
-        let mut properties = Properties::new();
-        properties.set_socket_address("source", self.connection.peer);
-        properties.set_socket_address("destination", self.connection.local);
-        properties.set("connection.id", PropertyValue::Uint(self.connection.id));
-        properties.set("connection.mtls", PropertyValue::Bool(false));
-        properties.set("request.time", PropertyValue::Timestamp(SystemTime::now()));
-        properties.set("request.protocol", "HTTP/1.1");
-        if let Some(name) = &self.listener.config.http.route_config.name {
-            properties.set("xds.route_configuration_name", name.clone());
-        }
-        if let Some(selected) = selected {
-            properties.set("xds.virtual_host_name", selected.virtual_host.name.clone());
-            if let Some(name) = &selected.route.name {
-                properties.set("xds.route_name", name.clone());
-            }
-            if let Some(cluster) = self.route_cluster(Some(selected), headers) {
-                properties.set("xds.cluster_name", cluster.name.to_string());
-            }
-        }
-        properties.set("xds.listener_direction", PropertyValue::Int(0));
-        properties
+        Properties::from_facts(StreamFacts {
+            source: self.connection.peer,
+            destination: self.connection.local,
+            connection_id: self.connection.id,
+            mtls: false,
+            request_time: SystemTime::now(),
+            protocol: "HTTP/1.1",
+            route_configuration_name: self.listener.config.http.route_config.name.clone(),
+            virtual_host_name: selected.map(|selected| selected.virtual_host.name.clone()),
+            route_name: selected.and_then(|selected| selected.route.name.clone()),
+            cluster_name: selected
+                .and_then(|selected| self.route_cluster(Some(selected), headers))
+                .map(|cluster| cluster.name.clone()),
+            listener_direction: 0,
+        })
     }
 
     /// Waits out a pause: http calls dispatched by the plugin are sent, answers and ticks delivered, until the

@@ -262,21 +262,11 @@ impl WasmChain {
         }
     }
 
-    /// Sets a property on every context of the chain (e.g. `xds.cluster_name` once the route is known).
-    pub fn set_property(
-        &mut self,
-        name: &str,
-        value: impl Into<crate::properties::PropertyValue> + Clone,
-    ) {
-        for member in &self.members {
-            let Some(stream) = member.live() else {
-                continue;
-            };
-            let mut instance = self.worker.plugin(member.slot).borrow_mut();
-            if let Some(state) = instance.stream_state_mut(stream) {
-                state.properties.set(name, value.clone());
-            }
-        }
+    /// Sets `xds.cluster_name` on every context of the chain, once the router picked the cluster.
+    pub fn set_cluster_name(&mut self, name: &std::sync::Arc<str>) {
+        self.for_each_state(|state| {
+            state.properties.set_cluster_name(name.clone());
+        });
     }
 
     /// Runs a body chunk through the filters (request: in order; response: reverse). Returns the bytes to forward
@@ -375,12 +365,9 @@ impl WasmChain {
                     }
                 }
                 if let Some(code) = code {
-                    state.properties.set(
-                        "response.code",
-                        crate::properties::PropertyValue::Int(i64::from(code)),
-                    );
+                    state.properties.set_response_code(i64::from(code));
                 }
-                state.properties.set("response.code_details", details);
+                state.properties.set_response_code_details(details);
             }
             if let Err(error) = instance.finish_stream(stream) {
                 tracing::warn!(plugin = %self.worker.shared.plugins[member.slot].name, %error, "wasm stream end failed");
