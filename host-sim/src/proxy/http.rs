@@ -178,7 +178,7 @@ impl Exchange<'_> {
             }
         };
         let end_of_stream = connect || body.is_end_stream();
-        self.log.borrow_mut().request = headers.clone();
+        self.note_request(&headers);
 
         let mut selected = self.select_route(&headers, connect);
         self.note_route_cluster(selected.as_ref(), &headers);
@@ -277,11 +277,13 @@ impl Exchange<'_> {
             Err(reply) => return self.local_reply(&mut downstream, None, Reply::Envoy(reply)),
         };
         // Envoy's upstream RBAC filter acts when the host is selected, before the connection.
-        let stats = &self.worker.shared.stats;
-        let stat_prefix = format!("cluster.{}", cluster.name);
-        for rbac in &cluster.upstream_rbac {
-            if let Err(reply) = super::rbac::run(rbac, target.address, stats, &stat_prefix) {
-                return self.local_reply(&mut downstream, None, Reply::Envoy(reply));
+        if !cluster.upstream_rbac.is_empty() {
+            let stats = &self.worker.shared.stats;
+            let stat_prefix = format!("cluster.{}", cluster.name);
+            for rbac in &cluster.upstream_rbac {
+                if let Err(reply) = super::rbac::run(rbac, target.address, stats, &stat_prefix) {
+                    return self.local_reply(&mut downstream, None, Reply::Envoy(reply));
+                }
             }
         }
         if self.worker.shared.is_own_address(target.address) {
@@ -328,7 +330,7 @@ impl Exchange<'_> {
         {
             headers.remove(name);
         }
-        self.log.borrow_mut().request = headers.clone();
+        self.note_request(&headers);
         let timeout = route.route.action.timeout;
         if connect {
             return self.tunnel(downstream, upstream, &target, upgrade).await;
@@ -409,6 +411,13 @@ impl Exchange<'_> {
             connect,
             headers,
         )
+    }
+
+    /// The request headers as the access log reports them (kept only when there is an access log to write).
+    fn note_request(&self, headers: &HeaderMap) {
+        if !self.listener.access_logs.is_empty() {
+            self.log.borrow_mut().request.clone_from(headers);
+        }
     }
 
     /// Envoy records the cluster of the route it picked (`%UPSTREAM_CLUSTER%`) whenever it (re-)picks one, so even

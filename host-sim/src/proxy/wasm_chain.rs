@@ -277,12 +277,13 @@ impl WasmChain {
         chunk: &[u8],
         end_of_stream: bool,
     ) -> Result<Option<Vec<u8>>, Outcome> {
-        let order: Vec<usize> = match phase {
-            Phase::RequestHeaders => (0..self.members.len()).collect(),
-            Phase::ResponseHeaders => (0..self.members.len()).rev().collect(),
-        };
+        let count = self.members.len();
         let mut data = chunk.to_vec();
-        for index in order {
+        for step in 0..count {
+            let index = match phase {
+                Phase::RequestHeaders => step,
+                Phase::ResponseHeaders => count - 1 - step,
+            };
             if self.members[index].state == MemberState::Failed {
                 return Err(Outcome::Failed(EnvoyReply::wasm_failed()));
             }
