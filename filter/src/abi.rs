@@ -72,6 +72,8 @@ extern "C" {
 
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
 
+    fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
+
     fn proxy_call_foreign_function(
         function_name_data: *const u8,
         function_name_size: usize,
@@ -191,9 +193,64 @@ pub fn upstream_address() -> Option<Vec<u8>> {
 }
 
 /// The host's log level as the ABI numbers it (0 trace .. 5 critical), if it tells.
-pub fn log_level() -> Option<u32> {
+fn log_level() -> Option<u32> {
     let mut raw = u32::MAX;
     // SAFETY: the host writes one u32.
     let status = unsafe { proxy_get_log_level(&mut raw) };
     (status == OK).then_some(raw)
+}
+
+fn log_message(level: u32, message: &str) {
+    // SAFETY: a live buffer for the call.
+    unsafe { proxy_log(level, message.as_ptr(), message.len()) };
+}
+
+/// The allocator the host fills returned buffers through (`malloc` is the name hosts look for
+/// in a module without WASI). Exactly `size` bytes, so [`host_buffer`] can take them back.
+#[export_name = "malloc"]
+pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
+    let mut buffer = std::mem::ManuallyDrop::new(Vec::<u8>::with_capacity(size));
+    buffer.as_mut_ptr()
+}
+
+/// `log` records go to the host's log (`proxy_log`), at the host's level or above.
+struct HostLog;
+
+static HOST_LOG: HostLog = HostLog;
+
+impl log::Log for HostLog {
+    fn enabled(&self, _metadata: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let level = match record.level() {
+            log::Level::Trace => 0,
+            log::Level::Debug => 1,
+            log::Level::Info => 2,
+            log::Level::Warn => 3,
+            log::Level::Error => 4,
+        };
+        log_message(level, &record.args().to_string());
+    }
+
+    fn flush(&self) {}
+}
+
+/// Routes `log` and panic messages to the host, and follows the host's log level: debug logging
+/// per request is affordable only when the host would print it. Safe to call again (the level is
+/// re-read: a plugin may be configured after the host's level changed).
+pub fn install_logger() {
+    if log::set_logger(&HOST_LOG).is_ok() {
+        // A panic traps the VM; say why first, as the host cannot.
+        std::panic::set_hook(Box::new(|info| log_message(5, &info.to_string())));
+    }
+    let level = match log_level() {
+        Some(0) => log::LevelFilter::Trace,
+        Some(1) => log::LevelFilter::Debug,
+        Some(2) | None => log::LevelFilter::Info,
+        Some(3) => log::LevelFilter::Warn,
+        _ => log::LevelFilter::Error,
+    };
+    log::set_max_level(level);
 }

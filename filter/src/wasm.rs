@@ -1,6 +1,12 @@
-//! The proxy-wasm glue: the root context compiles the configuration once and defines the
-//! counters; each HTTP context reads what the decision needs through as few hostcalls as it can
-//! and acts on the decision.
+//! The proxy-wasm glue: the module's exports, the root contexts (one per plugin: the compiled
+//! configuration and the counter ids) and the HTTP contexts, which read what the decision needs
+//! through as few hostcalls as they can and act on the decision.
+//!
+//! The module exports only the callbacks it uses — `proxy_on_context_create`,
+//! `proxy_on_configure`, `proxy_on_request_headers` and `proxy_on_delete` (plus `proxy_on_vm_start`
+//! and the allocator) — rather than linking the SDK's dispatcher, which exports every callback.
+//! Envoy (and host-sim) skip a callback the module does not export; each one exported costs every
+//! request an entry into the wasm VM, and in Envoy's V8 that entry is the expensive part.
 //!
 //! Hot-path budget (downstream, allowed, authority already canonical with a port): one read of
 //! the whole request header map (`:authority`, `:method`, the destination and cluster headers all
@@ -8,11 +14,8 @@
 //! `clear_route_cache` call — unless `clusters.default` says the route table already picks the
 //! chosen cluster and the client sent no cluster header of its own.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
 
 use crate::abi;
 use crate::config::{FilterConfig, Stage};
@@ -24,10 +27,9 @@ use crate::response;
 
 const AUTHORITY: &str = ":authority";
 
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { shared: None }) });
-}}
+/// `proxy_action_t`.
+const CONTINUE: u32 = 0;
+const PAUSE: u32 = 1;
 
 /// The policy and counter ids, shared by every HTTP context of one plugin instance.
 struct Shared {
@@ -37,91 +39,144 @@ struct Shared {
     no_clear_route_cache: Cell<bool>,
 }
 
-struct Root {
-    shared: Option<Rc<Shared>>,
+/// The live contexts of this VM (one per worker thread in Envoy, so no locking).
+#[derive(Default)]
+struct Contexts {
+    /// Root contexts (one per plugin sharing this VM), configured or not yet.
+    roots: Vec<(u32, Option<Rc<Shared>>)>,
+    /// HTTP contexts and their root. Ids only grow, so appending keeps this sorted.
+    streams: Vec<(u32, u32)>,
 }
 
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        follow_host_log_level();
-        let bytes = match abi::plugin_configuration() {
-            Ok(b) => b,
-            Err(status) => {
-                log::error!("dfp-filter: cannot read the plugin configuration (status {status})");
-                return false;
-            }
-        };
-        let Ok(text) = std::str::from_utf8(&bytes) else {
-            log::error!("dfp-filter: configuration: not UTF-8");
-            return false;
-        };
-        let config = match FilterConfig::from_json(text) {
-            Ok(c) => c,
-            Err(e) => {
-                log::error!("dfp-filter: invalid configuration: {e}");
-                return false;
-            }
-        };
-        let Some(metrics) = Metrics::define(config.stage) else {
-            log::error!("dfp-filter: the host refused to define the filter's counters");
-            return false;
-        };
-        let policy = Policy::compile(&config);
-        log::info!(
-            "dfp-filter: configured stage={} mode={} allow={} deny={}",
-            config.stage.as_str(),
-            config.mode.as_str(),
-            config.allow.len(),
-            config.deny.len()
-        );
-        self.shared = Some(Rc::new(Shared {
-            policy,
-            metrics,
-            no_clear_route_cache: Cell::new(false),
-        }));
-        true
+impl Contexts {
+    fn root(&self, id: u32) -> Option<&Option<Rc<Shared>>> {
+        self.roots.iter().find(|(r, _)| *r == id).map(|(_, s)| s)
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Filter {
-            shared: self.shared.clone(),
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+    fn stream_root(&self, id: u32) -> Option<u32> {
+        let at = self.streams.binary_search_by_key(&id, |(s, _)| *s).ok()?;
+        Some(self.streams[at].1)
     }
 }
 
-struct Filter {
-    /// `None` only if the host created a context without a successful `on_configure`.
-    shared: Option<Rc<Shared>>,
+thread_local! {
+    static CONTEXTS: RefCell<Contexts> = RefCell::new(Contexts::default());
 }
 
-impl Context for Filter {}
+/// The ABI version this module speaks (hosts look for this export).
+#[no_mangle]
+pub extern "C" fn proxy_abi_version_0_2_1() {}
 
-impl HttpContext for Filter {
-    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-        let Some(shared) = self.shared.clone() else {
-            // Fail closed.
-            send_local_response(
-                503,
-                "dfp_unconfigured",
-                b"",
-                &[(response::REASON_HEADER, "unconfigured")],
-            );
-            return Action::Pause;
-        };
-        match shared.policy.stage() {
-            Stage::Downstream => downstream(&shared),
-            Stage::Upstream => upstream(&shared),
+#[no_mangle]
+pub extern "C" fn proxy_on_vm_start(_root_context_id: u32, _vm_configuration_size: u32) -> u32 {
+    abi::install_logger();
+    1
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_context_create(context_id: u32, parent_context_id: u32) {
+    CONTEXTS.with_borrow_mut(|c| {
+        if parent_context_id == 0 {
+            c.roots.push((context_id, None));
+        } else {
+            let at = c.streams.partition_point(|(s, _)| *s < context_id);
+            c.streams.insert(at, (context_id, parent_context_id));
         }
+    });
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_delete(context_id: u32) {
+    CONTEXTS.with_borrow_mut(|c| {
+        if let Ok(at) = c.streams.binary_search_by_key(&context_id, |(s, _)| *s) {
+            c.streams.remove(at);
+        } else {
+            c.roots.retain(|(r, _)| *r != context_id);
+        }
+    });
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_configure(root_context_id: u32, _plugin_configuration_size: u32) -> u32 {
+    abi::install_logger();
+    let shared = configure();
+    let ok = shared.is_some();
+    CONTEXTS.with_borrow_mut(
+        |c| match c.roots.iter_mut().find(|(r, _)| *r == root_context_id) {
+            Some((_, slot)) => *slot = shared,
+            None => c.roots.push((root_context_id, shared)),
+        },
+    );
+    ok as u32
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_request_headers(
+    context_id: u32,
+    _headers: u32,
+    _end_of_stream: u32,
+) -> u32 {
+    let shared = CONTEXTS.with_borrow(|c| {
+        c.stream_root(context_id)
+            .and_then(|root| c.root(root))
+            .and_then(Option::clone)
+    });
+    let Some(shared) = shared else {
+        // A context of a plugin whose configuration failed (or of no known plugin): fail closed.
+        send_local_response(
+            503,
+            "dfp_unconfigured",
+            b"",
+            &[(response::REASON_HEADER, "unconfigured")],
+        );
+        return PAUSE;
+    };
+    match shared.policy.stage() {
+        Stage::Downstream => downstream(&shared),
+        Stage::Upstream => upstream(&shared),
     }
 }
 
-fn downstream(shared: &Shared) -> Action {
+/// Reads, validates and compiles the plugin configuration; `None` (logged) when it is unusable.
+fn configure() -> Option<Rc<Shared>> {
+    let bytes = match abi::plugin_configuration() {
+        Ok(b) => b,
+        Err(status) => {
+            log::error!("dfp-filter: cannot read the plugin configuration (status {status})");
+            return None;
+        }
+    };
+    let Ok(text) = std::str::from_utf8(&bytes) else {
+        log::error!("dfp-filter: configuration: not UTF-8");
+        return None;
+    };
+    let config = match FilterConfig::from_json(text) {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("dfp-filter: invalid configuration: {e}");
+            return None;
+        }
+    };
+    let Some(metrics) = Metrics::define(config.stage) else {
+        log::error!("dfp-filter: the host refused to define the filter's counters");
+        return None;
+    };
+    let policy = Policy::compile(&config);
+    log::info!(
+        "dfp-filter: configured stage={} mode={} allow={} deny={}",
+        config.stage.as_str(),
+        config.mode.as_str(),
+        config.allow.len(),
+        config.deny.len()
+    );
+    Some(Rc::new(Shared {
+        policy,
+        metrics,
+        no_clear_route_cache: Cell::new(false),
+    }))
+}
+
+fn downstream(shared: &Shared) -> u32 {
     let policy = &shared.policy;
     // One hostcall reads every header the decision may need.
     let Some(buf) = abi::request_header_pairs() else {
@@ -168,7 +223,7 @@ fn downstream(shared: &Shared) -> Action {
             log::info!("dfp-filter: denied {} ({reason})", dest.authority());
             let body = response::deny_body(reason, Some(dest.authority()), None);
             deny(reason, &body);
-            return Action::Pause;
+            return PAUSE;
         }
     }
     let authority_changed = from_header || dest.is_rewritten();
@@ -202,10 +257,10 @@ fn downstream(shared: &Shared) -> Action {
     if clear {
         clear_route_cache(shared);
     }
-    Action::Continue
+    CONTINUE
 }
 
-fn upstream(shared: &Shared) -> Action {
+fn upstream(shared: &Shared) -> u32 {
     let address = abi::upstream_address().and_then(|b| net::parse_socket_address(&b));
     let mut headers = LazyHeaders::default();
     let outcome = shared.policy.decide_upstream(address, &mut headers);
@@ -247,13 +302,13 @@ fn upstream(shared: &Shared) -> Action {
                 address.is_some().then_some(shown.as_str()),
             );
             deny(reason, &body);
-            return Action::Pause;
+            return PAUSE;
         }
     }
-    Action::Continue
+    CONTINUE
 }
 
-fn invalid(shared: &Shared, reason: InvalidReason, source: &str) -> Action {
+fn invalid(shared: &Shared, reason: InvalidReason, source: &str) -> u32 {
     shared.metrics.bump(shared.metrics.invalid[reason as usize]);
     log::info!("dfp-filter: invalid destination in {source} ({reason})");
     let body = response::invalid_body(reason, source);
@@ -266,7 +321,7 @@ fn invalid(shared: &Shared, reason: InvalidReason, source: &str) -> Action {
             ("content-type", "application/json"),
         ],
     );
-    Action::Pause
+    PAUSE
 }
 
 fn deny(reason: DenyReason, body: &str) {
@@ -360,20 +415,4 @@ fn send_local_response(status: u32, details: &str, body: &[u8], headers: &[(&str
     if result != abi::OK {
         log::warn!("dfp-filter: the host refused the local reply (status {result})");
     }
-}
-
-/// Debug logging per request is affordable only when the host would print it: follow its level.
-fn follow_host_log_level() {
-    let Some(raw) = abi::log_level() else {
-        return;
-    };
-    let level = match raw {
-        0 => LogLevel::Trace,
-        1 => LogLevel::Debug,
-        2 => LogLevel::Info,
-        3 => LogLevel::Warn,
-        4 => LogLevel::Error,
-        _ => LogLevel::Critical,
-    };
-    proxy_wasm::set_log_level(level);
 }

@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Command;
 
-/// The size budget: 150 KiB.
-const MAX_WASM_BYTES: usize = 150 * 1024;
+/// The size budget: 150 KB (the issue's; the module is about 90 KB since it dropped the SDK).
+const MAX_WASM_BYTES: usize = 150_000;
 
 fn build() -> Vec<u8> {
     // Its own target dir: the `cargo test` running us may hold the lock on the main one.
@@ -129,7 +129,7 @@ fn module_imports_only_env_and_exports_the_abi() {
     assert!(foreign.is_empty(), "imports outside env: {foreign:?}");
     let imported: BTreeSet<&str> = imports.iter().map(|(_, n, _)| n.as_str()).collect();
     for needed in [
-        "proxy_get_header_map_value",
+        "proxy_get_header_map_pairs",
         "proxy_replace_header_map_value",
         "proxy_remove_header_map_value",
         "proxy_send_local_response",
@@ -148,21 +148,28 @@ fn module_imports_only_env_and_exports_the_abi() {
         "unexpected imports: {imported:?}"
     );
 
-    let exported: BTreeSet<&str> = exports.iter().map(|(n, _)| n.as_str()).collect();
-    for needed in [
-        "memory",
+    // Exactly the callbacks the filter uses: the host enters the VM for every exported callback
+    // of every request, so response, log and done callbacks must not be exported.
+    let exported: BTreeSet<&str> = exports
+        .iter()
+        .filter(|(_, kind)| *kind == 0)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    let expected: BTreeSet<&str> = [
         "malloc",
-        "_initialize",
         "proxy_abi_version_0_2_1",
-        "proxy_on_context_create",
         "proxy_on_vm_start",
+        "proxy_on_context_create",
         "proxy_on_configure",
         "proxy_on_request_headers",
-        "proxy_on_done",
         "proxy_on_delete",
-    ] {
-        assert!(exported.contains(needed), "missing export {needed}");
-    }
+    ]
+    .into();
+    assert_eq!(exported, expected, "the module's function exports");
+    assert!(
+        exports.iter().any(|(n, kind)| n == "memory" && *kind == 2),
+        "the module exports its memory"
+    );
 
     assert!(
         wasm.len() <= MAX_WASM_BYTES,
