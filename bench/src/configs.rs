@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use crate::matrix::{Policy, Row};
+use crate::matrix::{Policy, Routing, Row};
 
 /// The zone the load's destination hosts live in (the DNS server answers every name under it).
 pub const HOST_ZONE: &str = "bench.test";
@@ -44,15 +44,10 @@ pub fn bootstrap(row: &Row, inputs: &Inputs) -> anyhow::Result<Value> {
     match policy {
         Policy::None => {}
         Policy::NoopWasm => http_filters.push(noop_wasm_filter(&inputs.noop_wasm)),
-        Policy::Filter {
-            cluster_routing, ..
-        } => {
+        Policy::Filter { routing, .. } => {
             let mut config = downstream_config(row.scale.rules, inputs.upstream_port);
-            if !cluster_routing {
-                if let Some(map) = config.as_object_mut() {
-                    map.remove("cluster_header");
-                    map.remove("clusters");
-                }
+            if routing == Routing::EveryRequest {
+                config["clusters"] = json!({ "plain": "dfp_plain", "tls": "dfp_tls" });
             }
             http_filters.push(wasm_filter(
                 "dfp.destination_policy",
@@ -81,10 +76,7 @@ pub fn bootstrap(row: &Row, inputs: &Inputs) -> anyhow::Result<Value> {
     // header only for TLS destinations, and the load has none). The other rows go straight there.
     let fallback = json!({ "match": { "prefix": "/" }, "route": { "cluster": "dfp_plain" } });
     let routes = match policy {
-        Policy::Filter {
-            cluster_routing: true,
-            ..
-        } => json!([
+        Policy::Filter { .. } => json!([
             {
                 "match": {
                     "prefix": "/",
@@ -364,17 +356,20 @@ mod tests {
             ".bench.test:8080"
         );
 
-        let fixed = bootstrap(&row(Setup::EnvoyFilterStatic, 10), &inputs()).unwrap_or_default();
-        let hcm = &fixed["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-            ["typed_config"];
+        let filter_config = |setup| {
+            let bootstrap = bootstrap(&row(setup, 10), &inputs()).unwrap_or_default();
+            let value = &bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]
+                ["filters"][0]["typed_config"]["http_filters"][0]["typed_config"]["config"]
+                ["configuration"]["value"];
+            serde_json::from_str::<Value>(value.as_str().unwrap_or_default()).unwrap_or_default()
+        };
         assert_eq!(
-            hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["cluster"],
-            "dfp_plain"
+            filter_config(Setup::EnvoyFilter)["clusters"]["default"],
+            "plain"
         );
-        let config = hcm["http_filters"][0]["typed_config"]["config"]["configuration"]["value"]
-            .as_str()
-            .unwrap_or_default();
-        assert!(!config.contains("cluster_header") && config.contains("*.bench.test"));
+        let every_request = filter_config(Setup::EnvoyFilterWrite);
+        assert_eq!(every_request["clusters"]["plain"], "dfp_plain");
+        assert!(every_request["clusters"].get("default").is_none());
 
         let both = bootstrap(&row(Setup::HostSimFilterBoth, 10), &inputs()).unwrap_or_default();
         let hcm = &both["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]

@@ -12,11 +12,12 @@ pub enum Setup {
     EnvoyDfp,
     /// Envoy: the empty proxy-wasm filter in front of the DFP (the price of wasm itself).
     EnvoyNoop,
-    /// Envoy: `dfp_filter.wasm` (downstream stage, cluster routing through `x-dfp-cluster`).
+    /// Envoy: `dfp_filter.wasm` (downstream stage, cluster routing as shipped: `x-dfp-cluster`
+    /// written only for a cluster other than `clusters.default`, so never for this load).
     EnvoyFilter,
-    /// Envoy: the filter without cluster routing (a static route to the plain DFP cluster), so the
-    /// price of `x-dfp-cluster` + `clear_route_cache` shows against `EnvoyFilter`.
-    EnvoyFilterStatic,
+    /// Envoy: the filter writing `x-dfp-cluster` and calling `clear_route_cache` on every request
+    /// (no `clusters.default`): what a destination on the non-default cluster (TLS) pays.
+    EnvoyFilterWrite,
     /// Envoy: native RBAC matching `:authority` against the same allowlist (the alternative).
     EnvoyRbac,
     /// host-sim running the same bootstrap as `EnvoyFilter`.
@@ -42,10 +43,19 @@ pub enum Policy {
     NoopWasm,
     Filter {
         upstream_stage: bool,
-        /// The filter writes `x-dfp-cluster` and the route reads it (as shipped).
-        cluster_routing: bool,
+        routing: Routing,
     },
     Rbac,
+}
+
+/// How the filter and the route table pick the DFP cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Routing {
+    /// As shipped: a route reads `x-dfp-cluster` when present, else falls back to the plain
+    /// cluster (`"clusters.default": "plain"`); the filter writes the header only for TLS.
+    Fallback,
+    /// The filter writes `x-dfp-cluster` on every request and re-picks the route (no default).
+    EveryRequest,
 }
 
 impl Setup {
@@ -54,7 +64,7 @@ impl Setup {
         Setup::EnvoyDfp,
         Setup::EnvoyNoop,
         Setup::EnvoyFilter,
-        Setup::EnvoyFilterStatic,
+        Setup::EnvoyFilterWrite,
         Setup::EnvoyRbac,
         Setup::HostSimFilter,
         Setup::EnvoyFilterBoth,
@@ -72,7 +82,7 @@ impl Setup {
             Setup::HostSimFilter => "host-sim-filter",
             Setup::EnvoyFilterBoth => "envoy-filter-both",
             Setup::HostSimFilterBoth => "host-sim-filter-both",
-            Setup::EnvoyFilterStatic => "envoy-filter-static",
+            Setup::EnvoyFilterWrite => "envoy-filter-write",
         }
     }
 
@@ -87,7 +97,7 @@ impl Setup {
             Setup::HostSimFilter => "host-sim + dfp_filter.wasm",
             Setup::EnvoyFilterBoth => "Envoy + filter, both stages",
             Setup::HostSimFilterBoth => "host-sim + filter, both stages",
-            Setup::EnvoyFilterStatic => "Envoy + filter, static route",
+            Setup::EnvoyFilterWrite => "Envoy + filter, header every request",
         }
     }
 
@@ -109,15 +119,15 @@ impl Setup {
             Setup::EnvoyNoop => Policy::NoopWasm,
             Setup::EnvoyFilter | Setup::HostSimFilter => Policy::Filter {
                 upstream_stage: false,
-                cluster_routing: true,
+                routing: Routing::Fallback,
             },
             Setup::EnvoyFilterBoth | Setup::HostSimFilterBoth => Policy::Filter {
                 upstream_stage: true,
-                cluster_routing: true,
+                routing: Routing::Fallback,
             },
-            Setup::EnvoyFilterStatic => Policy::Filter {
+            Setup::EnvoyFilterWrite => Policy::Filter {
                 upstream_stage: false,
-                cluster_routing: false,
+                routing: Routing::EveryRequest,
             },
             Setup::EnvoyRbac => Policy::Rbac,
         }
