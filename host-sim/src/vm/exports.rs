@@ -1,11 +1,15 @@
 //! The guest's callbacks, looked up once per instance with their signatures checked.
 //! A callback the module does not export is skipped, as Envoy skips it.
 
+use std::sync::Arc;
+
 use wasmtime::{Instance, Store, TypedFunc, WasmParams, WasmResults};
 
 use crate::vm::{HostState, LoadError};
 
-type F<P, R> = Option<TypedFunc<P, R>>;
+/// Shared so a call clones a reference count, not the function's registered type (a `TypedFunc`
+/// clone takes several atomic reference counts in the engine's type registry, per callback).
+type F<P, R> = Option<Arc<TypedFunc<P, R>>>;
 
 pub(crate) struct Exports {
     pub initialize: F<(), ()>,
@@ -37,7 +41,7 @@ fn get<P: WasmParams, R: WasmResults>(
     }
     instance
         .get_typed_func::<P, R>(&mut *store, name)
-        .map(Some)
+        .map(|f| Some(Arc::new(f)))
         .map_err(|e| LoadError::BadSignature {
             name: name.to_string(),
             detail: format!("{e:#}"),

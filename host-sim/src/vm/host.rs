@@ -56,7 +56,8 @@ pub(crate) struct HostState {
     pub shared: SharedState,
     pub inbox: Arc<QueueInbox>,
     pub memory: Option<Memory>,
-    pub alloc: Option<TypedFunc<u32, u32>>,
+    /// Shared: a hostcall handing data to the guest takes it per call (see `Exports`).
+    pub alloc: Option<Arc<TypedFunc<u32, u32>>>,
     pub root_id: u32,
     pub streams: HashMap<u32, StreamState>,
     /// The context the host called into (0 outside calls).

@@ -172,7 +172,7 @@ impl PluginInstance {
             })?;
         let exports = Exports::new(&instance, &mut store)?;
         store.data_mut().memory = Some(memory);
-        store.data_mut().alloc = Some(alloc);
+        store.data_mut().alloc = Some(Arc::new(alloc));
         let root_id = 1;
         store.data_mut().root_id = root_id;
         let mut me = PluginInstance {
@@ -363,7 +363,7 @@ impl PluginInstance {
         &mut self,
         s: HttpStream,
         name: &'static str,
-        f: Option<TypedFunc<P, u32>>,
+        f: Option<Arc<TypedFunc<P, u32>>>,
         params: P,
         phase: Phase,
         end_of_stream: bool,
