@@ -22,6 +22,9 @@ pub enum Setup {
     EnvoyRbac,
     /// host-sim running the same bootstrap as `EnvoyFilter`.
     HostSimFilter,
+    /// host-sim with the bootstrap of `EnvoyDfp` (no filter): its own DFP's cost, so the filter's
+    /// share of `HostSimFilter` shows.
+    HostSimDfp,
     /// Envoy: the shipped shape, the filter downstream and again as an upstream filter.
     EnvoyFilterBoth,
     /// host-sim running the same bootstrap as `EnvoyFilterBoth`.
@@ -59,7 +62,7 @@ pub enum Routing {
 }
 
 impl Setup {
-    pub const ALL: [Setup; 9] = [
+    pub const ALL: [Setup; 10] = [
         Setup::Upstream,
         Setup::EnvoyDfp,
         Setup::EnvoyNoop,
@@ -67,6 +70,7 @@ impl Setup {
         Setup::EnvoyFilterWrite,
         Setup::EnvoyRbac,
         Setup::HostSimFilter,
+        Setup::HostSimDfp,
         Setup::EnvoyFilterBoth,
         Setup::HostSimFilterBoth,
     ];
@@ -80,6 +84,7 @@ impl Setup {
             Setup::EnvoyFilter => "envoy-filter",
             Setup::EnvoyRbac => "envoy-rbac",
             Setup::HostSimFilter => "host-sim-filter",
+            Setup::HostSimDfp => "host-sim-dfp",
             Setup::EnvoyFilterBoth => "envoy-filter-both",
             Setup::HostSimFilterBoth => "host-sim-filter-both",
             Setup::EnvoyFilterWrite => "envoy-filter-write",
@@ -95,6 +100,7 @@ impl Setup {
             Setup::EnvoyFilter => "Envoy + dfp_filter.wasm",
             Setup::EnvoyRbac => "Envoy + RBAC on :authority",
             Setup::HostSimFilter => "host-sim + dfp_filter.wasm",
+            Setup::HostSimDfp => "host-sim, DFP only",
             Setup::EnvoyFilterBoth => "Envoy + filter, both stages",
             Setup::HostSimFilterBoth => "host-sim + filter, both stages",
             Setup::EnvoyFilterWrite => "Envoy + filter, header every request",
@@ -108,14 +114,14 @@ impl Setup {
     pub fn server(self) -> Server {
         match self {
             Setup::Upstream => Server::Upstream,
-            Setup::HostSimFilter | Setup::HostSimFilterBoth => Server::HostSim,
+            Setup::HostSimFilter | Setup::HostSimFilterBoth | Setup::HostSimDfp => Server::HostSim,
             _ => Server::Envoy,
         }
     }
 
     pub fn policy(self) -> Policy {
         match self {
-            Setup::Upstream | Setup::EnvoyDfp => Policy::None,
+            Setup::Upstream | Setup::EnvoyDfp | Setup::HostSimDfp => Policy::None,
             Setup::EnvoyNoop => Policy::NoopWasm,
             Setup::EnvoyFilter | Setup::HostSimFilter => Policy::Filter {
                 upstream_stage: false,
@@ -137,7 +143,7 @@ impl Setup {
     pub fn scales_with_hosts(self) -> bool {
         matches!(
             self,
-            Setup::EnvoyDfp | Setup::EnvoyFilter | Setup::HostSimFilter
+            Setup::EnvoyDfp | Setup::EnvoyFilter | Setup::HostSimFilter | Setup::HostSimDfp
         )
     }
 
