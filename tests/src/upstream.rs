@@ -17,7 +17,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
@@ -272,5 +272,30 @@ impl TcpEcho {
 impl Drop for TcpEcho {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// A port on loopback that refuses connections, held for as long as this value lives: a socket bound to it
+/// without `listen`. Binding and closing a listener instead would free the port, and the kernel can then hand it
+/// out as an ephemeral port (a connect from 127.0.0.1 to a free ephemeral port can even pick that very port and
+/// connect to itself).
+pub struct RefusedPort {
+    port: u16,
+    _socket: TcpSocket,
+}
+
+impl RefusedPort {
+    pub fn new() -> anyhow::Result<Self> {
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let port = socket.local_addr()?.port();
+        Ok(RefusedPort {
+            port,
+            _socket: socket,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 }

@@ -17,6 +17,7 @@ use host_sim::proxy::ProxyOptions;
 use serde_json::json;
 use tests::rt::block_on;
 use tests::suite;
+use tests::upstream::RefusedPort;
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -90,47 +91,6 @@ fn describe_fds() -> Vec<String> {
     out
 }
 
-/// A port on loopback where nothing listens, held for the test: a TCP socket bound to it without `listen`, so
-/// connections are refused and the kernel cannot hand the port out as an ephemeral one meanwhile (a connect from
-/// 127.0.0.1 to a free ephemeral port can pick that very port and connect to itself).
-struct RefusedPort {
-    fd: libc::c_int,
-    port: u16,
-}
-
-impl RefusedPort {
-    fn new() -> RefusedPort {
-        // SAFETY: plain socket calls on a fresh descriptor we own; every result is checked.
-        unsafe {
-            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-            assert!(fd >= 0, "socket");
-            let mut addr: libc::sockaddr_in = std::mem::zeroed();
-            addr.sin_family = libc::AF_INET as libc::sa_family_t;
-            addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
-            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            let bound = libc::bind(fd, (&raw const addr).cast(), len);
-            assert_eq!(bound, 0, "bind");
-            let mut got: libc::sockaddr_in = std::mem::zeroed();
-            let mut got_len = len;
-            let named = libc::getsockname(fd, (&raw mut got).cast(), &mut got_len);
-            assert_eq!(named, 0, "getsockname");
-            RefusedPort {
-                fd,
-                port: u16::from_be(got.sin_port),
-            }
-        }
-    }
-}
-
-impl Drop for RefusedPort {
-    fn drop(&mut self) {
-        // SAFETY: closes the descriptor this value owns, once.
-        unsafe {
-            libc::close(self.fd);
-        }
-    }
-}
-
 /// The request kinds of the mix, with the status each must get.
 #[derive(Debug, Clone, Copy)]
 enum Kind {
@@ -182,8 +142,8 @@ fn soak_mixed_requests_leave_nothing_behind() {
     // every request it sees).
     let echo = Upstream::start_quiet(Behaviour::Echo);
     let plain = echo.addr.port();
-    let refused_port = RefusedPort::new();
-    let refused = refused_port.port;
+    let refused_port = RefusedPort::new().expect("refused port");
+    let refused = refused_port.port();
     let downstream = json!({
         "stage": "downstream",
         "allow": [

@@ -16,7 +16,7 @@ use serde_json::json;
 use tests::client::{self, Request};
 use tests::rt::block_on;
 use tests::suite;
-use tests::upstream::{EchoServer, Seen};
+use tests::upstream::{EchoServer, RefusedPort, Seen};
 use tests::world::World;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -88,11 +88,6 @@ async fn misbehave(mut stream: TcpStream, behaviour: Misbehaviour) {
 }
 
 /// A loopback port nothing listens on (bound once, then released).
-async fn refused_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    listener.local_addr().expect("addr").port()
-}
-
 /// A TLS server configuration with a certificate for `name` from a CA of its own (a distinct name, as any
 /// other CA has), which the proxies do not trust.
 fn foreign_ca_server(name: &str) -> std::sync::Arc<rustls::ServerConfig> {
@@ -123,7 +118,8 @@ fn foreign_ca_server(name: &str) -> std::sync::Arc<rustls::ServerConfig> {
 
 /// The servers the table's destinations point at.
 struct Upstreams {
-    refused: u16,
+    /// Held for the suite, so the port stays bound and refused.
+    refused: RefusedPort,
     close: BadUpstream,
     reset: BadUpstream,
     silent: BadUpstream,
@@ -161,7 +157,7 @@ impl Upstreams {
             .await
             .expect("tls upstream"),
             _same_name_pki: same_name_pki,
-            refused: refused_port().await,
+            refused: RefusedPort::new().expect("refused port"),
             close: BadUpstream::start(Misbehaviour::Close).await,
             reset: BadUpstream::start(Misbehaviour::Reset).await,
             silent: BadUpstream::start(Misbehaviour::Silent).await,
@@ -177,7 +173,7 @@ impl Upstreams {
 
     fn allow(&self, world: &World) -> serde_json::Value {
         json!([
-            { "host": "refused.fail.dfp.test", "ports": [self.refused] },
+            { "host": "refused.fail.dfp.test", "ports": [self.refused.port()] },
             { "host": "close.fail.dfp.test", "ports": [self.close.addr.port()] },
             { "host": "reset.fail.dfp.test", "ports": [self.reset.addr.port()] },
             { "host": "slow.fail.dfp.test", "ports": [self.silent.addr.port()] },
@@ -194,7 +190,7 @@ impl Upstreams {
             { "host": "api-to-tls.fail.dfp.test", "ports": [world.tls.port()], "tls": false },
             { "host": "secure.dfp.test", "ports": [world.tls.port()], "tls": true },
             { "host": "api.fail.dfp.test", "ports": [world.plain.port()] },
-            { "host": "tunnel.fail.dfp.test", "ports": [world.tcp.port(), self.refused] }
+            { "host": "tunnel.fail.dfp.test", "ports": [world.tcp.port(), self.refused.port()] }
         ])
     }
 }
@@ -214,7 +210,7 @@ fn rows(up: &Upstreams, world: &World) -> Vec<Row> {
     vec![
         Row {
             name: "refused",
-            request: get(&host("refused", up.refused), "/"),
+            request: get(&host("refused", up.refused.port()), "/"),
         },
         Row {
             name: "closed before headers",
@@ -498,7 +494,7 @@ fn connect_tunnels_answer_as_envoy_does() {
             drop(tunnel);
             let refused = client::connect(
                 subject.proxy.listener(),
-                &format!("tunnel.fail.dfp.test:{}", up.refused),
+                &format!("tunnel.fail.dfp.test:{}", up.refused.port()),
                 &[("x-case-id".into(), "tunnel-refused".into())],
             )
             .await

@@ -7,9 +7,10 @@ use std::sync::{Arc, OnceLock};
 
 use tokio::sync::OnceCell;
 
-use super::scripted::{RefusedPort, Scripted, Sink};
+use super::scripted::{Scripted, Sink};
 use crate::pki::Pki;
 use crate::template::Vars;
+use crate::upstream::RefusedPort;
 use crate::upstream::{EchoServer, Seen};
 use crate::world::World;
 

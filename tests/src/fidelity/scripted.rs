@@ -18,7 +18,7 @@ use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use super::model::{Behaviour, Respond};
@@ -279,28 +279,6 @@ fn abortive_close(fd: RawFd) {
             (&linger as *const libc::linger).cast(),
             std::mem::size_of::<libc::linger>() as libc::socklen_t,
         );
-    }
-}
-
-/// A port that refuses connections: bound (so nothing else takes it) but never listening.
-pub struct RefusedPort {
-    port: u16,
-    _socket: TcpSocket,
-}
-
-impl RefusedPort {
-    pub fn new() -> anyhow::Result<Self> {
-        let socket = TcpSocket::new_v4()?;
-        socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
-        let port = socket.local_addr()?.port();
-        Ok(RefusedPort {
-            port,
-            _socket: socket,
-        })
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
     }
 }
 
