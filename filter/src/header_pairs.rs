@@ -49,20 +49,8 @@ fn read_u32(buf: &[u8], at: usize) -> Option<u32> {
 mod tests {
     use super::*;
 
-    fn serialize(pairs: &[(&str, &str)]) -> Vec<u8> {
-        let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
-        for (name, value) in pairs {
-            out.extend((name.len() as u32).to_le_bytes());
-            out.extend((value.len() as u32).to_le_bytes());
-        }
-        for (name, value) in pairs {
-            out.extend(name.as_bytes());
-            out.push(0);
-            out.extend(value.as_bytes());
-            out.push(0);
-        }
-        out
-    }
+    // The same format the filter writes for its local replies' headers.
+    use crate::response::serialize_headers as serialize;
 
     #[test]
     fn finds_the_first_value_of_a_header() {
