@@ -238,6 +238,71 @@ pub async fn start_proxy_with(
     })
 }
 
+/// Every variant of `tests/cases/variants.yaml` plus the shipped one: each is a `#[test]` in
+/// `envoy_e2e.rs` and `host_sim_e2e.rs` (see [`variant_tests!`](crate::variant_tests)).
+pub const VARIANTS: [&str; 7] = [
+    "enforce",
+    "strict",
+    "report",
+    "header",
+    SHIPPED,
+    "resolved",
+    "resolved_carve_out",
+];
+
+/// Runs `variant_name`'s cases against `kind` and panics listing the failing cases.
+pub fn assert_variant(kind: ProxyKind, variant_name: &str) {
+    let failures = crate::rt::block_on(run_variant(kind, variant_name))
+        .unwrap_or_else(|e| panic!("variant {variant_name} against {kind:?}: {e:#}"));
+    assert!(
+        failures.is_empty(),
+        "variant {variant_name}: failing cases against {kind:?}:\n{}",
+        failures.join("\n")
+    );
+}
+
+/// One `#[test]` per variant of [`VARIANTS`] against the given [`ProxyKind`], so Envoy and host-sim
+/// run the same table (a test per variant, so each gets its own proxy and its own report).
+#[macro_export]
+macro_rules! variant_tests {
+    ($kind:expr) => {
+        #[test]
+        fn enforce_variant_cases() {
+            $crate::suite::assert_variant($kind, "enforce");
+        }
+
+        #[test]
+        fn strict_variant_cases() {
+            $crate::suite::assert_variant($kind, "strict");
+        }
+
+        #[test]
+        fn report_variant_cases() {
+            $crate::suite::assert_variant($kind, "report");
+        }
+
+        #[test]
+        fn header_variant_cases() {
+            $crate::suite::assert_variant($kind, "header");
+        }
+
+        #[test]
+        fn shipped_variant_cases() {
+            $crate::suite::assert_variant($kind, $crate::suite::SHIPPED);
+        }
+
+        #[test]
+        fn resolved_variant_cases() {
+            $crate::suite::assert_variant($kind, "resolved");
+        }
+
+        #[test]
+        fn resolved_carve_out_variant_cases() {
+            $crate::suite::assert_variant($kind, "resolved_carve_out");
+        }
+    };
+}
+
 /// Starts a proxy with `variant_name` and runs that variant's cases against it. Returns the
 /// failures, each with the proxy's log appended once at the end when there are any.
 pub async fn run_variant(kind: ProxyKind, variant_name: &str) -> anyhow::Result<Vec<String>> {

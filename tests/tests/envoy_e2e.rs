@@ -18,71 +18,20 @@ use tests::upstream::EchoServer;
 use tests::wasm::workspace_root;
 use tests::world::tests_dir;
 
-fn run_variant(name: &str) {
-    let failures = block_on(suite::run_variant(ProxyKind::Envoy, name))
-        .unwrap_or_else(|e| panic!("variant {name}: {e:#}"));
-    assert!(
-        failures.is_empty(),
-        "variant {name}: failing cases:\n{}",
-        failures.join("\n")
-    );
-}
-
-#[test]
-fn enforce_variant_cases() {
-    run_variant("enforce");
-}
-
-#[test]
-fn strict_variant_cases() {
-    run_variant("strict");
-}
-
-#[test]
-fn report_variant_cases() {
-    run_variant("report");
-}
-
-#[test]
-fn header_variant_cases() {
-    run_variant("header");
-}
-
-#[test]
-fn shipped_variant_cases() {
-    run_variant(suite::SHIPPED);
-}
-
-#[test]
-fn resolved_variant_cases() {
-    run_variant("resolved");
-}
-
-#[test]
-fn resolved_carve_out_variant_cases() {
-    run_variant("resolved_carve_out");
-}
-
-/// The variants the tests above run; every variant in variants.yaml must be one of them.
-const TESTED_VARIANTS: [&str; 7] = [
-    "enforce",
-    "strict",
-    "report",
-    "header",
-    suite::SHIPPED,
-    "resolved",
-    "resolved_carve_out",
-];
+tests::variant_tests!(ProxyKind::Envoy);
 
 #[test]
 fn every_variant_is_run() {
     let world = block_on(suite::shared_world()).expect("fixtures");
     let (variants, _) = suite::load(&world).expect("cases");
     let mut defined: Vec<&str> = variants.keys().map(String::as_str).collect();
-    let mut tested = TESTED_VARIANTS.to_vec();
+    let mut tested = suite::VARIANTS.to_vec();
     defined.sort_unstable();
     tested.sort_unstable();
-    assert_eq!(defined, tested, "add a #[test] for each new variant");
+    assert_eq!(
+        defined, tested,
+        "add each new variant to suite::VARIANTS and suite::variant_tests!"
+    );
 }
 
 #[derive(Deserialize)]
