@@ -23,7 +23,7 @@ pub struct LocalReply {
 impl LocalReply {
     /// The response headers a proxy sends for this reply, as Envoy's `sendLocalReply` builds
     /// them: `:status`, the guest's additional headers, then `content-length` and — unless the
-    /// guest set one — `content-type: text/plain` when there is a body.
+    /// guest set one — `content-type: text/plain` when there is a body; without a body, no `content-type` at all.
     pub fn response_headers(&self) -> HeaderMap {
         let mut h = HeaderMap::new();
         h.add(":status", self.status.to_string());
@@ -35,6 +35,9 @@ impl LocalReply {
             if h.get("content-type").is_none() {
                 h.add("content-type", "text/plain");
             }
+        } else {
+            // Envoy's local reply without a body carries no content-type, even one the filter set.
+            h.remove("content-type");
         }
         h
     }

@@ -773,6 +773,12 @@ fn request_header_map(
     let connect = parts.method == Method::CONNECT;
     check_request_shape(parts)?;
     let authority = match parts.uri.authority() {
+        // An absolute-form URI's authority without its userinfo (`http://user@host/` → `host`), as Envoy takes it.
+        Some(authority) if parts.uri.scheme().is_some() => {
+            let text = authority.as_str();
+            let host = text.rsplit_once('@').map_or(text, |(_, host)| host);
+            host.as_bytes().to_vec()
+        }
         Some(authority) => authority.as_str().as_bytes().to_vec(),
         None => {
             // Envoy's HTTP/1 codec folds repeated Host headers into one value joined by commas; the filters
@@ -831,9 +837,51 @@ fn request_header_map(
     Ok(headers)
 }
 
-/// What Envoy's codec and connection manager refuse before any filter: a CONNECT whose target is not
-/// `host:port`, a fragment in the request target.
+/// The methods Envoy's HTTP/1 codec accepts (the list http-parser knew; sorted). Any other token — an extension
+/// method, a lower-case `get` — is a codec error there, though hyper accepts it.
+const ENVOY_METHODS: [&str; 34] = [
+    "ACL",
+    "BIND",
+    "CHECKOUT",
+    "CONNECT",
+    "COPY",
+    "DELETE",
+    "GET",
+    "HEAD",
+    "LINK",
+    "LOCK",
+    "MERGE",
+    "MKACTIVITY",
+    "MKCALENDAR",
+    "MKCOL",
+    "MOVE",
+    "MSEARCH",
+    "NOTIFY",
+    "OPTIONS",
+    "PATCH",
+    "POST",
+    "PROPFIND",
+    "PROPPATCH",
+    "PURGE",
+    "PUT",
+    "REBIND",
+    "REPORT",
+    "SEARCH",
+    "SOURCE",
+    "SUBSCRIBE",
+    "TRACE",
+    "UNBIND",
+    "UNLINK",
+    "UNLOCK",
+    "UNSUBSCRIBE",
+];
+
+/// What Envoy's codec and connection manager refuse before any filter: a method outside [`ENVOY_METHODS`], a
+/// CONNECT whose target is not `host:port`, a fragment in the request target.
 fn check_request_shape(parts: &hyper::http::request::Parts) -> Result<(), EnvoyReply> {
+    if ENVOY_METHODS.binary_search(&parts.method.as_str()).is_err() {
+        return Err(EnvoyReply::bad_request("http1.codec_error"));
+    }
     if parts.method == Method::CONNECT {
         if parts.uri.scheme().is_some() || parts.uri.path_and_query().is_some() {
             return Err(EnvoyReply::bad_request("http1.codec_error"));
@@ -970,4 +1018,14 @@ fn build_response(headers: &HeaderMap, body: DownstreamBody) -> Response<Downstr
         hyper::header::HeaderValue::from_static("host-sim"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ENVOY_METHODS;
+
+    #[test]
+    fn envoy_methods_are_sorted_for_binary_search() {
+        assert!(ENVOY_METHODS.windows(2).all(|w| w[0] < w[1]));
+    }
 }
