@@ -425,6 +425,36 @@ fn policy_and_route_reference_each_other() {
     }
 }
 
+/// The client's credential for the proxy never reaches a destination: the route's only rule
+/// removes it, as envoy.yaml's virtual host does.
+#[test]
+fn route_removes_proxy_authorization() {
+    let base = docs_in("base");
+    let route = find(&base, "HTTPRoute", "dynamic-forward-proxy");
+    let rules = route
+        .value
+        .pointer("/spec/rules")
+        .and_then(Value::as_array)
+        .expect("rules");
+    for (i, rule) in rules.iter().enumerate() {
+        let removes = rule
+            .pointer("/filters")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|f| f.get("type") == Some(&json!("RequestHeaderModifier")))
+            .filter_map(|f| f.pointer("/requestHeaderModifier/remove"))
+            .filter_map(Value::as_array)
+            .flatten()
+            .filter_map(Value::as_str)
+            .any(|name| name.eq_ignore_ascii_case("proxy-authorization"));
+        assert!(
+            removes,
+            "rule {i} of {route} does not remove Proxy-Authorization"
+        );
+    }
+}
+
 #[test]
 fn configmap_variant_points_at_its_in_cluster_server() {
     let docs = docs_in("wasm-configmap");
@@ -965,21 +995,48 @@ fn cel_failures(doc: &Document, report: &Report) -> Vec<String> {
             .value
             .pointer(&pointer_of(&rule.path))
             .unwrap_or_else(|| panic!("{doc}: no node at {}", rule.path));
-        match CEL_EQUIVALENTS
+        let holds = CEL_EQUIVALENTS
             .iter()
             .find(|(message, _)| *message == rule.message)
-        {
+            .map(|(_, holds)| holds(node))
+            .or_else(|| route_filter_rule(&rule.message, node));
+        match holds {
             None => failures.push(format!(
                 "{}: no equivalent for CEL rule {:?}",
                 rule.path, rule.message
             )),
-            Some((_, holds)) if !holds(node) => {
-                failures.push(format!("{}: {}", rule.path, rule.message))
-            }
-            Some(_) => {}
+            Some(false) => failures.push(format!("{}: {}", rule.path, rule.message)),
+            Some(true) => {}
         }
     }
     failures
+}
+
+/// The HTTPRoute filter rules, one family per message shape: a filter's typed field is set exactly
+/// when its `type` names it, and a filter type appears at most once per rule. `None` for any other
+/// message.
+fn route_filter_rule(message: &str, node: &Value) -> Option<bool> {
+    let type_of = |filter: &Value| text(filter, "type").to_owned();
+    let count = |kind: &str| items(node).iter().filter(|f| type_of(f) == kind).count();
+    if message
+        == "May specify either httpRouteFilterRequestRedirect or httpRouteFilterRequestRewrite, but not both"
+    {
+        return Some(count("RequestRedirect") == 0 || count("URLRewrite") == 0);
+    }
+    if let Some(kind) = message.strip_suffix(" filter cannot be repeated") {
+        return Some(count(kind) <= 1);
+    }
+    let rest = message.strip_prefix("filter.")?;
+    if let Some((field_name, kind)) = rest.split_once(" must be nil if the filter.type is not ") {
+        return Some(type_of(node) == kind || field(node, field_name).is_none());
+    }
+    if let Some((field_name, kind)) = rest
+        .strip_suffix(" filter.type")
+        .and_then(|r| r.split_once(" must be specified for "))
+    {
+        return Some(type_of(node) != kind || field(node, field_name).is_some());
+    }
+    None
 }
 
 #[test]
@@ -1006,7 +1063,28 @@ fn cel_rules_hold_on_the_shipped_manifests() {
 
 #[test]
 fn broken_copies_fail_the_cel_equivalents() {
-    let cases: [(Document, &str); 5] = [
+    let cases: [(Document, &str); 7] = [
+        (
+            broken(
+                shipped("base", "HTTPRoute", "dynamic-forward-proxy"),
+                "/spec/rules/0/filters",
+                |filters| {
+                    let copy = filters[0].clone();
+                    filters.as_array_mut().expect("filters").push(copy);
+                },
+            ),
+            "spec.rules[0].filters: RequestHeaderModifier filter cannot be repeated",
+        ),
+        (
+            broken(
+                shipped("base", "HTTPRoute", "dynamic-forward-proxy"),
+                "/spec/rules/0/filters/0",
+                |filter| {
+                    filter["type"] = json!("ResponseHeaderModifier");
+                },
+            ),
+            "spec.rules[0].filters[0]: filter.requestHeaderModifier must be nil if the filter.type is not RequestHeaderModifier",
+        ),
         // A rule the table does not know is a failure, not a pass.
         (
             broken(shipped("base", "Gateway", "eg"), "/spec", |spec| {
