@@ -108,10 +108,11 @@ pub(crate) async fn handle(
     // A refused CONNECT ends the connection, as in Envoy (the client cannot tell what follows apart), and so does a
     // request the connection manager refused outright.
     let (refused, codec_error) = {
-        let details = &exchange.log.borrow().details;
+        let log = exchange.log.borrow();
+        let details = log.details.as_deref().unwrap_or_default();
         let codec_error = details.starts_with("http1.");
         let refused = matches!(
-            details.as_str(),
+            details,
             "missing_host_header" | "upgrade_failed" | "path_normalization_failed"
         );
         (codec_error || refused, codec_error)
@@ -143,7 +144,8 @@ struct Exchange<'a> {
 #[derive(Default)]
 struct LogState {
     request: HeaderMap,
-    details: String,
+    /// `%RESPONSE_CODE_DETAILS%`: `None` (logged `-`) until something sets it; a wasm local reply may set it empty.
+    details: Option<String>,
     cluster: Option<std::sync::Arc<str>>,
     upstream: Option<SocketAddr>,
     /// The line is written when the stream ends (by the response body or the tunnel), not with the head.
@@ -169,7 +171,7 @@ impl Exchange<'_> {
             Ok(headers) => headers,
             Err(reply) => {
                 let mut log = self.log.borrow_mut();
-                log.details = reply.details.clone();
+                log.details = Some(reply.details.clone());
                 // The access log still names what the client sent.
                 for (name, value) in &parts.headers {
                     log.request.add(name.as_str(), value.as_bytes());
@@ -185,14 +187,17 @@ impl Exchange<'_> {
         // Envoy refuses an upgrade it has no config for once the route is picked, so its log names the cluster.
         if !connect && is_upgrade(&parts.headers) {
             let reply = EnvoyReply::upgrade_failed();
-            self.log.borrow_mut().details = reply.details.clone();
+            self.log.borrow_mut().details = Some(reply.details.clone());
             return plain_reply(&reply);
         }
         let properties = self.stream_properties(selected.as_ref(), &headers);
         let mut downstream =
             match WasmChain::new(&self.worker, &self.listener.wasm_slots, &properties) {
                 Ok(chain) => chain,
-                Err(reply) => return plain_reply(&reply),
+                Err(reply) => {
+                    self.log.borrow_mut().details = Some(reply.details.clone());
+                    return plain_reply(&reply);
+                }
             };
 
         // Downstream filters, in order. Wasm filters are members of `downstream` in the same order.
@@ -357,11 +362,7 @@ impl Exchange<'_> {
             request: &log.request,
             response: Some(&response_headers),
             code: response.status().as_u16(),
-            details: if log.details.is_empty() {
-                "-"
-            } else {
-                &log.details
-            },
+            details: log.details.as_deref().unwrap_or("-"),
             cluster: log.cluster.as_deref(),
             upstream: log.upstream,
             downstream_remote: self.connection.peer,
@@ -560,7 +561,7 @@ impl Exchange<'_> {
         for chain in chains.iter_mut() {
             chain.finish(Some(&headers), Some(status), &details);
         }
-        self.log.borrow_mut().details = details;
+        self.log.borrow_mut().details = Some(details);
         build_response(
             &headers,
             local_body(Full::new(Bytes::from(body)).map_err(|never| match never {})),
@@ -679,7 +680,7 @@ impl Exchange<'_> {
             Outcome::Continue { .. } | Outcome::Paused => {}
         }
         let status = parts.status.as_u16();
-        self.log.borrow_mut().details = "via_upstream".to_string();
+        self.log.borrow_mut().details = Some("via_upstream".to_string());
         let log = self.pending_log(&response_headers, status);
         let pooled = PooledBody::new(body, pool, key, sender);
         let body = super::body::FilteredResponse::new(
@@ -735,7 +736,7 @@ impl Exchange<'_> {
                 Reply::Envoy(EnvoyReply::bad_request("missing_upgrade")),
             );
         };
-        self.log.borrow_mut().details = "via_upstream".to_string();
+        self.log.borrow_mut().details = Some("via_upstream".to_string());
         let log = self.pending_log(&headers, 200);
         tokio::task::spawn_local(super::tunnel::relay(
             upgrade,
