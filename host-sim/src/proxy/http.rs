@@ -601,8 +601,23 @@ impl Exchange<'_> {
             address: target.address,
             tls_name,
         };
-        let request_body: UpstreamBody =
-            local_body(body.map_err(|error| Box::new(error) as BoxError));
+        // A request without a body gets no body callback, as in Envoy (its headers carried end of stream).
+        let filter_body = !body.is_end_stream()
+            && (downstream.filters_request_body() || upstream.filters_request_body());
+        let request_body: UpstreamBody = if filter_body {
+            let filtered = filter_request_body(body, &mut downstream, &mut upstream).await;
+            match filtered {
+                Ok(bytes) => {
+                    if headers.get("content-length").is_some() {
+                        headers.replace("content-length", bytes.len().to_string());
+                    }
+                    local_body(Full::new(bytes).map_err(|never| match never {}))
+                }
+                Err(reply) => return self.local_reply(&mut downstream, Some(&mut upstream), reply),
+            }
+        } else {
+            local_body(body.map_err(|error| Box::new(error) as BoxError))
+        };
         let upstream_request = match upstream_request(&method, &headers, request_body) {
             Ok(request) => request,
             Err(reply) => {
@@ -762,6 +777,60 @@ enum Settled {
 pub(crate) enum Reply {
     Wasm(LocalReply),
     Envoy(EnvoyReply),
+}
+
+/// The most request body host-sim holds while the wasm filters' request-body callbacks run (see
+/// [`filter_request_body`]); a larger body is refused with 413, as Envoy refuses a body larger than its buffer
+/// limit when a filter buffers it.
+const MAX_FILTERED_REQUEST_BODY: usize = 64 * 1024 * 1024;
+
+/// Runs the request body through the downstream chain's, then the upstream chain's request-body callbacks, frame by
+/// frame with Envoy's end-of-stream flags, and returns what they let through. host-sim reads the whole body before
+/// it forwards any of it (Envoy streams what the filters continue); trailers are not passed on. A filter's local
+/// reply, or a failed filter, is returned as the reply to send instead.
+async fn filter_request_body(
+    mut body: Incoming,
+    downstream: &mut WasmChain,
+    upstream: &mut WasmChain,
+) -> Result<Bytes, Reply> {
+    let mut forwarded = Vec::new();
+    let mut received = 0usize;
+    let mut ended = false;
+    let mut pass = |chunk: &[u8], end: bool, forwarded: &mut Vec<u8>| -> Result<(), Reply> {
+        let mut data = chunk.to_vec();
+        for chain in [&mut *downstream, &mut *upstream] {
+            match chain.body(super::wasm_chain::Phase::RequestHeaders, &data, end) {
+                Ok(Some(out)) => data = out,
+                Ok(None) => return Ok(()),
+                Err(Outcome::LocalReply(reply)) => return Err(Reply::Wasm(reply)),
+                Err(Outcome::Failed(reply)) => return Err(Reply::Envoy(reply)),
+                Err(Outcome::Continue { .. } | Outcome::Paused) => return Ok(()),
+            }
+        }
+        forwarded.extend_from_slice(&data);
+        Ok(())
+    };
+    while !ended {
+        let frame = match body.frame().await {
+            Some(Ok(frame)) => frame,
+            // The client went away or broke the framing: nothing is forwarded.
+            Some(Err(_)) => return Err(Reply::Envoy(EnvoyReply::bad_request("http1.codec_error"))),
+            None => {
+                pass(&[], true, &mut forwarded)?;
+                break;
+            }
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        received += data.len();
+        if received > MAX_FILTERED_REQUEST_BODY {
+            return Err(Reply::Envoy(EnvoyReply::payload_too_large()));
+        }
+        ended = body.is_end_stream();
+        pass(&data, ended, &mut forwarded)?;
+    }
+    Ok(Bytes::from(forwarded))
 }
 
 /// The request as Envoy's HTTP/1 codec presents it to filters: `:authority` (from the absolute URI or `Host`),

@@ -125,6 +125,11 @@ impl EnvoyReply {
         Self::new(503, "", "wasm_fail_stream")
     }
 
+    /// A request body larger than the proxy holds while filters buffer it (Envoy's buffer limit).
+    pub fn payload_too_large() -> Self {
+        Self::new(413, "Payload Too Large", "request_payload_too_large")
+    }
+
     /// The request itself is malformed in a way Envoy's codec or connection manager rejects.
     pub fn bad_request(details: &str) -> Self {
         Self::new(400, "Bad Request", details)

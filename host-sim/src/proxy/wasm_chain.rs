@@ -115,6 +115,19 @@ impl WasmChain {
         self.members.is_empty()
     }
 
+    /// Whether a live filter of the chain has a request-body callback: only then must the request body pass through
+    /// the chain.
+    pub fn filters_request_body(&self) -> bool {
+        self.members.iter().any(|member| {
+            member.live().is_some()
+                && self
+                    .worker
+                    .plugin(member.slot)
+                    .borrow()
+                    .has_request_body_callback()
+        })
+    }
+
     /// `proxy_on_request_headers` of one filter (the `index`-th wasm filter of the chain). The map is moved into the
     /// filter's stream state and back.
     pub fn request_headers(

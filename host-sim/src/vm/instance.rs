@@ -412,6 +412,11 @@ impl PluginInstance {
         )
     }
 
+    /// Whether the module exports `proxy_on_request_body` (hosts skip the callback otherwise).
+    pub fn has_request_body_callback(&self) -> bool {
+        self.exports.on_request_body.is_some()
+    }
+
     /// `proxy_on_request_body` with the next chunk. While the filter pauses, chunks
     /// accumulate in `request_body` (Envoy's StopIterationAndBuffer) and the callback sees
     /// the whole buffered body; after a Continue the proxy forwards `request_body`, and the
