@@ -353,12 +353,12 @@ impl Resolution {
 /// One query, bounded by `dns_query_timeout` (the cache's own timer, as in Envoy; the resolver never gives up first).
 async fn resolve_once(inner: &Inner, host: &str) -> Resolution {
     inner.stats.query_attempt.add(1);
-    // An IP literal needs no query (c-ares answers those itself).
-    if let Ok(ip) = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse::<IpAddr>()
-    {
+    // Envoy's cache takes an unbracketed IP literal as the address it is; it hands a bracketed IPv6 literal
+    // (`[::1]`, as authorities spell it) to c-ares as a name, which refuses it.
+    if host.starts_with('[') {
+        return Resolution::failure("cares_failure:Misformatted domain name".to_string());
+    }
+    if let Ok(ip) = host.parse::<IpAddr>() {
         return Resolution {
             answer: Some((ip, Duration::ZERO)),
             completed: true,
