@@ -865,6 +865,9 @@ fn request_header_map(
             hosts.join(&b","[..])
         }
     };
+    if !authority_is_valid(&authority, connect) {
+        return Err(EnvoyReply::bad_request("http1.codec_error"));
+    }
     let mut headers = HeaderMap::new();
     headers.add(":authority", &authority);
     if !connect {
@@ -969,6 +972,24 @@ fn check_request_shape(parts: &hyper::http::request::Parts) -> Result<(), EnvoyR
 }
 
 /// Headers the client named in `Connection` are hop-by-hop too (RFC 9110 §7.6.1); Envoy drops them.
+/// What Envoy's HTTP/1 codec accepts as an authority (`Host`, or a CONNECT target): only the URI authority
+/// characters (unreserved, percent, sub-delims, `:`, `@`, brackets), and for CONNECT a `host:port` without
+/// userinfo. Anything else is a codec error there, before any filter sees it.
+fn authority_is_valid(authority: &[u8], connect: bool) -> bool {
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:@[]".contains(&b);
+    if !authority.iter().all(|&b| allowed(b)) {
+        return false;
+    }
+    if connect {
+        let has_port = authority
+            .iter()
+            .rposition(|&b| b == b':')
+            .is_some_and(|colon| !authority[colon + 1..].is_empty() && !authority.ends_with(b"]"));
+        return has_port && !authority.contains(&b'@');
+    }
+    true
+}
+
 /// An upgrade other than CONNECT (`Upgrade` nominated by `Connection`): no configuration host-sim runs accepts one.
 fn is_upgrade(headers: &hyper::HeaderMap) -> bool {
     headers.contains_key(hyper::header::UPGRADE)
@@ -1092,7 +1113,39 @@ fn build_response(headers: &HeaderMap, body: DownstreamBody) -> Response<Downstr
 
 #[cfg(test)]
 mod tests {
-    use super::ENVOY_METHODS;
+    use super::{authority_is_valid, ENVOY_METHODS};
+
+    #[test]
+    fn authorities_as_envoys_codec_takes_them() {
+        for good in [
+            "a.test",
+            "a.test:80",
+            "[::1]:80",
+            "a-b_c~d.test",
+            "a,b",
+            "user@a.test",
+        ] {
+            assert!(authority_is_valid(good.as_bytes(), false), "{good}");
+        }
+        for bad in [
+            "a.test :80",
+            "a\tb",
+            "a\\b",
+            "a/b",
+            "a?b",
+            "a#b",
+            "b\u{fc}cher.test",
+            "a\"b",
+        ] {
+            assert!(!authority_is_valid(bad.as_bytes(), false), "{bad:?}");
+        }
+        for good in ["a.test:443", "[::1]:443", "10.0.0.1:22"] {
+            assert!(authority_is_valid(good.as_bytes(), true), "CONNECT {good}");
+        }
+        for bad in ["a.test", "a.test:", "[::1]", "user@a.test:443"] {
+            assert!(!authority_is_valid(bad.as_bytes(), true), "CONNECT {bad}");
+        }
+    }
 
     #[test]
     fn envoy_methods_are_sorted_for_binary_search() {
