@@ -872,7 +872,13 @@ fn request_header_map(
     headers.add(":authority", &authority);
     if !connect {
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        headers.add(":path", if path.is_empty() { "/" } else { path });
+        let path = if path.is_empty() { "/" } else { path };
+        // `OPTIONS *`, or an absolute URI with a query and no path: Envoy's connection manager refuses a path
+        // that does not start with a slash before any filter.
+        if !path.starts_with('/') {
+            return Err(EnvoyReply::absolute_path_rejected());
+        }
+        headers.add(":path", path);
     }
     headers.add(":method", parts.method.as_str());
     if !connect {

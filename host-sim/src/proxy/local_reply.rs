@@ -110,6 +110,12 @@ impl EnvoyReply {
         Self::new(403, "", "upgrade_failed")
     }
 
+    /// A path that does not start with a slash (`OPTIONS *`, `http://host?query`): Envoy's connection manager
+    /// answers 404 before any filter.
+    pub fn absolute_path_rejected() -> Self {
+        Self::new(404, "", "absolute_path_rejected")
+    }
+
     /// A request target with a fragment (`#`), which Envoy's path normalisation refuses.
     pub fn path_normalization_failed() -> Self {
         Self::new(400, "", "path_normalization_failed")
