@@ -304,6 +304,23 @@ impl Exchange<'_> {
             );
         }
 
+        // The router finishes the request headers before the upstream filters see them: the route's removals, and the
+        // timeout it will enforce.
+        for name in route
+            .virtual_host
+            .request_headers_to_remove
+            .iter()
+            .chain(&route.route.request_headers_to_remove)
+        {
+            headers.remove(name);
+        }
+        let timeout = route.route.action.timeout;
+        if let (Some(timeout), false) = (timeout, connect) {
+            headers.replace(
+                "x-envoy-expected-rq-timeout-ms",
+                timeout.as_millis().to_string(),
+            );
+        }
         self.log.borrow_mut().upstream = Some(target.address);
         // Upstream filters see the address the router is about to use.
         let mut upstream_properties = properties;
@@ -327,16 +344,7 @@ impl Exchange<'_> {
             }
         }
 
-        for name in route
-            .virtual_host
-            .request_headers_to_remove
-            .iter()
-            .chain(&route.route.request_headers_to_remove)
-        {
-            headers.remove(name);
-        }
         self.note_request(&headers);
-        let timeout = route.route.action.timeout;
         if connect {
             return self.tunnel(downstream, upstream, &target, upgrade).await;
         }
@@ -582,12 +590,6 @@ impl Exchange<'_> {
         let cluster = target.cluster.clone();
         cluster.stats.upstream_rq_total.add(1);
 
-        if let Some(timeout) = timeout {
-            headers.replace(
-                "x-envoy-expected-rq-timeout-ms",
-                timeout.as_millis().to_string(),
-            );
-        }
         let host = headers
             .get_str(":authority")
             .unwrap_or_default()
