@@ -30,6 +30,13 @@ impl HttpStream {
 }
 
 /// Errors of stream callbacks and asynchronous deliveries.
+/// Which body a body callback is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyDirection {
+    Request,
+    Response,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CallbackError {
     #[error("no such stream (context {0}): never created, already finished, or from another VM")]
@@ -427,33 +434,7 @@ impl PluginInstance {
         chunk: &[u8],
         end_of_stream: bool,
     ) -> Result<Action, CallbackError> {
-        self.check(s)?;
-        let buffering = self.request_body_buffering.contains(&s.id);
-        let size = {
-            let Some(st) = self.stream_state_mut(s) else {
-                return Err(CallbackError::UnknownStream(s.id));
-            };
-            if !buffering {
-                st.request_body.clear();
-            }
-            st.request_body.extend_from_slice(chunk);
-            st.request_body.len() as u32
-        };
-        let f = self.exports.on_request_body.clone();
-        let action = self.filter_call(
-            s,
-            "proxy_on_request_body",
-            f,
-            (s.id, size, u32::from(end_of_stream)),
-            Phase::RequestBody,
-            end_of_stream,
-        )?;
-        if action == Action::Pause {
-            self.request_body_buffering.insert(s.id);
-        } else {
-            self.request_body_buffering.remove(&s.id);
-        }
-        Ok(action)
+        self.on_body(s, chunk, end_of_stream, BodyDirection::Request)
     }
 
     /// `proxy_on_request_trailers`. Fill `request_trailers` first.
@@ -501,33 +482,69 @@ impl PluginInstance {
         chunk: &[u8],
         end_of_stream: bool,
     ) -> Result<Action, CallbackError> {
+        self.on_body(s, chunk, end_of_stream, BodyDirection::Response)
+    }
+
+    /// A body callback in either direction: the chunk joins the stream's buffer (a fresh one unless the filter
+    /// paused on the previous chunk), the guest sees the buffer's size, and a Pause keeps buffering.
+    fn on_body(
+        &mut self,
+        s: HttpStream,
+        chunk: &[u8],
+        end_of_stream: bool,
+        direction: BodyDirection,
+    ) -> Result<Action, CallbackError> {
         self.check(s)?;
-        let buffering = self.response_body_buffering.contains(&s.id);
+        let buffering = self.body_buffering(direction).contains(&s.id);
         let size = {
             let Some(st) = self.stream_state_mut(s) else {
                 return Err(CallbackError::UnknownStream(s.id));
             };
+            let body = match direction {
+                BodyDirection::Request => &mut st.request_body,
+                BodyDirection::Response => &mut st.response_body,
+            };
             if !buffering {
-                st.response_body.clear();
+                body.clear();
             }
-            st.response_body.extend_from_slice(chunk);
-            st.response_body.len() as u32
+            body.extend_from_slice(chunk);
+            body.len() as u32
         };
-        let f = self.exports.on_response_body.clone();
+        let (name, f, phase) = match direction {
+            BodyDirection::Request => (
+                "proxy_on_request_body",
+                self.exports.on_request_body.clone(),
+                Phase::RequestBody,
+            ),
+            BodyDirection::Response => (
+                "proxy_on_response_body",
+                self.exports.on_response_body.clone(),
+                Phase::ResponseBody,
+            ),
+        };
         let action = self.filter_call(
             s,
-            "proxy_on_response_body",
+            name,
             f,
             (s.id, size, u32::from(end_of_stream)),
-            Phase::ResponseBody,
+            phase,
             end_of_stream,
         )?;
+        let buffering = self.body_buffering(direction);
         if action == Action::Pause {
-            self.response_body_buffering.insert(s.id);
+            buffering.insert(s.id);
         } else {
-            self.response_body_buffering.remove(&s.id);
+            buffering.remove(&s.id);
         }
         Ok(action)
+    }
+
+    /// The streams whose filter paused on a body chunk of this direction.
+    fn body_buffering(&mut self, direction: BodyDirection) -> &mut std::collections::HashSet<u32> {
+        match direction {
+            BodyDirection::Request => &mut self.request_body_buffering,
+            BodyDirection::Response => &mut self.response_body_buffering,
+        }
     }
 
     /// `proxy_on_response_trailers`. Fill `response_trailers` first.
