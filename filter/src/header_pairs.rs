@@ -40,6 +40,13 @@ impl<'a> HeaderPairs<'a> {
     }
 }
 
+/// `:method` from the map, read only if the decision asks for it.
+impl crate::policy::MethodSource for HeaderPairs<'_> {
+    fn method(&mut self) -> &[u8] {
+        self.get(":method").unwrap_or_default()
+    }
+}
+
 fn read_u32(buf: &[u8], at: usize) -> Option<u32> {
     let bytes = buf.get(at..at.checked_add(4)?)?;
     Some(u32::from_le_bytes(bytes.try_into().ok()?))

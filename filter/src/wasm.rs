@@ -182,7 +182,7 @@ fn downstream(shared: &Shared) -> u32 {
     let Some(buf) = abi::request_header_pairs() else {
         return invalid(shared, InvalidReason::MissingDestination, AUTHORITY);
     };
-    let headers = HeaderPairs::new(&buf);
+    let mut headers = HeaderPairs::new(&buf);
     let mut source = AUTHORITY;
     let mut raw = None;
     if let Some(name) = policy.destination_header() {
@@ -202,8 +202,7 @@ fn downstream(shared: &Shared) -> u32 {
         Ok(d) => d,
         Err(reason) => return invalid(shared, reason, source),
     };
-    let mut method = headers.get(":method").unwrap_or_default();
-    let decision = match policy.decide(&mut dest, &mut method) {
+    let decision = match policy.decide(&mut dest, &mut headers) {
         Ok(d) => d,
         Err(reason) => return invalid(shared, reason, source),
     };

@@ -570,10 +570,7 @@ impl Exchange<'_> {
             chain.finish(Some(&headers), Some(status), &details);
         }
         self.log.borrow_mut().details = Some(details);
-        build_response(
-            &headers,
-            local_body(Full::new(Bytes::from(body)).map_err(|never| match never {})),
-        )
+        build_response(&headers, full_body(body))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -613,7 +610,7 @@ impl Exchange<'_> {
                     if headers.get("content-length").is_some() {
                         headers.replace("content-length", bytes.len().to_string());
                     }
-                    local_body(Full::new(bytes).map_err(|never| match never {}))
+                    full_body(bytes)
                 }
                 Err(reply) => return self.local_reply(&mut downstream, Some(&mut upstream), reply),
             }
@@ -1071,6 +1068,11 @@ fn upstream_request(
         .map_err(|_| EnvoyReply::bad_request("invalid_header_after_filters"))
 }
 
+/// A body held whole in memory (local replies, a request body the filters have read).
+fn full_body(bytes: impl Into<Bytes>) -> LocalBody {
+    local_body(Full::new(bytes.into()).map_err(|never| match never {}))
+}
+
 fn envoy_reply_headers(reply: &EnvoyReply) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.add(":status", reply.status.to_string());
@@ -1082,10 +1084,7 @@ fn envoy_reply_headers(reply: &EnvoyReply) -> HeaderMap {
 }
 
 fn plain_reply(reply: &EnvoyReply) -> Response<DownstreamBody> {
-    build_response(
-        &envoy_reply_headers(reply),
-        local_body(Full::new(Bytes::from(reply.body.clone())).map_err(|never| match never {})),
-    )
+    build_response(&envoy_reply_headers(reply), full_body(reply.body.clone()))
 }
 
 /// A hyper response from a header map (`:status` plus regular headers); invalid entries a filter wrote are dropped.
