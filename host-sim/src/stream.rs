@@ -59,6 +59,8 @@ pub struct StreamEffects {
     pub local_reply: Option<LocalReply>,
     /// How many times the guest asked to re-pick the route (`clear_route_cache`).
     pub clear_route_cache: u32,
+    /// The guest changed the request headers, which clears Envoy's route cache as well.
+    pub request_headers_changed: bool,
     /// `proxy_continue_stream(Request)` was called while the request was paused.
     pub continue_request: bool,
     /// `proxy_continue_stream(Response)` was called while the response was paused.
@@ -102,6 +104,16 @@ pub struct StreamState {
     pub filter_state: BTreeMap<Vec<u8>, Vec<u8>>,
     pub effects: StreamEffects,
     pub(crate) access: Access,
+}
+
+impl StreamEffects {
+    /// Whether the route must be picked again (an explicit `clear_route_cache` or a request-header change), and
+    /// forgets it until the next one.
+    pub fn take_route_cache_clear(&mut self) -> bool {
+        let explicit = std::mem::take(&mut self.clear_route_cache) > 0;
+        let changed = std::mem::take(&mut self.request_headers_changed);
+        explicit || changed
+    }
 }
 
 impl StreamState {

@@ -227,14 +227,22 @@ pub async fn start_proxy_with(
         (0, 0),
         &access_log,
     )?;
-    let proxy: Box<dyn Proxy> = match kind {
-        ProxyKind::Envoy => Box::new(Envoy::start(&bootstrap).await?),
-        ProxyKind::HostSim => Box::new(crate::host_sim::HostSim::start(&bootstrap)?),
-    };
     Ok(Running {
-        proxy,
+        proxy: start_bootstrap(kind, bootstrap).await?,
         access_log,
         _dir: dir,
+    })
+}
+
+/// Starts a proxy of `kind` on a rendered bootstrap and waits until it is ready.
+pub async fn start_bootstrap(kind: ProxyKind, bootstrap: String) -> anyhow::Result<Box<dyn Proxy>> {
+    Ok(match kind {
+        ProxyKind::Envoy => Box::new(Envoy::start(&bootstrap).await?),
+        // host-sim's start blocks until its workers are up.
+        ProxyKind::HostSim => Box::new(
+            tokio::task::spawn_blocking(move || crate::host_sim::HostSim::start(&bootstrap))
+                .await??,
+        ),
     })
 }
 

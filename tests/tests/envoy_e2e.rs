@@ -3,6 +3,7 @@
 //! (`tests/cases/*.yaml`); each variant gets one Envoy and runs its cases concurrently.
 
 mod resolved_probe;
+mod streaming_probe;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
@@ -284,4 +285,13 @@ fn shipped_resolved_stage_is_the_filter_default_policy() {
         wrong.len(),
         wrong[..wrong.len().min(20)].join("\n")
     );
+}
+
+/// A request body streams through a wasm filter with a body callback: the upstream gets the first chunk before the
+/// client sends the rest.
+#[test]
+fn request_body_streams_through_a_body_filter() {
+    block_on(streaming_probe::first_chunk_arrives_before_the_body_ends(
+        ProxyKind::Envoy,
+    ));
 }

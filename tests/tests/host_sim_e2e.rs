@@ -3,6 +3,7 @@
 //! the difference as intentional.
 
 mod resolved_probe;
+mod streaming_probe;
 
 use tests::rt::block_on;
 use tests::suite::ProxyKind;
@@ -13,6 +14,15 @@ tests::variant_tests!(ProxyKind::HostSim);
 #[test]
 fn resolved_stage_refuses_before_connecting() {
     block_on(resolved_probe::refused_before_connecting(
+        ProxyKind::HostSim,
+    ));
+}
+
+/// A request body streams through a wasm filter with a body callback: the upstream gets the first chunk before the
+/// client sends the rest.
+#[test]
+fn request_body_streams_through_a_body_filter() {
+    block_on(streaming_probe::first_chunk_arrives_before_the_body_ends(
         ProxyKind::HostSim,
     ));
 }

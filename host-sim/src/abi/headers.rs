@@ -124,7 +124,18 @@ fn set_pairs(c: &mut C<'_>, t: u32, ptr: u32, size: u32) -> HostResult {
     let pairs = decode_pairs(&data).map_err(|_| Status::BadArgument)?;
     let map = mut_map(c.data_mut(), t).ok_or(Status::BadArgument)?;
     *map = HeaderMap::from_pairs(pairs);
+    repick_route_after(c.data_mut(), t);
     Ok(())
+}
+
+/// Envoy's wasm filter clears the route cache whenever it changes the request headers, so the route is picked
+/// again from the changed headers (a rewritten `:path` or `:authority` can lead to another cluster).
+fn repick_route_after(st: &mut HostState, t: MapType) {
+    if t == MapType::RequestHeaders {
+        if let Some(s) = st.stream_mut() {
+            s.effects.request_headers_changed = true;
+        }
+    }
 }
 
 /// Envoy's request header map knows the HTTP/1 name `host` as `:authority` (the legacy alias
@@ -177,6 +188,7 @@ fn modify(
         Edit::Replace => map.replace(key, &value),
         Edit::Remove => map.remove(key),
     }
+    repick_route_after(c.data_mut(), t);
     Ok(())
 }
 

@@ -15,6 +15,9 @@ pub struct Listener {
     pub name: String,
     pub address: SocketAddr,
     pub http: HttpConnectionManager,
+    /// `per_connection_buffer_limit_bytes` (Envoy's default 1 MiB): how much request body the filters may hold
+    /// back while they buffer it before the request is refused with 413.
+    pub buffer_limit: usize,
     /// Index of the listener in `static_resources.listeners`, for error paths at run time.
     pub index: usize,
 }
@@ -124,6 +127,9 @@ pub enum RouteTarget {
     ClusterHeader(String),
 }
 
+/// Envoy's `per_connection_buffer_limit_bytes` when none is configured.
+const DEFAULT_BUFFER_LIMIT: usize = 1024 * 1024;
+
 /// Envoy's route timeout when none is configured.
 const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -136,8 +142,11 @@ pub(crate) fn parse_listener(index: usize, at: &At<'_>) -> Result<Listener, Conf
         .unwrap_or_default();
     let address = parse_address(&fields.req("address")?)?;
     let chains_at = fields.req("filter_chains")?;
-    // Cosmetic for a single-chain plain-text listener.
-    fields.cosmetic("per_connection_buffer_limit_bytes");
+    let buffer_limit = fields
+        .opt("per_connection_buffer_limit_bytes")
+        .map(|limit| limit.u32())
+        .transpose()?
+        .map_or(DEFAULT_BUFFER_LIMIT, |limit| limit as usize);
     fields.finish()?;
 
     let chains = chains_at.list()?;
@@ -162,6 +171,7 @@ pub(crate) fn parse_listener(index: usize, at: &At<'_>) -> Result<Listener, Conf
         name,
         address,
         http,
+        buffer_limit,
         index,
     })
 }

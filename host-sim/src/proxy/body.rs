@@ -1,9 +1,15 @@
-//! The response body on its way to the client: each data frame passes the wasm filters' body callbacks (upstream
-//! chain, then downstream chain in reverse), trailers pass the trailer callbacks, and when the body ends (or the
-//! client goes away, or the upstream breaks off) every wasm context is finished and the access log written with
-//! how the stream ended, as in Envoy's access-log phase.
+//! Bodies on their way through the wasm filters. The request body streams to the upstream chunk by chunk through
+//! the filters' request-body callbacks (downstream chain, then upstream chain), as Envoy streams it once the router
+//! has the upstream; the response body comes back through the upstream chain, then the downstream chain, each in
+//! reverse. When the response body ends (or the client goes away, or the upstream breaks off) every wasm context is
+//! finished and the access log written with how the stream ended, as in Envoy's access-log phase.
+//!
+//! HTTP/1 trailers end a filtered body and go no further, and no trailer callback runs: Envoy's HTTP/1 codec
+//! drops them unless `http_protocol_options.enable_trailers` is set, which host-sim does not accept.
 
+use std::cell::RefCell;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -12,13 +18,151 @@ use hyper::body::{Body, Frame, SizeHint};
 use crate::headers::HeaderMap;
 
 use super::access_log::PendingEntry;
-use super::http::BoxError;
-use super::wasm_chain::{Phase, WasmChain};
+use super::http::{BoxError, Reply};
+use super::local_reply::EnvoyReply;
+use super::wasm_chain::{Outcome, Phase, WasmChain};
+
+/// The wasm contexts of one stream: the listener's filters and the cluster's upstream filters. The request body
+/// (while it streams up) and the response share them.
+pub(crate) struct StreamChains {
+    pub downstream: WasmChain,
+    pub upstream: WasmChain,
+}
+
+pub(crate) type SharedChains = Rc<RefCell<StreamChains>>;
+
+/// Where the request body leaves the reply that ended the request early (a filter's local reply, a failed
+/// filter, a body over the buffer limit), for the exchange to send once the upstream request is abandoned.
+pub(crate) type EarlyReply = Rc<RefCell<Option<Reply>>>;
+
+/// The request body as the upstream receives it: each data frame through the request-body callbacks. While filters hold back more than `buffer_limit` bytes the request is refused
+/// with 413, as Envoy refuses a body past the listener's buffer limit while a filter buffers it.
+pub(crate) struct FilteredRequest<B> {
+    inner: B,
+    chains: SharedChains,
+    early_reply: EarlyReply,
+    buffer_limit: usize,
+    /// Bytes received since the filters last let something through.
+    held: usize,
+    done: bool,
+}
+
+impl<B> FilteredRequest<B> {
+    pub fn new(
+        inner: B,
+        chains: SharedChains,
+        early_reply: EarlyReply,
+        buffer_limit: usize,
+    ) -> Self {
+        FilteredRequest {
+            inner,
+            chains,
+            early_reply,
+            buffer_limit,
+            held: 0,
+            done: false,
+        }
+    }
+
+    /// Runs a chunk through the downstream, then the upstream filters; `None` while some filter buffers.
+    fn filter_data(&mut self, data: &[u8], end_of_stream: bool) -> Result<Option<Vec<u8>>, Reply> {
+        self.held += data.len();
+        let mut chains = self.chains.borrow_mut();
+        let chains = &mut *chains;
+        let mut data = data.to_vec();
+        for chain in [&mut chains.downstream, &mut chains.upstream] {
+            match chain.body(Phase::RequestHeaders, &data, end_of_stream) {
+                Ok(Some(out)) => data = out,
+                Ok(None) if self.held > self.buffer_limit => {
+                    return Err(Reply::Envoy(EnvoyReply::payload_too_large()))
+                }
+                Ok(None) => return Ok(None),
+                Err(outcome) => return Err(reply_for(outcome)),
+            }
+        }
+        self.held = 0;
+        Ok(Some(data))
+    }
+
+    /// The request ends here: the reply goes to the client instead, and the upstream request is abandoned.
+    fn end_early(&mut self, reply: Reply) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.done = true;
+        *self.early_reply.borrow_mut() = Some(reply);
+        Poll::Ready(Some(Err("a wasm filter ended the request".into())))
+    }
+}
+
+impl<B> Body for FilteredRequest<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            let data = match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                // The client went away or broke the framing: the upstream request is abandoned with it.
+                Poll::Ready(Some(Err(error))) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(error.into())));
+                }
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => (data, this.inner.is_end_stream()),
+                    // Trailers: the body ends here (see the module's note).
+                    Err(_) => (Bytes::new(), true),
+                },
+                // The body ended without a final data frame.
+                Poll::Ready(None) => (Bytes::new(), true),
+            };
+            let (data, end) = data;
+            match this.filter_data(&data, end) {
+                Ok(Some(out)) => {
+                    this.done = end;
+                    if out.is_empty() {
+                        continue;
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+                }
+                // Buffered by a filter: read on.
+                Ok(None) => continue,
+                Err(reply) => return this.end_early(reply),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        // The filters may change the body's length.
+        SizeHint::default()
+    }
+}
+
+/// The reply a filter outcome ends the stream with.
+fn reply_for(outcome: Outcome) -> Reply {
+    match outcome {
+        Outcome::LocalReply(reply) => Reply::Wasm(reply),
+        Outcome::Failed(reply) => Reply::Envoy(reply),
+        // Not produced by body or trailer callbacks; a stream cannot be held here.
+        Outcome::Continue { .. } | Outcome::Paused => Reply::Envoy(EnvoyReply::wasm_failed()),
+    }
+}
 
 pub(crate) struct FilteredResponse<B> {
     inner: B,
-    downstream: WasmChain,
-    upstream: WasmChain,
+    chains: SharedChains,
     headers: HeaderMap,
     status: u16,
     /// No filter in either chain: frames pass untouched.
@@ -32,18 +176,19 @@ pub(crate) struct FilteredResponse<B> {
 impl<B: Body> FilteredResponse<B> {
     pub fn new(
         inner: B,
-        downstream: WasmChain,
-        upstream: WasmChain,
+        chains: SharedChains,
         headers: HeaderMap,
         status: u16,
         log: Option<PendingEntry>,
     ) -> Self {
-        let passthrough = downstream.is_empty() && upstream.is_empty();
+        let passthrough = {
+            let chains = chains.borrow();
+            chains.downstream.is_empty() && chains.upstream.is_empty()
+        };
         FilteredResponse {
             empty: inner.is_end_stream(),
             inner,
-            downstream,
-            upstream,
+            chains,
             headers,
             status,
             passthrough,
@@ -57,9 +202,12 @@ impl<B> FilteredResponse<B> {
     fn finish(&mut self, details: &str) {
         if !self.done {
             self.done = true;
-            self.upstream
+            let mut chains = self.chains.borrow_mut();
+            chains
+                .upstream
                 .finish(Some(&self.headers), Some(self.status), details);
-            self.downstream
+            chains
+                .downstream
                 .finish(Some(&self.headers), Some(self.status), details);
             if let Some(log) = self.log.take() {
                 log.finish(details);
@@ -73,20 +221,22 @@ impl<B> FilteredResponse<B> {
         data: &[u8],
         end_of_stream: bool,
     ) -> Result<Option<Vec<u8>>, BoxError> {
+        let mut chains = self.chains.borrow_mut();
+        let chains = &mut *chains;
         let mut data = data.to_vec();
-        for chain in [&mut self.upstream, &mut self.downstream] {
+        for chain in [&mut chains.upstream, &mut chains.downstream] {
             match chain.body(Phase::ResponseHeaders, &data, end_of_stream) {
                 Ok(Some(out)) => data = out,
                 Ok(None) => return Ok(None),
-                // Headers are gone already: a reply or failure now can only reset the stream, as in Envoy.
-                Err(_) => {
-                    return Err("a wasm filter failed or replied after the response started".into())
-                }
+                Err(_) => return Err(AFTER_RESPONSE_STARTED.into()),
             }
         }
         Ok(Some(data))
     }
 }
+
+/// Headers are gone already: a reply or failure now can only reset the stream, as in Envoy.
+const AFTER_RESPONSE_STARTED: &str = "a wasm filter failed or replied after the response started";
 
 impl<B> Body for FilteredResponse<B>
 where
@@ -104,66 +254,51 @@ where
         loop {
             let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => {
-                    if !this.passthrough && !this.done {
-                        // End of stream with no final frame: give buffering filters their end-of-stream call.
-                        let flushed = this.filter_data(&[], true);
-                        this.finish("via_upstream");
-                        return match flushed {
-                            Ok(Some(data)) if !data.is_empty() => {
-                                Poll::Ready(Some(Ok(Frame::data(Bytes::from(data)))))
-                            }
-                            Ok(_) => Poll::Ready(None),
-                            Err(error) => Poll::Ready(Some(Err(error))),
-                        };
-                    }
-                    this.finish("via_upstream");
-                    return Poll::Ready(None);
-                }
                 Poll::Ready(Some(Err(error))) => {
                     let error = error.into();
                     this.finish(&upstream_reset_details(&error));
                     return Poll::Ready(Some(Err(error)));
                 }
-                Poll::Ready(Some(Ok(frame))) => frame,
-            };
-            if this.passthrough {
-                if this.inner.is_end_stream() {
+                Poll::Ready(None) if this.passthrough || this.done => {
                     this.finish("via_upstream");
+                    return Poll::Ready(None);
                 }
-                return Poll::Ready(Some(Ok(frame)));
-            }
-            match frame.into_data() {
-                Ok(data) => {
-                    let end = this.inner.is_end_stream();
-                    match this.filter_data(&data, end) {
-                        Ok(Some(out)) => {
-                            if end {
-                                this.finish("via_upstream");
-                            }
-                            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
-                        }
-                        // Buffered by a filter: read on.
-                        Ok(None) => continue,
-                        Err(error) => {
-                            this.finish("wasm_fail_stream");
-                            return Poll::Ready(Some(Err(error)));
-                        }
-                    }
-                }
-                Err(frame) => {
-                    if let Ok(trailers) = frame.into_trailers() {
-                        let mut map = HeaderMap::new();
-                        for (name, value) in &trailers {
-                            map.add(name.as_str(), value.as_bytes());
-                        }
-                        for chain in [&mut this.upstream, &mut this.downstream] {
-                            chain.for_each_state(|state| state.response_trailers = map.clone());
-                        }
+                Poll::Ready(Some(Ok(frame))) if this.passthrough => {
+                    if this.inner.is_end_stream() {
                         this.finish("via_upstream");
-                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                     }
-                    continue;
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Poll::Ready(Some(Ok(frame))) => frame.into_data().ok(),
+                Poll::Ready(None) => None,
+            };
+            // No data frame: the body ended (without a final data frame, or with trailers, which end it here; see
+            // the module's note). Buffering filters get their end-of-stream call.
+            let (data, end) = match frame {
+                Some(data) => {
+                    let end = this.inner.is_end_stream();
+                    (data, end)
+                }
+                None => (Bytes::new(), true),
+            };
+            match this.filter_data(&data, end) {
+                Ok(Some(out)) => {
+                    if end {
+                        this.finish("via_upstream");
+                    }
+                    if out.is_empty() && !end {
+                        continue;
+                    }
+                    if out.is_empty() {
+                        return Poll::Ready(None);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+                }
+                // Buffered by a filter: read on.
+                Ok(None) => continue,
+                Err(error) => {
+                    this.finish("wasm_fail_stream");
+                    return Poll::Ready(Some(Err(error)));
                 }
             }
         }

@@ -29,6 +29,7 @@ use crate::headers::HeaderMap;
 use crate::properties::{Properties, StreamFacts};
 use crate::stream::LocalReply;
 
+use super::body::{EarlyReply, FilteredRequest, FilteredResponse, SharedChains, StreamChains};
 use super::local_reply::EnvoyReply;
 use super::route::{self, Selected};
 use super::wasm_chain::{Outcome, WasmChain};
@@ -220,7 +221,13 @@ impl Exchange<'_> {
                             }
                         }
                         Settled::Reply(reply) => {
-                            return self.local_reply(&mut downstream, None, reply)
+                            // The reply is logged with the route of the headers as the filter left them (a header
+                            // change cleared Envoy's route cache; unchanged headers pick the same route).
+                            if !self.listener.access_logs.is_empty() {
+                                let selected = self.select_route(&headers, connect);
+                                self.note_route_cluster(selected.as_ref(), &headers);
+                            }
+                            return self.local_reply(&mut downstream, None, reply);
                         }
                     }
                 }
@@ -577,10 +584,10 @@ impl Exchange<'_> {
     async fn forward(
         &self,
         method: Method,
-        mut headers: HeaderMap,
+        headers: HeaderMap,
         body: Incoming,
-        mut downstream: WasmChain,
-        mut upstream: WasmChain,
+        downstream: WasmChain,
+        upstream: WasmChain,
         target: Target,
         timeout: Option<Duration>,
     ) -> Response<DownstreamBody> {
@@ -603,25 +610,31 @@ impl Exchange<'_> {
         // A request without a body gets no body callback, as in Envoy (its headers carried end of stream).
         let filter_body = !body.is_end_stream()
             && (downstream.filters_request_body() || upstream.filters_request_body());
+        let chains: SharedChains = Rc::new(RefCell::new(StreamChains {
+            downstream,
+            upstream,
+        }));
+        let early_reply: EarlyReply = Rc::default();
         let request_body: UpstreamBody = if filter_body {
-            let filtered = filter_request_body(body, &mut downstream, &mut upstream).await;
-            match filtered {
-                Ok(bytes) => {
-                    if headers.get("content-length").is_some() {
-                        headers.replace("content-length", bytes.len().to_string());
-                    }
-                    full_body(bytes)
-                }
-                Err(reply) => return self.local_reply(&mut downstream, Some(&mut upstream), reply),
-            }
+            // The headers go up as they are, `content-length` included, as from Envoy: a filter that changes the
+            // body's length removes it in its request-headers callback.
+            local_body(FilteredRequest::new(
+                body,
+                chains.clone(),
+                early_reply.clone(),
+                self.listener.config.buffer_limit,
+            ))
         } else {
             local_body(body.map_err(|error| Box::new(error) as BoxError))
         };
+        let reply_on = |reply: Reply| {
+            let mut chains = chains.borrow_mut();
+            let chains = &mut *chains;
+            self.local_reply(&mut chains.downstream, Some(&mut chains.upstream), reply)
+        };
         let upstream_request = match upstream_request(&method, &headers, request_body) {
             Ok(request) => request,
-            Err(reply) => {
-                return self.local_reply(&mut downstream, Some(&mut upstream), Reply::Envoy(reply))
-            }
+            Err(reply) => return reply_on(Reply::Envoy(reply)),
         };
 
         let pool = self.worker.pool.clone();
@@ -629,11 +642,7 @@ impl Exchange<'_> {
             Ok(sender) => sender,
             Err(error) => {
                 cluster.stats.upstream_cx_connect_fail.add(1);
-                return self.local_reply(
-                    &mut downstream,
-                    Some(&mut upstream),
-                    Reply::Envoy(EnvoyReply::upstream_failure(&error)),
-                );
+                return reply_on(Reply::Envoy(EnvoyReply::upstream_failure(&error)));
             }
         };
         let sent = sender.send_request(upstream_request);
@@ -642,11 +651,7 @@ impl Exchange<'_> {
                 Ok(result) => result,
                 Err(_) => {
                     cluster.stats.upstream_rq_timeout.add(1);
-                    return self.local_reply(
-                        &mut downstream,
-                        Some(&mut upstream),
-                        Reply::Envoy(EnvoyReply::upstream_timeout()),
-                    );
+                    return reply_on(Reply::Envoy(EnvoyReply::upstream_timeout()));
                 }
             },
             None => sent.await,
@@ -654,6 +659,11 @@ impl Exchange<'_> {
         let response = match response {
             Ok(response) => response,
             Err(error) => {
+                // The request body ended the request (a filter replied, failed, or held too much): that reply
+                // goes to the client.
+                if let Some(reply) = early_reply.borrow_mut().take() {
+                    return reply_on(reply);
+                }
                 tracing::debug!(%error, "upstream reset before response headers");
                 let reply = if error.is_parse() {
                     EnvoyReply::upstream_protocol_error()
@@ -663,7 +673,7 @@ impl Exchange<'_> {
                 } else {
                     EnvoyReply::upstream_failure(&ConnectError::Http(error.to_string()))
                 };
-                return self.local_reply(&mut downstream, Some(&mut upstream), Reply::Envoy(reply));
+                return reply_on(Reply::Envoy(reply));
             }
         };
 
@@ -680,31 +690,28 @@ impl Exchange<'_> {
             self.started.elapsed().as_millis().to_string(),
         );
         let end_of_stream = body.is_end_stream();
-        let mut outcome = upstream.response_headers(&mut response_headers, end_of_stream);
-        if matches!(outcome, Outcome::Continue { .. }) {
-            outcome = downstream.response_headers(&mut response_headers, end_of_stream);
-        }
+        let outcome = {
+            let mut chains = chains.borrow_mut();
+            let mut outcome = chains
+                .upstream
+                .response_headers(&mut response_headers, end_of_stream);
+            if matches!(outcome, Outcome::Continue { .. }) {
+                outcome = chains
+                    .downstream
+                    .response_headers(&mut response_headers, end_of_stream);
+            }
+            outcome
+        };
         match outcome {
-            Outcome::LocalReply(reply) => {
-                return self.local_reply(&mut downstream, Some(&mut upstream), Reply::Wasm(reply));
-            }
-            Outcome::Failed(reply) => {
-                return self.local_reply(&mut downstream, Some(&mut upstream), Reply::Envoy(reply));
-            }
+            Outcome::LocalReply(reply) => return reply_on(Reply::Wasm(reply)),
+            Outcome::Failed(reply) => return reply_on(Reply::Envoy(reply)),
             Outcome::Continue { .. } | Outcome::Paused => {}
         }
         let status = parts.status.as_u16();
         self.log.borrow_mut().details = Some("via_upstream".to_string());
         let log = self.pending_log(&response_headers, status);
         let pooled = PooledBody::new(body, pool, key, sender);
-        let body = super::body::FilteredResponse::new(
-            pooled,
-            downstream,
-            upstream,
-            response_headers.clone(),
-            status,
-            log,
-        );
+        let body = FilteredResponse::new(pooled, chains, response_headers.clone(), status, log);
         build_response(&response_headers, local_body(body))
     }
 
@@ -776,60 +783,6 @@ enum Settled {
 pub(crate) enum Reply {
     Wasm(LocalReply),
     Envoy(EnvoyReply),
-}
-
-/// The most request body host-sim holds while the wasm filters' request-body callbacks run (see
-/// [`filter_request_body`]); a larger body is refused with 413, as Envoy refuses a body larger than its buffer
-/// limit when a filter buffers it.
-const MAX_FILTERED_REQUEST_BODY: usize = 64 * 1024 * 1024;
-
-/// Runs the request body through the downstream chain's, then the upstream chain's request-body callbacks, frame by
-/// frame with Envoy's end-of-stream flags, and returns what they let through. host-sim reads the whole body before
-/// it forwards any of it (Envoy streams what the filters continue); trailers are not passed on. A filter's local
-/// reply, or a failed filter, is returned as the reply to send instead.
-async fn filter_request_body(
-    mut body: Incoming,
-    downstream: &mut WasmChain,
-    upstream: &mut WasmChain,
-) -> Result<Bytes, Reply> {
-    let mut forwarded = Vec::new();
-    let mut received = 0usize;
-    let mut ended = false;
-    let mut pass = |chunk: &[u8], end: bool, forwarded: &mut Vec<u8>| -> Result<(), Reply> {
-        let mut data = chunk.to_vec();
-        for chain in [&mut *downstream, &mut *upstream] {
-            match chain.body(super::wasm_chain::Phase::RequestHeaders, &data, end) {
-                Ok(Some(out)) => data = out,
-                Ok(None) => return Ok(()),
-                Err(Outcome::LocalReply(reply)) => return Err(Reply::Wasm(reply)),
-                Err(Outcome::Failed(reply)) => return Err(Reply::Envoy(reply)),
-                Err(Outcome::Continue { .. } | Outcome::Paused) => return Ok(()),
-            }
-        }
-        forwarded.extend_from_slice(&data);
-        Ok(())
-    };
-    while !ended {
-        let frame = match body.frame().await {
-            Some(Ok(frame)) => frame,
-            // The client went away or broke the framing: nothing is forwarded.
-            Some(Err(_)) => return Err(Reply::Envoy(EnvoyReply::bad_request("http1.codec_error"))),
-            None => {
-                pass(&[], true, &mut forwarded)?;
-                break;
-            }
-        };
-        let Ok(data) = frame.into_data() else {
-            continue; // trailers
-        };
-        received += data.len();
-        if received > MAX_FILTERED_REQUEST_BODY {
-            return Err(Reply::Envoy(EnvoyReply::payload_too_large()));
-        }
-        ended = body.is_end_stream();
-        pass(&data, ended, &mut forwarded)?;
-    }
-    Ok(Bytes::from(forwarded))
 }
 
 /// The request as Envoy's HTTP/1 codec presents it to filters: `:authority` (from the absolute URI or `Host`),

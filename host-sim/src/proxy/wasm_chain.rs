@@ -218,7 +218,7 @@ impl WasmChain {
         if let Some(reply) = state.effects.local_reply.take() {
             return Some(Outcome::LocalReply(reply));
         }
-        if std::mem::take(&mut state.effects.clear_route_cache) > 0 {
+        if state.effects.take_route_cache_clear() {
             *clear_route_cache = true;
         }
         if action.is_stop() {
@@ -262,7 +262,7 @@ impl WasmChain {
         }
         if std::mem::take(&mut state.effects.continue_request) {
             *headers = std::mem::take(&mut state.request_headers);
-            let clear_route_cache = std::mem::take(&mut state.effects.clear_route_cache) > 0;
+            let clear_route_cache = state.effects.take_route_cache_clear();
             return Some(Outcome::Continue { clear_route_cache });
         }
         None

@@ -19,8 +19,6 @@ use super::normalise::{Normaliser, TAG_MASK};
 use super::observe::{self, Endpoint, Observation};
 use super::patch;
 use crate::cases::Case;
-use crate::envoy::Envoy;
-use crate::host_sim::HostSim;
 use crate::proxy::Proxy;
 use crate::suite::{self, ProxyKind};
 use crate::template::{self, Vars};
@@ -333,12 +331,7 @@ async fn start(
     let dir = tempfile::Builder::new().prefix("dfp-fidelity-").tempdir()?;
     let access_log = dir.path().join("access.log");
     let yaml = render(template_text, vars, variant, &access_log)?;
-    let proxy: Box<dyn Proxy> = match kind {
-        ProxyKind::Envoy => Box::new(Envoy::start(&yaml).await?),
-        ProxyKind::HostSim => {
-            Box::new(tokio::task::spawn_blocking(move || HostSim::start(&yaml)).await??)
-        }
-    };
+    let proxy = crate::suite::start_bootstrap(kind, yaml).await?;
     let endpoint = Endpoint {
         listener: proxy.listener(),
         admin: proxy.admin(),
