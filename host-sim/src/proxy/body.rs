@@ -29,6 +29,31 @@ pub(crate) struct StreamChains {
     pub upstream: WasmChain,
 }
 
+impl StreamChains {
+    /// Runs a body chunk through both chains in Envoy's order: the request through the downstream filters, then
+    /// the upstream ones; the response back through the upstream filters, then the downstream ones. Returns the
+    /// bytes to forward (`None` while some filter buffers), or the outcome that ends the stream.
+    fn body(
+        &mut self,
+        phase: Phase,
+        data: &[u8],
+        end_of_stream: bool,
+    ) -> Result<Option<Vec<u8>>, Outcome> {
+        let chains = match phase {
+            Phase::RequestHeaders => [&mut self.downstream, &mut self.upstream],
+            Phase::ResponseHeaders => [&mut self.upstream, &mut self.downstream],
+        };
+        let mut data = data.to_vec();
+        for chain in chains {
+            match chain.body(phase, &data, end_of_stream)? {
+                Some(out) => data = out,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(data))
+    }
+}
+
 pub(crate) type SharedChains = Rc<RefCell<StreamChains>>;
 
 /// Where the request body leaves the reply that ended the request early (a filter's local reply, a failed
@@ -67,21 +92,21 @@ impl<B> FilteredRequest<B> {
     /// Runs a chunk through the downstream, then the upstream filters; `None` while some filter buffers.
     fn filter_data(&mut self, data: &[u8], end_of_stream: bool) -> Result<Option<Vec<u8>>, Reply> {
         self.held += data.len();
-        let mut chains = self.chains.borrow_mut();
-        let chains = &mut *chains;
-        let mut data = data.to_vec();
-        for chain in [&mut chains.downstream, &mut chains.upstream] {
-            match chain.body(Phase::RequestHeaders, &data, end_of_stream) {
-                Ok(Some(out)) => data = out,
-                Ok(None) if self.held > self.buffer_limit => {
-                    return Err(Reply::Envoy(EnvoyReply::payload_too_large()))
-                }
-                Ok(None) => return Ok(None),
-                Err(outcome) => return Err(reply_for(outcome)),
+        let passed = self
+            .chains
+            .borrow_mut()
+            .body(Phase::RequestHeaders, data, end_of_stream);
+        match passed {
+            Ok(Some(out)) => {
+                self.held = 0;
+                Ok(Some(out))
             }
+            Ok(None) if self.held > self.buffer_limit => {
+                Err(Reply::Envoy(EnvoyReply::payload_too_large()))
+            }
+            Ok(None) => Ok(None),
+            Err(outcome) => Err(reply_for(outcome)),
         }
-        self.held = 0;
-        Ok(Some(data))
     }
 
     /// The request ends here: the reply goes to the client instead, and the upstream request is abandoned.
@@ -221,17 +246,10 @@ impl<B> FilteredResponse<B> {
         data: &[u8],
         end_of_stream: bool,
     ) -> Result<Option<Vec<u8>>, BoxError> {
-        let mut chains = self.chains.borrow_mut();
-        let chains = &mut *chains;
-        let mut data = data.to_vec();
-        for chain in [&mut chains.upstream, &mut chains.downstream] {
-            match chain.body(Phase::ResponseHeaders, &data, end_of_stream) {
-                Ok(Some(out)) => data = out,
-                Ok(None) => return Ok(None),
-                Err(_) => return Err(AFTER_RESPONSE_STARTED.into()),
-            }
-        }
-        Ok(Some(data))
+        self.chains
+            .borrow_mut()
+            .body(Phase::ResponseHeaders, data, end_of_stream)
+            .map_err(|_| AFTER_RESPONSE_STARTED.into())
     }
 }
 
