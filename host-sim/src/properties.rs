@@ -114,7 +114,18 @@ impl StreamFacts {
             ("request", "protocol") => Some(PropertyValue::from(self.protocol)),
             ("xds", "route_configuration_name") => name(self.route_configuration_name.as_deref()),
             ("xds", "virtual_host_name") => name(self.virtual_host_name.as_deref()),
-            ("xds", "route_name") => name(self.route_name.as_deref()),
+            // A selected route without a name reads as empty.
+            ("xds", "route_name") => name(self.route_name.as_deref()).or_else(|| {
+                self.virtual_host_name
+                    .as_ref()
+                    .map(|_| PropertyValue::from(""))
+            }),
+            // host-sim's listeners have one unnamed chain, no TLS, and no metadata anywhere: Envoy reads these as
+            // empty (an empty string, an empty protobuf Struct).
+            ("connection", "requested_server_name")
+            | ("xds", "filter_chain_name")
+            | ("xds", "listener_metadata" | "cluster_metadata")
+            | ("xds", "route_metadata" | "virtual_host_metadata") => Some(PropertyValue::from("")),
             ("xds", "cluster_name") => name(self.cluster_name.as_deref()),
             ("xds", "listener_direction") => Some(PropertyValue::Int(self.listener_direction)),
             _ => None,
@@ -442,9 +453,38 @@ fn derived(top: &str, rest: &[&[u8]], s: &StreamState) -> Result<Option<Vec<u8>>
             .get_str(":status")
             .and_then(|v| v.parse::<i64>().ok())
             .map(|c| c.to_le_bytes().to_vec()),
+        // Envoy's CEL sizes: the request body's `content-length` when the headers have one, else the body bytes so
+        // far; the totals add the header (and trailer) bytes.
+        ("request", "size") => Some(body_size(req, s.request_body_bytes)),
+        ("request", "total_size") => {
+            Some(int(s.request_body_bytes as i64 + req.byte_size() as i64))
+        }
+        // Unlike the request's, the response's size is the body bytes sent so far, whatever `content-length` says.
+        ("response", "size") => Some(int(s.response_body_bytes as i64)),
+        ("response", "total_size") => Some(int(s.response_body_bytes as i64
+            + s.response_headers.byte_size() as i64
+            + s.response_trailers.byte_size() as i64)),
+        // host-sim sets no response flags (its access log prints `-`).
+        ("response", "flags") => Some(int(0)),
+        // No retries: the router's one attempt starts when it has the upstream address.
+        ("upstream", "request_attempt_count") => Some(int(i64::from(
+            s.properties.lookup("upstream", "address").is_some(),
+        ))),
         _ => None,
     };
     Ok(value)
+}
+
+fn int(value: i64) -> Vec<u8> {
+    value.to_le_bytes().to_vec()
+}
+
+/// `request.size`: `content-length` if the headers carry a number there, else the bytes counted.
+fn body_size(headers: &HeaderMap, counted: u64) -> Vec<u8> {
+    let declared = headers
+        .get_str("content-length")
+        .and_then(|value| value.parse::<i64>().ok());
+    int(declared.unwrap_or(counted as i64))
 }
 
 /// A header map as a property: the whole map as pairs (repeated keys joined by `,`, as
@@ -576,6 +616,18 @@ mod tests {
             "xds.listener_direction",
             PropertyValue::Int(f.listener_direction),
         );
+        // A route was selected (there is a virtual host) and it has no name.
+        p.set("xds.route_name", "");
+        for empty in [
+            "connection.requested_server_name",
+            "xds.filter_chain_name",
+            "xds.listener_metadata",
+            "xds.cluster_metadata",
+            "xds.route_metadata",
+            "xds.virtual_host_metadata",
+        ] {
+            p.set(empty, "");
+        }
         p
     }
 
@@ -601,6 +653,14 @@ mod tests {
         "xds\0cluster_name",
         "xds\0listener_direction",
         "xds\0node",
+        "xds\0filter_chain_name",
+        "xds\0route_metadata",
+        "connection\0requested_server_name",
+        "request\0size",
+        "request\0total_size",
+        "response\0size",
+        "response\0flags",
+        "upstream\0request_attempt_count",
         "source",
         "source\0address\0more",
         "source\0",
@@ -630,7 +690,16 @@ mod tests {
             lazy.get("source.address").map(Cow::into_owned),
             Some(PropertyValue::from("[2001:db8::1]:5555"))
         );
-        assert_eq!(lazy.get("xds.route_name"), None);
+        // The selected route has no name: empty, as in Envoy; no route selected: absent.
+        assert_eq!(
+            lazy.get("xds.route_name").map(Cow::into_owned),
+            Some(PropertyValue::from(""))
+        );
+        let unrouted = Properties::from_facts(StreamFacts {
+            virtual_host_name: None,
+            ..f.clone()
+        });
+        assert_eq!(unrouted.get("xds.route_name"), None);
 
         // What the proxy learns later reads as if it had been set by name.
         let upstream: SocketAddr = "192.0.2.9:8443".parse().expect("address");

@@ -98,6 +98,10 @@ pub struct StreamState {
     pub response_headers: HeaderMap,
     pub response_body: Vec<u8>,
     pub response_trailers: HeaderMap,
+    /// Request body bytes received from the client so far (Envoy's `bytesReceived`).
+    pub request_body_bytes: u64,
+    /// Response body bytes sent to the client so far (Envoy's `bytesSent`).
+    pub response_body_bytes: u64,
     /// Property values the proxy provides (addresses, route, cluster, `upstream.address` ...).
     pub properties: Properties,
     /// Values stored by `proxy_set_property` (Envoy's filter state), keyed by the raw path.

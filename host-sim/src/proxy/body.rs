@@ -54,6 +54,22 @@ impl StreamChains {
     }
 }
 
+impl StreamChains {
+    /// Counts body bytes for the `request.size` / `response.size` properties of every context of the stream.
+    fn count(&mut self, phase: Phase, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        let bytes = bytes as u64;
+        for chain in [&mut self.downstream, &mut self.upstream] {
+            chain.for_each_state(|state| match phase {
+                Phase::RequestHeaders => state.request_body_bytes += bytes,
+                Phase::ResponseHeaders => state.response_body_bytes += bytes,
+            });
+        }
+    }
+}
+
 pub(crate) type SharedChains = Rc<RefCell<StreamChains>>;
 
 /// Where the request body leaves the reply that ended the request early (a filter's local reply, a failed
@@ -92,10 +108,11 @@ impl<B> FilteredRequest<B> {
     /// Runs a chunk through the downstream, then the upstream filters; `None` while some filter buffers.
     fn filter_data(&mut self, data: &[u8], end_of_stream: bool) -> Result<Option<Vec<u8>>, Reply> {
         self.held += data.len();
-        let passed = self
-            .chains
-            .borrow_mut()
-            .body(Phase::RequestHeaders, data, end_of_stream);
+        let passed = {
+            let mut chains = self.chains.borrow_mut();
+            chains.count(Phase::RequestHeaders, data.len());
+            chains.body(Phase::RequestHeaders, data, end_of_stream)
+        };
         match passed {
             Ok(Some(out)) => {
                 self.held = 0;
@@ -246,10 +263,14 @@ impl<B> FilteredResponse<B> {
         data: &[u8],
         end_of_stream: bool,
     ) -> Result<Option<Vec<u8>>, BoxError> {
-        self.chains
-            .borrow_mut()
+        let mut chains = self.chains.borrow_mut();
+        let passed = chains
             .body(Phase::ResponseHeaders, data, end_of_stream)
-            .map_err(|_| AFTER_RESPONSE_STARTED.into())
+            .map_err(|_| AFTER_RESPONSE_STARTED)?;
+        if let Some(out) = &passed {
+            chains.count(Phase::ResponseHeaders, out.len());
+        }
+        Ok(passed)
     }
 }
 

@@ -329,6 +329,10 @@ impl Exchange<'_> {
             );
         }
         self.log.borrow_mut().upstream = Some(target.address);
+        // The downstream filters' response phase sees the host the router used, as in Envoy.
+        downstream.for_each_state(|state| {
+            state.properties.set_upstream_address(target.address);
+        });
         // Upstream filters see the address the router is about to use.
         let mut upstream_properties = properties;
         upstream_properties.set_cluster_name(cluster.name.clone());

@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
+use tempfile::TempDir;
 use tests::fidelity::fixtures::probe_wasm;
+use tests::proxy::Proxy;
 use tests::suite::{self, ProxyKind};
 use tests::template::{self, Vars};
 use tests::world::tests_dir;
@@ -24,27 +26,7 @@ pub async fn first_chunk_arrives_before_the_body_ends(kind: ProxyKind) {
     let (first_seen, first_chunk) = oneshot::channel();
     let upstream_task = tokio::spawn(serve_one(upstream, first_seen));
 
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let template_path = tests_dir().join("fidelity/templates/probe.yaml");
-    let template_text = std::fs::read_to_string(&template_path).expect("the probe template");
-    let mut vars = Vars::new();
-    for name in ["LISTENER_PORT", "ADMIN_PORT"] {
-        vars.insert(name.into(), "0".into());
-    }
-    for name in ["PLAIN_PORT", "SINK_PORT"] {
-        vars.insert(name.into(), upstream_port.to_string());
-    }
-    let wasm = probe_wasm().expect("building the ABI probe");
-    vars.insert("PROBE_WASM".into(), wasm.to_string_lossy().into_owned());
-    vars.insert(
-        "ACCESS_LOG".into(),
-        dir.path().join("access.log").to_string_lossy().into_owned(),
-    );
-    vars.insert("DOWNSTREAM_CONFIG".into(), "\"streaming\"".into());
-    let bootstrap = template::render(&template_text, &vars).expect("rendering the probe bootstrap");
-    let proxy = suite::start_bootstrap(kind, bootstrap)
-        .await
-        .expect("starting the proxy");
+    let (proxy, _access_log_dir) = start_probe(kind, upstream_port).await;
 
     let mut client = TcpStream::connect(proxy.listener())
         .await
@@ -86,6 +68,33 @@ pub async fn first_chunk_arrives_before_the_body_ends(kind: ProxyKind) {
         body.contains("first") && body.contains("rest"),
         "{kind:?}: the upstream got an incomplete body: {body:?}"
     );
+}
+
+/// A proxy of `kind` on the ABI probe's bootstrap (tests/fidelity/templates/probe.yaml) whose upstreams are all
+/// `upstream_port`; the directory holds its access log.
+async fn start_probe(kind: ProxyKind, upstream_port: u16) -> (Box<dyn Proxy>, TempDir) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let template_path = tests_dir().join("fidelity/templates/probe.yaml");
+    let template_text = std::fs::read_to_string(&template_path).expect("the probe template");
+    let mut vars = Vars::new();
+    for name in ["LISTENER_PORT", "ADMIN_PORT"] {
+        vars.insert(name.into(), "0".into());
+    }
+    for name in ["PLAIN_PORT", "SINK_PORT"] {
+        vars.insert(name.into(), upstream_port.to_string());
+    }
+    let wasm = probe_wasm().expect("building the ABI probe");
+    vars.insert("PROBE_WASM".into(), wasm.to_string_lossy().into_owned());
+    vars.insert(
+        "ACCESS_LOG".into(),
+        dir.path().join("access.log").to_string_lossy().into_owned(),
+    );
+    vars.insert("DOWNSTREAM_CONFIG".into(), "\"streaming\"".into());
+    let bootstrap = template::render(&template_text, &vars).expect("rendering the probe bootstrap");
+    let proxy = suite::start_bootstrap(kind, bootstrap)
+        .await
+        .expect("starting the proxy");
+    (proxy, dir)
 }
 
 /// Accepts one connection, reports when the request's body has brought the first chunk, answers 200 once the
