@@ -52,9 +52,7 @@ impl StreamChains {
         }
         Ok(Some(data))
     }
-}
 
-impl StreamChains {
     /// Counts body bytes for the `request.size` / `response.size` properties of every context of the stream.
     fn count(&mut self, phase: Phase, bytes: usize) {
         if bytes == 0 {
