@@ -254,6 +254,66 @@ fn blocks(or: &Value) -> anyhow::Result<Vec<Block>> {
         .collect()
 }
 
+/// The blocks of `deny` outside every block of `allow`, as CIDR blocks: what a single list of ranges must name to
+/// deny exactly what the pair denies (the DNS cache's `resolved_address_filter` has no carve-outs of its own).
+pub fn subtract(deny: &[Block], allow: &[Block]) -> Vec<Block> {
+    fn overlaps(a: Block, b: Block) -> bool {
+        in_block(a.0, a.1, b.0) || in_block(b.0, b.1, a.0)
+    }
+    fn covers(outer: Block, inner: Block) -> bool {
+        outer.1 <= inner.1 && in_block(outer.0, outer.1, inner.0)
+    }
+    fn halves((prefix, len): Block) -> [Block; 2] {
+        match prefix {
+            IpAddr::V4(a) => {
+                let bit = 1u32 << (31 - u32::from(len));
+                let low = u32::from(a);
+                [
+                    (IpAddr::V4(Ipv4Addr::from(low)), len + 1),
+                    (IpAddr::V4(Ipv4Addr::from(low | bit)), len + 1),
+                ]
+            }
+            IpAddr::V6(a) => {
+                let bit = 1u128 << (127 - u32::from(len));
+                let low = u128::from(a);
+                [
+                    (IpAddr::V6(Ipv6Addr::from(low)), len + 1),
+                    (IpAddr::V6(Ipv6Addr::from(low | bit)), len + 1),
+                ]
+            }
+        }
+    }
+    fn rest(block: Block, allow: &[Block], out: &mut Vec<Block>) {
+        if allow.iter().any(|&a| covers(a, block)) {
+            return;
+        }
+        if !allow.iter().any(|&a| overlaps(a, block)) {
+            out.push(block);
+            return;
+        }
+        // Some allowed block lies strictly inside this one, so it is longer than `block`: halving terminates.
+        for half in halves(block) {
+            rest(half, allow, out);
+        }
+    }
+    let mut out = Vec::new();
+    for &block in deny {
+        rest(block, allow, &mut out);
+    }
+    out
+}
+
+/// The DNS cache's `resolved_address_filter` (an `AddressMatcher`) for the filter-style `spec`: every address the
+/// resolved stage would deny, so the cache drops it from the answer before any host or connection sees it.
+pub fn address_filter(spec: &Value) -> anyhow::Result<Value> {
+    let lists = AddressLists::from_filter(spec)?;
+    let ranges: Vec<Value> = subtract(&lists.deny, &lists.allow)
+        .into_iter()
+        .map(|(prefix, len)| json!({ "address_prefix": prefix.to_string(), "prefix_len": len }))
+        .collect();
+    Ok(json!({ "ranges": ranges }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,5 +349,27 @@ mod tests {
         let mut written = rules(&json!({})).expect("rules");
         written["action"] = json!("ALLOW");
         assert!(read_rules(&written).is_err());
+    }
+
+    #[test]
+    fn subtraction_leaves_exactly_the_carve_out() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let deny = [(ip("127.0.0.0"), 8), (ip("10.0.0.0"), 8)];
+        let allow = [(ip("127.0.0.1"), 32), (ip("192.168.0.0"), 16)];
+        let left = subtract(&deny, &allow);
+        // 127/8 minus one address is 24 blocks; 10/8 does not meet the carve-outs.
+        assert_eq!(left.len(), 25, "{left:?}");
+        let denied = |a: IpAddr| left.iter().any(|&(p, l)| in_block(p, l, a));
+        assert!(!denied(ip("127.0.0.1")));
+        for a in ["127.0.0.0", "127.0.0.2", "127.255.255.255", "127.1.0.1", "10.1.2.3"] {
+            assert!(denied(ip(a)), "{a}");
+        }
+        assert!(!denied(ip("192.168.1.1")) && !denied(ip("8.8.8.8")));
+        assert!(subtract(&deny, &[(ip("0.0.0.0"), 0)]).is_empty());
+
+        let filter = address_filter(&json!({ "addresses": { "allow": ["127.0.0.1/32"] } })).expect("filter");
+        let ranges = filter["ranges"].as_array().expect("ranges");
+        assert!(ranges.iter().all(|r| r["address_prefix"] != "127.0.0.1" || r["prefix_len"] != 32));
+        assert!(ranges.iter().any(|r| r["address_prefix"] == "::1" && r["prefix_len"] == 128));
     }
 }

@@ -78,8 +78,30 @@ impl EchoServer {
         Self::start(name, Some(TlsAcceptor::from(config))).await
     }
 
+    /// A plain-text echo server named `name` on `addr` (any loopback address; port 0 picks one).
+    pub async fn plain_at(name: &str, addr: SocketAddr) -> anyhow::Result<Self> {
+        Self::start_at(name, None, addr).await
+    }
+
+    /// A TLS echo server named `name` on `addr`.
+    pub async fn tls_at(
+        name: &str,
+        config: Arc<rustls::ServerConfig>,
+        addr: SocketAddr,
+    ) -> anyhow::Result<Self> {
+        Self::start_at(name, Some(TlsAcceptor::from(config)), addr).await
+    }
+
     async fn start(name: &str, tls: Option<TlsAcceptor>) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_at(name, tls, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    async fn start_at(
+        name: &str,
+        tls: Option<TlsAcceptor>,
+        addr: SocketAddr,
+    ) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let log = Arc::new(Log::default());
         let task = tokio::spawn(accept_loop(listener, name.to_string(), tls, log.clone()));
@@ -231,7 +253,12 @@ pub struct TcpEcho {
 
 impl TcpEcho {
     pub async fn start() -> anyhow::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_at(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// A TCP echo on `addr` (any loopback address; port 0 picks one).
+    pub async fn start_at(addr: SocketAddr) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let connections = Arc::new(AtomicUsize::new(0));
         let counter = connections.clone();
@@ -286,8 +313,17 @@ pub struct RefusedPort {
 
 impl RefusedPort {
     pub fn new() -> anyhow::Result<Self> {
-        let socket = TcpSocket::new_v4()?;
-        socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        Self::at(SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// A refusing port on `addr` (any loopback address, v4 or v6; port 0 picks one).
+    pub fn at(addr: SocketAddr) -> anyhow::Result<Self> {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.bind(addr)?;
         let port = socket.local_addr()?.port();
         Ok(RefusedPort {
             port,

@@ -2,6 +2,7 @@
 //! upstreams and a TCP echo on loopback, requests over real sockets. The cases are data
 //! (`tests/cases/*.yaml`); each variant gets one Envoy and runs its cases concurrently.
 
+mod multi_address;
 mod resolved_probe;
 mod streaming_probe;
 
@@ -292,6 +293,20 @@ fn shipped_resolved_stage_is_the_filter_default_policy() {
 #[test]
 fn request_body_streams_through_a_body_filter() {
     block_on(streaming_probe::first_chunk_arrives_before_the_body_ends(
+        ProxyKind::Envoy,
+    ));
+}
+
+/// A name with several addresses: the shipped design gives the denied ones no connection (see `multi_address`).
+#[test]
+fn denied_addresses_of_a_name_get_no_connection() {
+    block_on(multi_address::denied_addresses_get_nothing(ProxyKind::Envoy));
+}
+
+/// The hole the DNS cache's filter closes, measured: Envoy's pool walks on to the second address.
+#[test]
+fn without_the_dns_filter_envoy_reaches_the_second_address() {
+    block_on(multi_address::without_the_filter_the_pool_reaches_the_second_address(
         ProxyKind::Envoy,
     ));
 }
