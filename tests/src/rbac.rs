@@ -314,6 +314,30 @@ pub fn address_filter(spec: &Value) -> anyhow::Result<Value> {
     Ok(json!({ "ranges": ranges }))
 }
 
+/// The blocks of a `resolved_address_filter` of the shape [`address_filter`] writes (no `invert_match`).
+pub fn read_address_filter(filter: &Value) -> anyhow::Result<Vec<Block>> {
+    anyhow::ensure!(
+        filter.get("invert_match").is_none_or(|v| v == false),
+        "an inverted resolved_address_filter is not one these tests read"
+    );
+    filter["ranges"]
+        .as_array()
+        .ok_or_else(|| anyhow::anyhow!("resolved_address_filter without ranges: {filter}"))?
+        .iter()
+        .map(|range| {
+            let prefix: IpAddr = range["address_prefix"]
+                .as_str()
+                .and_then(|p| p.parse().ok())
+                .ok_or_else(|| anyhow::anyhow!("bad address_prefix in {range}"))?;
+            let len = range["prefix_len"]
+                .as_u64()
+                .and_then(|l| u8::try_from(l).ok())
+                .ok_or_else(|| anyhow::anyhow!("bad prefix_len in {range}"))?;
+            Ok((prefix, len))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,15 +385,26 @@ mod tests {
         assert_eq!(left.len(), 25, "{left:?}");
         let denied = |a: IpAddr| left.iter().any(|&(p, l)| in_block(p, l, a));
         assert!(!denied(ip("127.0.0.1")));
-        for a in ["127.0.0.0", "127.0.0.2", "127.255.255.255", "127.1.0.1", "10.1.2.3"] {
+        for a in [
+            "127.0.0.0",
+            "127.0.0.2",
+            "127.255.255.255",
+            "127.1.0.1",
+            "10.1.2.3",
+        ] {
             assert!(denied(ip(a)), "{a}");
         }
         assert!(!denied(ip("192.168.1.1")) && !denied(ip("8.8.8.8")));
         assert!(subtract(&deny, &[(ip("0.0.0.0"), 0)]).is_empty());
 
-        let filter = address_filter(&json!({ "addresses": { "allow": ["127.0.0.1/32"] } })).expect("filter");
+        let filter =
+            address_filter(&json!({ "addresses": { "allow": ["127.0.0.1/32"] } })).expect("filter");
         let ranges = filter["ranges"].as_array().expect("ranges");
-        assert!(ranges.iter().all(|r| r["address_prefix"] != "127.0.0.1" || r["prefix_len"] != 32));
-        assert!(ranges.iter().any(|r| r["address_prefix"] == "::1" && r["prefix_len"] == 128));
+        assert!(ranges
+            .iter()
+            .all(|r| r["address_prefix"] != "127.0.0.1" || r["prefix_len"] != 32));
+        assert!(ranges
+            .iter()
+            .any(|r| r["address_prefix"] == "::1" && r["prefix_len"] == 128));
     }
 }

@@ -144,6 +144,29 @@ pub fn shipped_resolved_rules(bootstrap: &Value) -> anyhow::Result<Value> {
     Ok((*first).clone())
 }
 
+/// The `resolved_address_filter` of every DNS cache config in a bootstrap (the DFP filter's and each DFP cluster's),
+/// `Value::Null` where one has none.
+pub fn dns_cache_address_filters(bootstrap: &Value) -> Vec<Value> {
+    fn walk(node: &Value, out: &mut Vec<Value>) {
+        match node {
+            Value::Object(map) => {
+                for (key, value) in map {
+                    if key == "dns_cache_config" {
+                        out.push(value["resolved_address_filter"].clone());
+                    } else {
+                        walk(value, out);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(bootstrap, &mut out);
+    out
+}
+
 fn collect_named_filters<'a>(node: &'a Value, name: &str, out: &mut Vec<&'a Value>) {
     match node {
         Value::Object(map) => {

@@ -288,6 +288,34 @@ fn shipped_resolved_stage_is_the_filter_default_policy() {
     );
 }
 
+/// Every DNS cache config in envoy-config/envoy.yaml drops, from each DNS answer, exactly the addresses the filter's
+/// default address policy denies: the same blocks as the RBAC stage, so the two never disagree on an address.
+#[test]
+fn shipped_dns_filter_is_the_filter_default_policy() {
+    let path = workspace_root().join("envoy-config").join("envoy.yaml");
+    let text = std::fs::read_to_string(&path).expect("envoy.yaml");
+    let yaml: Value = serde_yaml_ng::from_str(&text).expect("envoy.yaml parses");
+    let filters = suite::dns_cache_address_filters(&yaml);
+    assert_eq!(
+        filters.len(),
+        3,
+        "the DFP filter's and both clusters' dns_cache_config"
+    );
+    let expected = tests::rbac::AddressLists::from_filter(&serde_json::json!({}))
+        .expect("defaults")
+        .normalized();
+    for filter in &filters {
+        let mut blocks = tests::rbac::read_address_filter(filter).expect("a readable filter");
+        blocks.sort();
+        blocks.dedup();
+        assert_eq!(
+            blocks, expected.deny,
+            "resolved_address_filter differs from the default addresses.deny"
+        );
+    }
+    assert!(expected.allow.is_empty());
+}
+
 /// A request body streams through a wasm filter with a body callback: the upstream gets the first chunk before the
 /// client sends the rest.
 #[test]
@@ -300,13 +328,15 @@ fn request_body_streams_through_a_body_filter() {
 /// A name with several addresses: the shipped design gives the denied ones no connection (see `multi_address`).
 #[test]
 fn denied_addresses_of_a_name_get_no_connection() {
-    block_on(multi_address::denied_addresses_get_nothing(ProxyKind::Envoy));
+    block_on(multi_address::denied_addresses_get_nothing(
+        ProxyKind::Envoy,
+    ));
 }
 
 /// The hole the DNS cache's filter closes, measured: Envoy's pool walks on to the second address.
 #[test]
 fn without_the_dns_filter_envoy_reaches_the_second_address() {
-    block_on(multi_address::without_the_filter_the_pool_reaches_the_second_address(
-        ProxyKind::Envoy,
-    ));
+    block_on(
+        multi_address::without_the_filter_the_pool_reaches_the_second_address(ProxyKind::Envoy),
+    );
 }

@@ -39,7 +39,7 @@ fn denied_addresses_of_a_name_get_no_connection() {
 /// As in Envoy, without the DNS cache's filter the connection goes on to the host's next address.
 #[test]
 fn without_the_dns_filter_host_sim_reaches_the_second_address() {
-    block_on(multi_address::without_the_filter_the_pool_reaches_the_second_address(
-        ProxyKind::HostSim,
-    ));
+    block_on(
+        multi_address::without_the_filter_the_pool_reaches_the_second_address(ProxyKind::HostSim),
+    );
 }

@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::node::At;
-use super::{parse_address, typed_config, ConfigError};
+use super::rbac::parse_cidr;
+use super::{parse_address, typed_config, CidrRange, ConfigError};
 
 const CARES_TYPE: &str = "envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig";
 
@@ -30,6 +31,22 @@ pub struct DnsCacheConfig {
     pub query_timeout: Duration,
     /// Pending resolutions allowed at once (circuit breaker, default 1024).
     pub max_pending_requests: u32,
+    /// `resolved_address_filter`: addresses of an answer that match are dropped before the host sees them.
+    pub resolved_address_filter: Option<AddressFilter>,
+}
+
+/// `type.matcher.v3.AddressMatcher` (Envoy's `Matcher::AddressMatcher::match`): an address in any of `ranges`
+/// matches, or with `invert` one in none of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressFilter {
+    pub ranges: Vec<CidrRange>,
+    pub invert: bool,
+}
+
+impl AddressFilter {
+    pub fn matches(&self, ip: std::net::IpAddr) -> bool {
+        self.ranges.iter().any(|range| range.contains(ip)) != self.invert
+    }
 }
 
 /// `dns_lookup_family`, as Envoy interprets it.
@@ -94,6 +111,10 @@ pub(crate) fn parse_dns_cache(at: &At<'_>) -> Result<DnsCacheConfig, ConfigError
         }
         None => 1024,
     };
+    let resolved_address_filter = fields
+        .opt("resolved_address_filter")
+        .map(|at| parse_address_filter(&at))
+        .transpose()?;
     let mut resolver = ResolverSettings::default();
     if let Some(typed) = fields.opt("typed_dns_resolver_config") {
         resolver = parse_resolver(&typed)?;
@@ -111,7 +132,28 @@ pub(crate) fn parse_dns_cache(at: &At<'_>) -> Result<DnsCacheConfig, ConfigError
         min_refresh_rate,
         query_timeout,
         max_pending_requests,
+        resolved_address_filter,
     })
+}
+
+/// `{ ranges: [CidrRange...], invert_match }`.
+fn parse_address_filter(at: &At<'_>) -> Result<AddressFilter, ConfigError> {
+    let mut fields = at.map()?;
+    let ranges = match fields.opt("ranges") {
+        Some(list) => list
+            .list()?
+            .iter()
+            .map(parse_cidr)
+            .collect::<Result<Vec<_>, _>>()?,
+        None => Vec::new(),
+    };
+    let invert = fields
+        .opt("invert_match")
+        .map(|f| f.bool())
+        .transpose()?
+        .unwrap_or(false);
+    fields.finish()?;
+    Ok(AddressFilter { ranges, invert })
 }
 
 #[derive(Default)]

@@ -17,7 +17,7 @@ use std::path::Path;
 use node::At;
 
 pub use cluster::{Cluster, ClusterKind, TlsContext, TrustedCa, UpstreamOptions};
-pub use dns_cache::{DnsCacheConfig, LookupFamily};
+pub use dns_cache::{AddressFilter, DnsCacheConfig, LookupFamily};
 pub use filters::{DfpFilterConfig, FailurePolicy, HttpFilter, WasmPlugin};
 pub use listener::{
     AccessLog, HeaderMatcher, HeaderRule, HttpConnectionManager, Listener, Route, RouteAction,

@@ -224,7 +224,7 @@ fn parse_matcher(at: &At<'_>) -> Result<Permission, ConfigError> {
 }
 
 /// `{ address_prefix, prefix_len }`; an absent length is 0.
-fn parse_cidr(at: &At<'_>) -> Result<CidrRange, ConfigError> {
+pub(crate) fn parse_cidr(at: &At<'_>) -> Result<CidrRange, ConfigError> {
     let mut fields = at.map()?;
     let prefix = fields.req("address_prefix")?.ip()?;
     let len_at = fields.opt("prefix_len");

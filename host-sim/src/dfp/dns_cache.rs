@@ -13,6 +13,11 @@
 //! - At most `max_hosts` hosts (`host_overflow`). The pending-request circuit breaker (`max_pending_requests`,
 //!   `dns_rq_pending_overflow`) is consulted before the lookup, as Envoy's filter does: while it is full even a
 //!   request for a cached host is refused.
+//! - A host keeps every address of its answer, in the resolver's order: the first is the host's address (what the
+//!   upstream RBAC matcher and `upstream.address` see), the rest are where Envoy's connection pool goes when a
+//!   connect fails (`HappyEyeballsConnectionImpl`). `resolved_address_filter` drops matching addresses from the
+//!   answer first (`DnsCacheImpl::finishResolve`, `dns_address_filter_out`); an answer left empty is a resolution
+//!   failure with details `address_denied`.
 //! - Stats are named as Envoy's: `dns_cache.<name>.dns_query_attempt` and friends.
 //!
 //! Resolutions run on the runtime handle given at construction (Envoy's main thread); workers only await results.
@@ -58,10 +63,13 @@ pub enum DnsCacheError {
     Resolver { name: String, message: String },
 }
 
-/// One cached host: its address (if it ever resolved) and what the last resolution said.
+/// A host's addresses in the order Envoy tries them; the first is the host's own address. Never empty.
+pub type Addresses = Arc<[SocketAddr]>;
+
+/// One cached host: its addresses (empty until it ever resolved) and what the last resolution said.
 #[derive(Debug, Clone)]
 struct Resolved {
-    address: Option<SocketAddr>,
+    addresses: Addresses,
     details: String,
 }
 
@@ -82,6 +90,7 @@ struct Stats {
     num_hosts: Arc<Metric>,
     host_overflow: Arc<Metric>,
     pending_overflow: Arc<Metric>,
+    address_filter_out: Arc<Metric>,
 }
 
 impl Stats {
@@ -99,6 +108,7 @@ impl Stats {
             num_hosts: store.define(MetricKind::Gauge, &format!("dns_cache.{cache}.num_hosts")),
             host_overflow: counter("host_overflow"),
             pending_overflow: counter("dns_rq_pending_overflow"),
+            address_filter_out: counter("dns_address_filter_out"),
         }
     }
 }
@@ -162,12 +172,8 @@ impl DnsCache {
         &self.inner.config
     }
 
-    /// Resolves `authority` (`host` or `host:port`, IPv6 in brackets) to the address to connect to.
-    pub async fn load(
-        &self,
-        authority: &str,
-        default_port: u16,
-    ) -> Result<SocketAddr, LookupError> {
+    /// Resolves `authority` (`host` or `host:port`, IPv6 in brackets) to the host's addresses.
+    pub async fn load(&self, authority: &str, default_port: u16) -> Result<Addresses, LookupError> {
         let inner = &self.inner;
         // The circuit breaker counts requests inside the DFP filter, as Envoy's does: taken first, held while the
         // request waits for a resolution.
@@ -248,10 +254,13 @@ impl DnsCache {
     }
 }
 
-fn resolved_result(resolved: Resolved) -> Result<SocketAddr, LookupError> {
-    resolved.address.ok_or(LookupError::ResolutionFailed {
-        details: resolved.details,
-    })
+fn resolved_result(resolved: Resolved) -> Result<Addresses, LookupError> {
+    if resolved.addresses.is_empty() {
+        return Err(LookupError::ResolutionFailed {
+            details: resolved.details,
+        });
+    }
+    Ok(resolved.addresses)
 }
 
 /// Resolves one host, then keeps it fresh until it has been unused for `host_ttl`.
@@ -264,16 +273,25 @@ async fn resolve_loop(cache: Weak<Inner>, key: String, host: String, port: u16) 
         } else {
             inner.stats.query_failure.add(1);
         }
-        let next = match resolution.answer {
-            Some((ip, ttl)) => {
-                publish(&inner, &key, Some(SocketAddr::new(ip, port)), "resolved");
-                // Envoy caps re-resolution at dns_min_refresh_rate to avoid constant queries.
-                ttl.max(inner.config.min_refresh_rate)
+        let mut details = resolution.details;
+        let mut ips = resolution.addresses;
+        if let (Some(filter), false) = (&inner.config.resolved_address_filter, ips.is_empty()) {
+            let before = ips.len();
+            ips.retain(|ip| !filter.matches(*ip));
+            let dropped = before - ips.len();
+            inner.stats.address_filter_out.add(dropped as i64);
+            if ips.is_empty() {
+                details = "address_denied".to_string();
             }
-            None => {
-                publish(&inner, &key, None, &resolution.details);
-                inner.config.refresh_rate
-            }
+        }
+        let next = if ips.is_empty() {
+            publish(&inner, &key, Arc::from([]), &details);
+            inner.config.refresh_rate
+        } else {
+            let addresses: Addresses = ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect();
+            publish(&inner, &key, addresses, "resolved");
+            // Envoy caps re-resolution at dns_min_refresh_rate to avoid constant queries.
+            resolution.ttl.max(inner.config.min_refresh_rate)
         };
         drop(inner);
         tokio::time::sleep(next).await;
@@ -293,39 +311,38 @@ async fn resolve_loop(cache: Weak<Inner>, key: String, host: String, port: u16) 
     }
 }
 
-/// Records a resolution: the first completes the entry; later ones only replace the address when there is a new one
-/// (a host that once resolved keeps its address through failures).
-fn publish(inner: &Inner, key: &str, address: Option<SocketAddr>, details: &str) {
+/// Records a resolution: the first completes the entry; later ones only replace the addresses when the list changed
+/// (`DnsUtils::listChanged`; a host that once resolved keeps its addresses through failures).
+fn publish(inner: &Inner, key: &str, addresses: Addresses, details: &str) {
     let hosts = lock(&inner.hosts);
     let Some(entry) = hosts.get(key) else { return };
-    entry
-        .state
-        .send_if_modified(|state| match (state.as_mut(), address) {
-            (None, _) => {
-                // Envoy counts the first address as a change too (from none).
-                if address.is_some() {
-                    inner.stats.host_address_changed.add(1);
-                }
-                *state = Some(Resolved {
-                    address,
-                    details: details.to_string(),
-                });
-                true
-            }
-            (Some(current), Some(new)) if current.address != Some(new) => {
+    entry.state.send_if_modified(|state| match state.as_mut() {
+        None => {
+            // Envoy counts the first address as a change too (from none).
+            if !addresses.is_empty() {
                 inner.stats.host_address_changed.add(1);
-                current.address = Some(new);
-                current.details = details.to_string();
-                true
             }
-            _ => false,
-        });
+            *state = Some(Resolved {
+                addresses,
+                details: details.to_string(),
+            });
+            true
+        }
+        Some(current) if !addresses.is_empty() && current.addresses != addresses => {
+            inner.stats.host_address_changed.add(1);
+            current.addresses = addresses;
+            current.details = details.to_string();
+            true
+        }
+        _ => false,
+    });
 }
 
 /// What one query produced.
 struct Resolution {
-    /// The first address in the family order and its record's TTL; `None` when the answer had no address.
-    answer: Option<(IpAddr, Duration)>,
+    /// Every address of the answer in the resolver's order (empty when it had none), and the first record's TTL.
+    addresses: Vec<IpAddr>,
+    ttl: Duration,
     /// The query completed (with or without records), as opposed to failing or timing out.
     completed: bool,
     /// The reason as Envoy's c-ares resolver words it, for the response code details.
@@ -335,7 +352,8 @@ struct Resolution {
 impl Resolution {
     fn no_records(reason: &str) -> Self {
         Resolution {
-            answer: None,
+            addresses: Vec::new(),
+            ttl: Duration::ZERO,
             completed: true,
             details: format!("cares_norecords:{reason}"),
         }
@@ -343,7 +361,8 @@ impl Resolution {
 
     fn failure(details: String) -> Self {
         Resolution {
-            answer: None,
+            addresses: Vec::new(),
+            ttl: Duration::ZERO,
             completed: false,
             details,
         }
@@ -360,7 +379,8 @@ async fn resolve_once(inner: &Inner, host: &str) -> Resolution {
     }
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Resolution {
-            answer: Some((ip, Duration::ZERO)),
+            addresses: vec![ip],
+            ttl: Duration::ZERO,
             completed: true,
             details: "cares_success:Successful completion".to_string(),
         };
@@ -380,14 +400,16 @@ async fn resolve_once(inner: &Inner, host: &str) -> Resolution {
         Ok(Err(error)) => return failed_lookup(&error),
         Ok(Ok(lookup)) => lookup,
     };
-    let first = lookup
+    let records: Vec<(IpAddr, u32)> = lookup
         .as_lookup()
         .answers()
         .iter()
-        .find_map(|record| Some((record.data.ip_addr()?, record.ttl)));
-    match first {
-        Some((ip, ttl)) => Resolution {
-            answer: Some((ip, Duration::from_secs(u64::from(ttl)))),
+        .filter_map(|record| Some((record.data.ip_addr()?, record.ttl)))
+        .collect();
+    match records.first() {
+        Some(&(_, ttl)) => Resolution {
+            addresses: records.iter().map(|&(ip, _)| ip).collect(),
+            ttl: Duration::from_secs(u64::from(ttl)),
             completed: true,
             details: "cares_success:Successful completion".to_string(),
         },

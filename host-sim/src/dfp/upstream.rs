@@ -1,6 +1,6 @@
-//! Upstream connections: connect to exactly the address the DNS cache gave (never re-resolved), optionally wrap in
-//! TLS, speak HTTP/1.1 with hyper, and keep idle connections in a per-worker pool keyed by (cluster, address, TLS
-//! name) — as Envoy keeps one connection pool per worker, cluster and host.
+//! Upstream connections: connect to the addresses the DNS cache gave (never re-resolved; several in Envoy's happy
+//! eyeballs order), optionally wrap in TLS, speak HTTP/1.1 with hyper, and keep idle connections in a per-worker pool
+//! keyed by (cluster, host address, TLS name) — as Envoy keeps one connection pool per worker, cluster and host.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -123,16 +123,17 @@ where
         }
     }
 
-    /// A pooled connection, or a new one to `key.address` (TLS when `tls` is given).
+    /// A pooled connection, or a new one to the host's `addresses` (`key.address` first; TLS when `tls` is given).
     pub async fn get(
         &self,
         key: &PoolKey,
+        addresses: &[SocketAddr],
         options: &ConnectOptions<'_>,
     ) -> Result<SendRequest<B>, ConnectError> {
         if let Some(sender) = self.checkout(key) {
             return Ok(sender);
         }
-        connect(key, options).await
+        connect(key, addresses, options).await
     }
 }
 
@@ -143,39 +144,126 @@ pub struct ConnectOptions<'a> {
     pub tls: Option<&'a UpstreamTls>,
 }
 
-/// A TCP connection to `address` within `timeout`, from `bind` when given (`upstream_bind_config`).
+/// A TCP connection to one of `addresses` within `timeout` (a CONNECT tunnel's), from `bind` when given
+/// (`upstream_bind_config`).
 pub async fn tcp_connect(
-    address: SocketAddr,
+    addresses: &[SocketAddr],
     bind: Option<SocketAddr>,
     timeout: Duration,
 ) -> Result<TcpStream, ConnectError> {
-    let attempt = async {
-        let socket = if address.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()
-        } else {
-            tokio::net::TcpSocket::new_v6()
-        }
-        .map_err(|error| ConnectError::Refused(io_reason(&error)))?;
-        if let Some(bind) = bind {
-            socket
-                .bind(bind)
-                .map_err(|error| ConnectError::Refused(io_reason(&error)))?;
-        }
+    tokio::time::timeout(
+        timeout,
+        connect_any(addresses, move |address| tcp_attempt(address, bind)),
+    )
+    .await
+    .map_err(|_| ConnectError::Timeout)?
+}
+
+/// One TCP connect, without a deadline of its own.
+async fn tcp_attempt(
+    address: SocketAddr,
+    bind: Option<SocketAddr>,
+) -> Result<TcpStream, ConnectError> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(|error| ConnectError::Refused(io_reason(&error)))?;
+    if let Some(bind) = bind {
         socket
-            .connect(address)
-            .await
-            .map_err(|error| connect_failure(&error, address))
-    };
-    let stream = tokio::time::timeout(timeout, attempt)
+            .bind(bind)
+            .map_err(|error| ConnectError::Refused(io_reason(&error)))?;
+    }
+    let stream = socket
+        .connect(address)
         .await
-        .map_err(|_| ConnectError::Timeout)??;
+        .map_err(|error| connect_failure(&error, address))?;
     let _ = stream.set_nodelay(true);
     Ok(stream)
 }
 
-/// A new HTTP/1.1 connection; its driver task runs on the current worker's `LocalSet`.
+/// Envoy's delay before it tries a host's next address while the last attempt is still pending
+/// (`MultiConnectionBaseImpl::tryAnotherConnection`: 300 ms).
+const NEXT_ATTEMPT_DELAY: Duration = Duration::from_millis(300);
+
+/// The order Envoy tries a host's addresses in (`HappyEyeballsConnectionProvider::sortAddresses` with the default
+/// `happy_eyeballs_config`): the first address's family first, then one address of each family in turn, each family
+/// keeping the resolver's order.
+pub fn happy_eyeballs_order(addresses: &[SocketAddr]) -> Vec<SocketAddr> {
+    let Some(first) = addresses.first() else {
+        return Vec::new();
+    };
+    let (mut preferred, mut other): (std::collections::VecDeque<_>, std::collections::VecDeque<_>) =
+        addresses
+            .iter()
+            .copied()
+            .partition(|a| a.is_ipv4() == first.is_ipv4());
+    let mut out = Vec::with_capacity(addresses.len());
+    while !preferred.is_empty() || !other.is_empty() {
+        out.extend(preferred.pop_front());
+        out.extend(other.pop_front());
+    }
+    out
+}
+
+/// Connects to a host the way Envoy's connection pool does (`HostImplBase::createConnection`): one address is one
+/// connect; with several, `HappyEyeballsConnectionImpl` tries them in [`happy_eyeballs_order`], starting the next
+/// as soon as one fails or [`NEXT_ATTEMPT_DELAY`] after the last started, and keeps the first that connects. The
+/// error is the last attempt's. `attempt` covers whatever Envoy counts as connecting (TCP, and the TLS handshake).
+async fn connect_any<T, F, Fut>(addresses: &[SocketAddr], attempt: F) -> Result<T, ConnectError>
+where
+    T: 'static,
+    F: Fn(SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = Result<T, ConnectError>> + 'static,
+{
+    match addresses {
+        [] => return Err(ConnectError::Refused("no address".to_string())),
+        [only] => return attempt(*only).await,
+        _ => {}
+    }
+    let mut queue = happy_eyeballs_order(addresses).into_iter();
+    let mut running = tokio::task::JoinSet::new();
+    let mut last_error = None;
+    loop {
+        if running.is_empty() {
+            match queue.next() {
+                Some(address) => {
+                    running.spawn_local(attempt(address));
+                }
+                None => {
+                    return Err(last_error
+                        .unwrap_or_else(|| ConnectError::Refused("no address".to_string())))
+                }
+            }
+        }
+        let next_due = tokio::time::sleep(NEXT_ATTEMPT_DELAY);
+        tokio::select! {
+            done = running.join_next() => match done {
+                Some(Ok(Ok(connected))) => return Ok(connected),
+                Some(Ok(Err(error))) => {
+                    last_error = Some(error);
+                    // A failed attempt starts the next one at once.
+                    if let Some(address) = queue.next() {
+                        running.spawn_local(attempt(address));
+                    }
+                }
+                Some(Err(join)) => last_error = Some(ConnectError::Refused(join.to_string())),
+                None => {}
+            },
+            () = next_due => {
+                if let Some(address) = queue.next() {
+                    running.spawn_local(attempt(address));
+                }
+            }
+        }
+    }
+}
+
+/// A new HTTP/1.1 connection to the host's `addresses`; its driver task runs on the current worker's `LocalSet`.
 pub async fn connect<B>(
     key: &PoolKey,
+    addresses: &[SocketAddr],
     options: &ConnectOptions<'_>,
 ) -> Result<SendRequest<B>, ConnectError>
 where
@@ -183,23 +271,31 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let started = tokio::time::Instant::now();
-    let tcp = tcp_connect(key.address, options.bind, options.timeout).await?;
-    let establish = async {
-        match (options.tls, &key.tls_name) {
-            (Some(tls), Some(name)) => {
-                let server_name = tls.server_name(name).map_err(ConnectError::Tls)?;
-                let stream = TlsConnector::from(tls.client_config())
-                    .connect(server_name, tcp)
-                    .await
-                    .map_err(|error| ConnectError::Tls(super::tls::failure_reason(&error)))?;
-                Ok(Box::new(stream) as Box<dyn Io>)
-            }
-            _ => Ok(Box::new(tcp) as Box<dyn Io>),
+    let bind = options.bind;
+    let tls = match (options.tls, &key.tls_name) {
+        (Some(tls), Some(name)) => {
+            let server_name = tls.server_name(name).map_err(ConnectError::Tls)?;
+            Some((TlsConnector::from(tls.client_config()), server_name))
         }
+        _ => None,
     };
-    let remaining = options.timeout.saturating_sub(started.elapsed());
-    let io = tokio::time::timeout(remaining, establish)
+    let establish = connect_any(addresses, move |address| {
+        let tls = tls.clone();
+        async move {
+            let tcp = tcp_attempt(address, bind).await?;
+            match tls {
+                Some((connector, server_name)) => {
+                    let stream = connector
+                        .connect(server_name, tcp)
+                        .await
+                        .map_err(|error| ConnectError::Tls(super::tls::failure_reason(&error)))?;
+                    Ok(Box::new(stream) as Box<dyn Io>)
+                }
+                None => Ok(Box::new(tcp) as Box<dyn Io>),
+            }
+        }
+    });
+    let io = tokio::time::timeout(options.timeout, establish)
         .await
         .map_err(|_| ConnectError::Timeout)??;
     let (sender, connection) = hyper::client::conn::http1::Builder::new()

@@ -54,17 +54,18 @@ async fn send(worker: &Rc<Worker>, call: &HttpCallRequest) -> Option<HttpCallRes
         .get_str(":authority")
         .unwrap_or_default()
         .to_string();
-    let address = match &cluster.config.kind {
+    let addresses: crate::dfp::dns_cache::Addresses = match &cluster.config.kind {
         ClusterKind::Static { endpoints } => {
             let next = cluster.next_endpoint.fetch_add(1, Ordering::Relaxed);
-            endpoints[next % endpoints.len()]
+            std::sync::Arc::from([endpoints[next % endpoints.len()]])
         }
         ClusterKind::DynamicForwardProxy { .. } => {
             let cache = cluster.dns_cache.as_ref()?;
             cache.load(&authority, cluster.default_port()).await.ok()?
         }
     };
-    if worker.shared.is_own_address(address) {
+    let address = *addresses.first()?;
+    if addresses.iter().any(|a| worker.shared.is_own_address(*a)) {
         return None;
     }
     let key = PoolKey {
@@ -94,7 +95,7 @@ async fn send(worker: &Rc<Worker>, call: &HttpCallRequest) -> Option<HttpCallRes
     let request = builder.body(body).ok()?;
     let mut sender = worker
         .pool
-        .get(&key, &cluster.connect_options())
+        .get(&key, &addresses, &cluster.connect_options())
         .await
         .ok()?;
     let response = sender.send_request(request).await.ok()?;

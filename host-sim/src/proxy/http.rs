@@ -24,6 +24,7 @@ use hyper::body::{Body, Incoming};
 use hyper::{Method, Request, Response};
 
 use crate::config::{ClusterKind, RouteTarget};
+use crate::dfp::dns_cache::Addresses;
 use crate::dfp::upstream::{ConnectError, PoolKey, PooledBody};
 use crate::headers::HeaderMap;
 use crate::properties::{Properties, StreamFacts};
@@ -156,7 +157,10 @@ struct LogState {
 /// Where the router sends the request.
 struct Target {
     cluster: std::sync::Arc<ClusterRuntime>,
+    /// The host's address: what the upstream RBAC matcher, `upstream.address` and the pool key see.
     address: SocketAddr,
+    /// Every address of the host, `address` first: where the connection may go (Envoy's happy eyeballs).
+    addresses: Addresses,
 }
 
 impl Exchange<'_> {
@@ -203,7 +207,7 @@ impl Exchange<'_> {
 
         // Downstream filters, in order. Wasm filters are members of `downstream` in the same order.
         let mut wasm_index = 0;
-        let mut resolved: Option<SocketAddr> = None;
+        let mut resolved: Option<Addresses> = None;
         for filter in &self.listener.filters {
             match filter {
                 DownstreamFilter::Wasm => {
@@ -254,7 +258,7 @@ impl Exchange<'_> {
                         );
                     }
                     match cache.load(&authority, cluster.default_port()).await {
-                        Ok(address) => resolved = Some(address),
+                        Ok(addresses) => resolved = Some(addresses),
                         Err(error) => {
                             return self.local_reply(
                                 &mut downstream,
@@ -298,7 +302,11 @@ impl Exchange<'_> {
                 }
             }
         }
-        if self.worker.shared.is_own_address(target.address) {
+        if target
+            .addresses
+            .iter()
+            .any(|address| self.worker.shared.is_own_address(*address))
+        {
             // Proxying to host-sim's own listener or admin would loop or expose the admin API.
             return self.local_reply(
                 &mut downstream,
@@ -470,21 +478,25 @@ impl Exchange<'_> {
         &self,
         cluster: &std::sync::Arc<ClusterRuntime>,
         headers: &HeaderMap,
-        resolved: Option<SocketAddr>,
+        resolved: Option<Addresses>,
     ) -> Result<Target, EnvoyReply> {
-        let address = match &cluster.config.kind {
+        let addresses = match &cluster.config.kind {
             ClusterKind::DynamicForwardProxy { .. } => {
                 let _ = headers;
                 resolved.ok_or_else(EnvoyReply::no_healthy_upstream)?
             }
             ClusterKind::Static { endpoints } => {
                 let next = cluster.next_endpoint.fetch_add(1, Ordering::Relaxed);
-                endpoints[next % endpoints.len()]
+                Addresses::from([endpoints[next % endpoints.len()]])
             }
         };
+        let address = *addresses
+            .first()
+            .ok_or_else(EnvoyReply::no_healthy_upstream)?;
         Ok(Target {
             cluster: cluster.clone(),
             address,
+            addresses,
         })
     }
 
@@ -642,7 +654,10 @@ impl Exchange<'_> {
         };
 
         let pool = self.worker.pool.clone();
-        let mut sender = match pool.get(&key, &cluster.connect_options()).await {
+        let mut sender = match pool
+            .get(&key, &target.addresses, &cluster.connect_options())
+            .await
+        {
             Ok(sender) => sender,
             Err(error) => {
                 cluster.stats.upstream_cx_connect_fail.add(1);
@@ -727,7 +742,7 @@ impl Exchange<'_> {
         upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> Response<DownstreamBody> {
         let connected = crate::dfp::upstream::tcp_connect(
-            target.address,
+            &target.addresses,
             target.cluster.config.bind,
             target.cluster.config.connect_timeout,
         )
