@@ -105,6 +105,9 @@ pub struct FilterConfig {
     pub address_deny: Vec<Cidr>,
     /// `addresses.allow`: carve-outs from `address_deny`.
     pub address_allow: Vec<Cidr>,
+    /// `proxy_authorization`: `"remove"` (default) takes the client's `Proxy-Authorization`, its credential for
+    /// this proxy, off every request it lets through; `"keep"` forwards it.
+    pub remove_proxy_authorization: bool,
 }
 
 /// A configuration error: the key path (`allow[2].host`, or `configuration` for the document
@@ -143,6 +146,7 @@ const TOP_KEYS: &[&str] = &[
     "clusters",
     "destination_header",
     "addresses",
+    "proxy_authorization",
 ];
 const ALLOW_KEYS: &[&str] = &["host", "ports", "tls", "methods"];
 const DENY_KEYS: &[&str] = &["host", "ports", "methods"];
@@ -201,8 +205,20 @@ fn from_value(value: &Json) -> Result<FilterConfig, ConfigError> {
     let destination_header = field("destination_header")
         .map(|v| header_name(v, "destination_header"))
         .transpose()?;
+    let remove_proxy_authorization = match field("proxy_authorization")
+        .map(|v| either(v, "proxy_authorization", "remove", "keep"))
+    {
+        Some(Ok(keep)) => !keep,
+        Some(Err(e)) => return Err(e),
+        None => true,
+    };
     if stage == Stage::Upstream {
-        for key in ["cluster_header", "clusters", "destination_header"] {
+        for key in [
+            "cluster_header",
+            "clusters",
+            "destination_header",
+            "proxy_authorization",
+        ] {
             if let Some(v) = field(key) {
                 return Err(invalid(
                     key,
@@ -267,6 +283,7 @@ fn from_value(value: &Json) -> Result<FilterConfig, ConfigError> {
         destination_header,
         address_deny,
         address_allow,
+        remove_proxy_authorization,
     })
 }
 

@@ -140,6 +140,7 @@ pub struct Policy {
     addresses: AddressPolicy,
     routing: Option<ClusterRouting>,
     destination_header: Option<String>,
+    remove_proxy_authorization: bool,
 }
 
 fn methods(list: &Option<Vec<String>>) -> Option<Box<[Box<[u8]>]>> {
@@ -179,6 +180,7 @@ impl Policy {
             addresses: AddressPolicy::new(&config.address_deny, &config.address_allow),
             routing: config.cluster_routing.clone(),
             destination_header: config.destination_header.clone(),
+            remove_proxy_authorization: config.remove_proxy_authorization,
         }
     }
 
@@ -196,6 +198,11 @@ impl Policy {
 
     pub fn destination_header(&self) -> Option<&str> {
         self.destination_header.as_deref()
+    }
+
+    /// Whether an allowed request leaves without the client's `Proxy-Authorization`.
+    pub fn removes_proxy_authorization(&self) -> bool {
+        self.remove_proxy_authorization
     }
 
     /// Decides a downstream request for `dest`, giving it its default port when it has none.

@@ -26,6 +26,7 @@ use crate::policy::{DenyReason, MethodSource, Outcome, Policy, Route};
 use crate::response;
 
 const AUTHORITY: &str = ":authority";
+const PROXY_AUTHORIZATION: &str = "proxy-authorization";
 
 /// `proxy_action_t`.
 const CONTINUE: u32 = 0;
@@ -224,6 +225,11 @@ fn downstream(shared: &Shared) -> u32 {
             deny(reason, &body);
             return PAUSE;
         }
+    }
+    // The client's credential for this proxy is not the destination's to see; the header map read above says
+    // whether there is one, so a request without it costs no hostcall.
+    if policy.removes_proxy_authorization() && headers.get(PROXY_AUTHORIZATION).is_some() {
+        abi::remove_request_header(PROXY_AUTHORIZATION);
     }
     let authority_changed = from_header || dest.is_rewritten();
     if authority_changed {

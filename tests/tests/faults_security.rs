@@ -217,6 +217,59 @@ fn proxy_authorization_and_hop_by_hop_headers_never_reach_the_upstream() {
     }
 }
 
+/// With a route that leaves `Proxy-Authorization` alone (as most users' YAML does), the filter removes it itself;
+/// `"proxy_authorization": "keep"` forwards it, which shows the proxy alone would.
+#[test]
+fn the_filter_removes_proxy_authorization_itself() {
+    let world = block_on(suite::shared_world()).expect("fixtures");
+    let plain = world.plain.port();
+    let template = suite::bootstrap_template().expect("template").replace(
+        r#"request_headers_to_remove: ["x-dfp-cluster", "proxy-authorization"]"#,
+        r#"request_headers_to_remove: ["x-dfp-cluster"]"#,
+    );
+    for kind in KINDS {
+        for (setting, forwarded) in [(None, false), (Some("keep"), true), (Some("remove"), false)] {
+            let mut downstream = routing(json!({
+                "stage": "downstream",
+                "allow": [{ "host": "api.dfp.test", "ports": [plain] }],
+            }));
+            if let Some(setting) = setting {
+                downstream["proxy_authorization"] = json!(setting);
+            }
+            let dir = tempfile::tempdir().expect("temp dir");
+            let bootstrap = world
+                .render_bootstrap(
+                    &template,
+                    &downstream,
+                    &carve_out(),
+                    (0, 0),
+                    &dir.path().join("access.log"),
+                )
+                .expect("bootstrap");
+            assert!(!bootstrap.contains(r#""proxy-authorization"]"#));
+            let proxy = block_on(suite::start_bootstrap(kind, bootstrap)).expect("proxy");
+            let case = format!("proxy-auth-{kind:?}-{setting:?}");
+            let reply = get(
+                proxy.listener(),
+                &format!("api.dfp.test:{plain}"),
+                &[
+                    ("x-case-id", &case),
+                    ("proxy-authorization", "Basic c2VjcmV0OnBhc3N3b3Jk"),
+                ],
+            );
+            assert_eq!(reply.status, 200, "{kind:?} {setting:?}: {reply:?}");
+            let seen = world.plain.seen_for_case(&case);
+            assert_eq!(seen.len(), 1, "{kind:?} {setting:?}");
+            assert_eq!(
+                seen[0].header("proxy-authorization").is_some(),
+                forwarded,
+                "{kind:?} {setting:?}: {:?}",
+                seen[0].headers
+            );
+        }
+    }
+}
+
 #[test]
 fn the_shipped_envoy_yaml_strips_proxy_authorization() {
     let path = tests::wasm::workspace_root().join("envoy-config/envoy.yaml");

@@ -76,7 +76,8 @@ const ENVOY_CONTROL_HEADERS: &[&str] = &[
     "x-envoy-upstream-alt-stat-name",
 ];
 
-/// Hop-by-hop headers: never forwarded (RFC 9110 §7.6.1, and what Envoy's codecs drop).
+/// Hop-by-hop headers: never forwarded (RFC 9110 §7.6.1, and what Envoy's codecs drop). `Proxy-Authorization` is
+/// not among them: Envoy forwards it unless the route or a filter removes it (measured, `faults_security.rs`).
 const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
@@ -86,7 +87,6 @@ const HOP_BY_HOP: &[&str] = &[
     "te",
     "trailer",
     "proxy-authenticate",
-    "proxy-authorization",
 ];
 
 pub(crate) async fn handle(
