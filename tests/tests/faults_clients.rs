@@ -231,6 +231,79 @@ fn request_smuggling_shapes_are_refused_and_never_forwarded() {
     });
 }
 
+/// Request lines and CONNECT heads Envoy's codec refuses: an authority-form target outside CONNECT (which would
+/// otherwise name a destination other than `Host`), and CONNECT with a body.
+const BAD_TARGETS: &[(&str, &[u8], u16)] = &[
+    (
+        "GET with an authority-form target",
+        b"GET 127.0.0.1:9 HTTP/1.1\r\nhost: a\r\n\r\n",
+        400,
+    ),
+    (
+        "POST with an authority-form target",
+        b"POST upstream.test:80 HTTP/1.1\r\nhost: a\r\ncontent-length: 0\r\n\r\n",
+        400,
+    ),
+    (
+        "CONNECT with a content-length",
+        b"CONNECT a.test:443 HTTP/1.1\r\nhost: a.test:443\r\ncontent-length: 5\r\n\r\nhello",
+        400,
+    ),
+    (
+        "CONNECT with transfer-encoding",
+        b"CONNECT a.test:443 HTTP/1.1\r\nhost: a.test:443\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+        501,
+    ),
+];
+
+#[test]
+fn bad_targets_and_connect_with_a_body_are_refused() {
+    against_both(|s| {
+        for (what, raw, status) in BAD_TARGETS {
+            let before = s.upstream.count();
+            let mut conn = s.conn();
+            conn.send(raw).expect("send");
+            let reply = conn.read();
+            let got = reply.as_ref().map(|r| r.status).unwrap_or(0);
+            assert_eq!(got, *status, "{:?} {what}: {reply:?}", s.kind);
+            assert_eq!(
+                s.upstream.count(),
+                before,
+                "{:?} {what}: the upstream saw it",
+                s.kind
+            );
+        }
+        s.still_serves();
+    });
+}
+
+/// A chunk-size line with a 6,000-byte extension, sent in three pieces, then a pipelined request with both
+/// `Content-Length` and `Transfer-Encoding`: the second request never reaches the upstream.
+#[test]
+fn a_huge_chunk_extension_does_not_hide_a_smuggled_request() {
+    against_both(|s| {
+        let mut conn = s.conn();
+        let line = format!("5;{}\r\n", "e".repeat(6000)).into_bytes();
+        conn.send(b"POST /first HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n")
+            .expect("send");
+        for piece in line.chunks(2000) {
+            conn.send(piece).expect("send");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = conn.send(
+            b"hello\r\n0\r\n\r\n\
+POST /second HTTP/1.1\r\nhost: a\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+        );
+        while let Ok(reply) = conn.read() {
+            assert!(!reply.text().contains("/second"), "{:?}: {reply:?}", s.kind);
+        }
+        assert!(conn.closed_within(Duration::from_secs(4)), "{:?}", s.kind);
+        let seen = s.upstream.seen.lock().expect("seen").join("");
+        assert!(!seen.contains("/second"), "{:?}: {seen}", s.kind);
+        s.still_serves();
+    });
+}
+
 #[test]
 fn a_bad_chunked_body_ends_the_exchange() {
     against_both(|s| {

@@ -18,6 +18,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Heads longer than this are hyper's to refuse (431); the guard stops looking.
 const MAX_HEAD: usize = 128 * 1024;
 const MAX_HEADERS: usize = 128;
+/// A chunk-size line (size and extensions) longer than this ends the connection, so framing is never lost behind it.
+const MAX_CHUNK_LINE: usize = 4096;
 
 /// Why a request was refused, with Envoy's reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +32,10 @@ pub(crate) enum Refusal {
     InvalidTransferEncoding,
     /// HTTP/1.0 (`low_version`).
     LowVersion,
+    /// An authority-form request target (`GET host:port`) outside CONNECT (`http1.codec_error`).
+    AuthorityForm,
+    /// A chunk-size line longer than [`MAX_CHUNK_LINE`] (a huge chunk extension): Envoy resets the connection.
+    ChunkLineTooLong,
 }
 
 impl Refusal {
@@ -44,6 +50,11 @@ impl Refusal {
             Refusal::LowVersion => {
                 b"HTTP/1.1 426 Upgrade Required\r\ncontent-length: 16\r\ncontent-type: text/plain\r\nserver: host-sim\r\nconnection: close\r\n\r\nUpgrade Required"
             }
+            Refusal::AuthorityForm => {
+                b"HTTP/1.1 400 Bad Request\r\ncontent-length: 11\r\ncontent-type: text/plain\r\nserver: host-sim\r\nconnection: close\r\n\r\nBad Request"
+            }
+            // Mid-body: no reply, the connection just ends.
+            Refusal::ChunkLineTooLong => b"",
         }
     }
 
@@ -54,6 +65,7 @@ impl Refusal {
             Refusal::BadContentLength => "http1.codec_error",
             Refusal::InvalidTransferEncoding => "http1.invalid_transfer_encoding",
             Refusal::LowVersion => "low_version",
+            Refusal::AuthorityForm | Refusal::ChunkLineTooLong => "http1.codec_error",
         }
     }
 }
@@ -127,6 +139,12 @@ impl Framing {
                 }
                 State::ChunkSize(line) => {
                     let (n, done) = take_line(line, bytes);
+                    if line.len() > MAX_CHUNK_LINE {
+                        // Handing the rest to hyper unchecked would lose the framing behind it (a pipelined request
+                        // could smuggle past): stop here, as Envoy resets such a connection.
+                        self.state = State::Refused(Refusal::ChunkLineTooLong);
+                        return total - bytes.len();
+                    }
                     if done {
                         self.state = match httparse::parse_chunk_size(line) {
                             Ok(httparse::Status::Complete((_, 0))) => State::Trailers(Vec::new()),
@@ -134,8 +152,6 @@ impl Framing {
                             // hyper refuses it too and closes.
                             _ => State::Opaque,
                         };
-                    } else if line.len() > 4096 {
-                        self.state = State::Opaque;
                     }
                     n
                 }
@@ -149,7 +165,8 @@ impl Framing {
                         }
                         None => {
                             if buf.len() > MAX_HEAD {
-                                self.state = State::Opaque;
+                                self.state = State::Refused(Refusal::ChunkLineTooLong);
+                                return total - bytes.len();
                             }
                             bytes.len()
                         }
@@ -268,7 +285,17 @@ fn inspect_head(buf: &[u8]) -> HeadCheck {
     if lengths > 1 {
         return HeadCheck::Refused(Refusal::BadContentLength);
     }
-    let next = if request.method == Some("CONNECT") {
+    let connect = request.method == Some("CONNECT");
+    if connect && codings > 0 {
+        return HeadCheck::Refused(Refusal::InvalidTransferEncoding);
+    }
+    if connect && lengths > 0 {
+        return HeadCheck::Refused(Refusal::BadContentLength);
+    }
+    if !connect && request.path.is_some_and(is_authority_form) {
+        return HeadCheck::Refused(Refusal::AuthorityForm);
+    }
+    let next = if connect {
         State::Opaque
     } else if chunked {
         State::ChunkSize(Vec::new())
@@ -279,6 +306,12 @@ fn inspect_head(buf: &[u8]) -> HeadCheck {
         }
     };
     HeadCheck::Complete { len, next }
+}
+
+/// `host:port` and the like: not origin-form (`/...`), not `*`, not absolute-form (`scheme://...`), yet with a colon
+/// (a target without one is a path Envoy answers 404 `absolute_path_rejected`, later).
+fn is_authority_form(target: &str) -> bool {
+    !target.starts_with('/') && target != "*" && target.contains(':') && !target.contains("://")
 }
 
 fn trim(value: &[u8]) -> &[u8] {
@@ -401,6 +434,47 @@ mod tests {
             passed += f.feed(c);
         }
         (passed, f.refused())
+    }
+
+    #[test]
+    fn a_huge_chunk_extension_in_pieces_ends_the_stream_before_what_follows() {
+        let head = b"POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+        let line = format!("5;{}\r\n", "e".repeat(6000)).into_bytes();
+        let rest = b"hello\r\n0\r\n\r\nPOST /2 HTTP/1.1\r\nhost: a\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n";
+        let (a, b) = line.split_at(2000);
+        let (b, c) = b.split_at(2000);
+        let (passed, refused) = feed_all(&[&head, a, b, c, rest]);
+        assert_eq!(refused, Some(Refusal::ChunkLineTooLong));
+        assert!(passed <= head.len() + MAX_CHUNK_LINE + 1, "{passed}");
+        // Below the limit, the extension is followed and the smuggled head behind it is found.
+        let line = format!("5;{}\r\n", "e".repeat(3000)).into_bytes();
+        let (a, b) = line.split_at(1500);
+        let (passed, refused) = feed_all(&[&head, a, b, rest]);
+        assert_eq!(refused, Some(Refusal::ContentLengthAndChunked));
+        assert_eq!(passed, head.len() + line.len() + "hello\r\n0\r\n\r\n".len());
+    }
+
+    #[test]
+    fn authority_form_only_with_connect_and_connect_without_a_body() {
+        for target in ["127.0.0.1:8080", "a.test:80", "a:b"] {
+            let raw = format!("GET {target} HTTP/1.1\r\nhost: b.test\r\n\r\n");
+            assert_eq!(
+                feed_all(&[raw.as_bytes()]).1,
+                Some(Refusal::AuthorityForm),
+                "{target}"
+            );
+        }
+        for target in ["/x:y", "*", "http://a.test:80/", "foo"] {
+            let raw = format!("OPTIONS {target} HTTP/1.1\r\nhost: b.test\r\n\r\n");
+            assert_eq!(feed_all(&[raw.as_bytes()]).1, None, "{target}");
+        }
+        let cl =
+            b"CONNECT a.test:443 HTTP/1.1\r\nhost: a.test:443\r\ncontent-length: 5\r\n\r\nhello";
+        assert_eq!(feed_all(&[cl]).1, Some(Refusal::BadContentLength));
+        let te = b"CONNECT a.test:443 HTTP/1.1\r\nhost: a.test:443\r\ntransfer-encoding: chunked\r\n\r\n";
+        assert_eq!(feed_all(&[te]).1, Some(Refusal::InvalidTransferEncoding));
+        let ok = b"CONNECT a.test:443 HTTP/1.1\r\nhost: a.test:443\r\n\r\nanything";
+        assert_eq!(feed_all(&[ok]), (ok.len(), None));
     }
 
     #[test]
