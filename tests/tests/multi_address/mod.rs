@@ -151,9 +151,12 @@ impl Scenario {
     }
 }
 
+/// label, form, DNS answer in order, answering addresses, refusing addresses.
+type Row = (&'static str, Form, Vec<IpAddr>, Vec<IpAddr>, Vec<IpAddr>);
+
 /// The attacks: each denied address answers on the port, the allowed one refuses it or answers too.
 async fn scenarios(world: &World, tag: &str) -> anyhow::Result<Vec<Scenario>> {
-    let table: [(&'static str, Form, Vec<IpAddr>, Vec<IpAddr>, Vec<IpAddr>); 8] = [
+    let table: [Row; 8] = [
         // label, form, DNS answer in order, answering, refusing
         (
             "allowed first, refusing",
