@@ -301,8 +301,9 @@ fn edit(node: &mut Yaml, family: &str, filter: Option<&Yaml>) {
 /// Sends the scenario's request; the status the client saw (CONNECT: and whether the tunnel echoed).
 async fn send(listener: SocketAddr, scenario: &Scenario) -> anyhow::Result<(u16, String)> {
     let authority = scenario.authority();
+    let case = ("x-case-id".to_string(), scenario.name.clone());
     if scenario.form == Form::Connect {
-        let mut tunnel = client::connect(listener, &authority, &[]).await?;
+        let mut tunnel = client::connect(listener, &authority, std::slice::from_ref(&case)).await?;
         let status = tunnel.response.status;
         if (200..300).contains(&status) {
             tunnel.stream.write_all(b"multi\n").await?;
@@ -317,6 +318,7 @@ async fn send(listener: SocketAddr, scenario: &Scenario) -> anyhow::Result<(u16,
         target: "/multi".into(),
         headers: vec![
             ("host".into(), authority),
+            case,
             ("authorization".into(), "Bearer SECRET".into()),
             ("connection".into(), "close".into()),
         ],
@@ -329,6 +331,9 @@ async fn send(listener: SocketAddr, scenario: &Scenario) -> anyhow::Result<(u16,
 struct Run {
     outcomes: Vec<(u16, String)>,
     log: String,
+    access_log: String,
+    /// `dns_cache.dfp_dns_cache.dns_address_filter_out`: addresses the DNS cache dropped.
+    filtered_out: u64,
 }
 
 async fn run(
@@ -354,9 +359,17 @@ async fn run(
     }
     // Give a connect the proxy might still be making a moment to be accepted, then look.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let filtered_out = tests::proxy::counter(
+        proxy.admin(),
+        "dns_cache.dfp_dns_cache.dns_address_filter_out",
+    )
+    .await
+    .expect("admin stats");
     Run {
         outcomes,
         log: suite::tail(&proxy.log(), 30),
+        access_log: std::fs::read_to_string(&access_log).unwrap_or_default(),
+        filtered_out,
     }
 }
 
@@ -394,6 +407,36 @@ pub async fn denied_addresses_get_nothing(kind: ProxyKind) {
             if *status != want_status || (!want_body.is_empty() && body != want_body) {
                 failures.push(format!(
                     "{} ({family}): {status} {body:?}, expected {want_status} {want_body:?}",
+                    scenario.label
+                ));
+            }
+        }
+        // Every denied address the lookup family returns is counted as dropped, and a name left with none fails
+        // with Envoy's details for it.
+        let dropped: u64 = scenarios
+            .iter()
+            .map(|s| {
+                let v4 = s.records.iter().any(IpAddr::is_ipv4);
+                s.denied()
+                    .filter(|ip| family == "ALL" || ip.is_ipv4() == v4)
+                    .count() as u64
+            })
+            .sum();
+        if run.filtered_out != dropped {
+            failures.push(format!(
+                "{family}: dns_address_filter_out {} , expected {dropped}",
+                run.filtered_out
+            ));
+        }
+        for scenario in scenarios.iter().filter(|s| !s.records.contains(&ALLOWED)) {
+            let line = run
+                .access_log
+                .lines()
+                .find(|l| l.starts_with(&scenario.name))
+                .unwrap_or_default();
+            if !line.ends_with("dns_resolution_failure{address_denied}") {
+                failures.push(format!(
+                    "{} ({family}): access log {line:?}, expected details dns_resolution_failure{{address_denied}}",
                     scenario.label
                 ));
             }
