@@ -192,6 +192,15 @@ pub fn upstream_address() -> Option<Vec<u8>> {
     host_buffer(status, data, size)
 }
 
+/// `destination.address`: the local address of the downstream connection (the listener's), as `ip:port`.
+pub fn destination_address() -> Option<Vec<u8>> {
+    const PATH: &[u8] = b"destination\0address";
+    let (mut data, mut size) = (null_mut(), 0);
+    // SAFETY: a live path buffer; the host writes the out-parameters.
+    let status = unsafe { proxy_get_property(PATH.as_ptr(), PATH.len(), &mut data, &mut size) };
+    host_buffer(status, data, size)
+}
+
 /// The host's log level as the ABI numbers it (0 trace .. 5 critical), if it tells.
 fn log_level() -> Option<u32> {
     let mut raw = u32::MAX;

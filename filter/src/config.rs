@@ -8,6 +8,8 @@
 //! because a security policy that silently keeps the last of two `allow` lists, or ignores a
 //! misspelt `deny`, is worse than one that refuses to load.
 
+use std::net::IpAddr;
+
 use crate::destination::{self, Host};
 use crate::json::{self, Json};
 use crate::net::{self, Cidr};
@@ -108,6 +110,8 @@ pub struct FilterConfig {
     /// `proxy_authorization`: `"remove"` (default) takes the client's `Proxy-Authorization`, its credential for
     /// this proxy, off every request it lets through; `"keep"` forwards it.
     pub remove_proxy_authorization: bool,
+    /// `own_endpoints`: the proxy's own listeners and admin (`ip:port`); requests to them are always denied.
+    pub own_endpoints: Vec<(IpAddr, u16)>,
 }
 
 /// A configuration error: the key path (`allow[2].host`, or `configuration` for the document
@@ -147,6 +151,7 @@ const TOP_KEYS: &[&str] = &[
     "destination_header",
     "addresses",
     "proxy_authorization",
+    "own_endpoints",
 ];
 const ALLOW_KEYS: &[&str] = &["host", "ports", "tls", "methods"];
 const DENY_KEYS: &[&str] = &["host", "ports", "methods"];
@@ -284,6 +289,10 @@ fn from_value(value: &Json) -> Result<FilterConfig, ConfigError> {
         address_deny,
         address_allow,
         remove_proxy_authorization,
+        own_endpoints: match field("own_endpoints") {
+            None => Vec::new(),
+            Some(list) => endpoint_list(list, "own_endpoints")?,
+        },
     })
 }
 
@@ -505,6 +514,18 @@ fn clusters(value: &Json) -> Result<(String, String, Option<String>), ConfigErro
             None => None,
         };
     Ok((plain, tls, default))
+}
+
+/// `["127.0.0.1:9901", "[::1]:10000", "0.0.0.0:10000"]`: socket addresses as Envoy prints them.
+fn endpoint_list(value: &Json, path: &str) -> Result<Vec<(IpAddr, u16)>, ConfigError> {
+    list_of(value, path, None, |item| {
+        let text = item
+            .as_str()
+            .ok_or_else(|| "expected an \"ip:port\" string".to_owned())?;
+        net::parse_socket_address(text.as_bytes()).ok_or_else(|| {
+            "expected ip:port (IPv6 in brackets, port 1..65535, canonical IPv4)".to_owned()
+        })
+    })
 }
 
 fn cidr_list(value: &Json, path: &str) -> Result<Vec<Cidr>, ConfigError> {
@@ -884,6 +905,21 @@ mod tests {
                 r#"{"cluster_header":"x-dfp-cluster"}"#,
                 "clusters",
                 "missing",
+            ),
+            (
+                r#"{"own_endpoints":["127.0.0.1"]}"#,
+                "own_endpoints[0]",
+                "ip:port",
+            ),
+            (
+                r#"{"own_endpoints":["127.1:9901"]}"#,
+                "own_endpoints[0]",
+                "ip:port",
+            ),
+            (
+                r#"{"proxy_authorization":"drop"}"#,
+                "proxy_authorization",
+                "drop",
             ),
             (
                 r#"{"clusters":{"plain":"p","tls":"t"}}"#,

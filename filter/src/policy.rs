@@ -36,16 +36,20 @@ pub enum DenyReason {
     AddressDenied,
     /// The upstream stage could not read or parse `upstream.address` (fails closed).
     UpstreamAddressUnknown,
+    /// The destination is the proxy itself: one of `own_endpoints`, or the listener the request came in on.
+    /// Denied in report mode too: a proxy that forwards to its own admin or listener is not reporting, it is open.
+    OwnEndpoint,
 }
 
 impl DenyReason {
-    pub const ALL: [DenyReason; 6] = [
+    pub const ALL: [DenyReason; 7] = [
         DenyReason::HostDenied,
         DenyReason::HostNotAllowed,
         DenyReason::PortNotAllowed,
         DenyReason::MethodNotAllowed,
         DenyReason::AddressDenied,
         DenyReason::UpstreamAddressUnknown,
+        DenyReason::OwnEndpoint,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -56,6 +60,7 @@ impl DenyReason {
             DenyReason::MethodNotAllowed => "method_not_allowed",
             DenyReason::AddressDenied => "address_denied",
             DenyReason::UpstreamAddressUnknown => "upstream_address_unknown",
+            DenyReason::OwnEndpoint => "own_endpoint",
         }
     }
 }
@@ -141,6 +146,7 @@ pub struct Policy {
     routing: Option<ClusterRouting>,
     destination_header: Option<String>,
     remove_proxy_authorization: bool,
+    own_endpoints: Vec<(IpAddr, u16)>,
 }
 
 fn methods(list: &Option<Vec<String>>) -> Option<Box<[Box<[u8]>]>> {
@@ -181,6 +187,7 @@ impl Policy {
             routing: config.cluster_routing.clone(),
             destination_header: config.destination_header.clone(),
             remove_proxy_authorization: config.remove_proxy_authorization,
+            own_endpoints: config.own_endpoints.clone(),
         }
     }
 
@@ -207,10 +214,13 @@ impl Policy {
 
     /// Decides a downstream request for `dest`, giving it its default port when it has none.
     /// Errs only with [`InvalidReason::MissingPort`] (a CONNECT target without a port).
+    /// Decides a destination; `listener` is the address the request came in on (`destination.address`), which the
+    /// caller need only fetch for IP-literal destinations (see [`Policy::targets_itself`]).
     pub fn decide(
         &self,
         dest: &mut Destination,
         method: &mut dyn MethodSource,
+        listener: Option<(IpAddr, u16)>,
     ) -> Result<Decision, InvalidReason> {
         let mut connect = None;
         let port = match dest.port() {
@@ -224,6 +234,12 @@ impl Policy {
                 p
             }
         };
+        if self.targets_itself(dest.target(), port, listener) {
+            return Ok(Decision {
+                outcome: Outcome::Deny(DenyReason::OwnEndpoint),
+                route: None,
+            });
+        }
         let result = self.evaluate(dest.target(), port, method);
         let outcome = self.verdict(result.err());
         let wants_tls = match (outcome, result) {
@@ -249,6 +265,9 @@ impl Policy {
             None => Some(DenyReason::UpstreamAddressUnknown),
             Some((ip, port)) => {
                 let ip = net::normalize(ip);
+                if self.is_own_endpoint(ip, port, true) {
+                    return Outcome::Deny(DenyReason::OwnEndpoint);
+                }
                 if self.deny_matches(Target::Ip(ip), port, method) {
                     Some(DenyReason::HostDenied)
                 } else if self.addresses.denies(ip) {
@@ -259,6 +278,44 @@ impl Policy {
             }
         };
         self.verdict(reason)
+    }
+
+    /// Whether a destination may be the proxy itself. An IP literal is, when it is the listener's address or one of
+    /// `own_endpoints` (an unspecified endpoint IP, `0.0.0.0`, stands for every address of the host). A name may
+    /// resolve to anything, so it is, when its port is an own endpoint's whose address the address policy lets
+    /// through (with loopback carved out, `localhost.example:9901` can be the admin; with the default policy the
+    /// resolved-address stages deny loopback anyway).
+    pub fn targets_itself(
+        &self,
+        target: Target<'_>,
+        port: u16,
+        listener: Option<(IpAddr, u16)>,
+    ) -> bool {
+        match target {
+            Target::Ip(ip) => {
+                let ip = net::normalize(ip);
+                listener.is_some_and(|(own, own_port)| {
+                    own_port == port && (own == ip || own.is_unspecified())
+                }) || self.is_own_endpoint(ip, port, false)
+            }
+            Target::Name(_) => self.own_endpoints.iter().any(|&(own, own_port)| {
+                own_port == port && (own.is_unspecified() || !self.addresses.denies(own))
+            }),
+        }
+    }
+
+    /// Whether `ip:port` is one of `own_endpoints`. Upstream (`resolved`), an unspecified endpoint IP matches only
+    /// loopback: the resolved address is a real one, and only loopback is surely this host.
+    fn is_own_endpoint(&self, ip: IpAddr, port: u16, resolved: bool) -> bool {
+        self.own_endpoints.iter().any(|&(own, own_port)| {
+            own_port == port
+                && (own == ip || (own.is_unspecified() && (!resolved || ip.is_loopback())))
+        })
+    }
+
+    /// Whether any `own_endpoints` are configured.
+    pub fn has_own_endpoints(&self) -> bool {
+        !self.own_endpoints.is_empty()
     }
 
     /// Whether the address policy alone denies `ip` (exposed for tests and tools).

@@ -19,7 +19,7 @@ use std::rc::Rc;
 
 use crate::abi;
 use crate::config::{FilterConfig, Stage};
-use crate::destination::{self, InvalidReason};
+use crate::destination::{self, InvalidReason, Target};
 use crate::header_pairs::HeaderPairs;
 use crate::net;
 use crate::policy::{DenyReason, MethodSource, Outcome, Policy, Route};
@@ -203,7 +203,12 @@ fn downstream(shared: &Shared) -> u32 {
         Ok(d) => d,
         Err(reason) => return invalid(shared, reason, source),
     };
-    let decision = match policy.decide(&mut dest, &mut headers) {
+    // Only an IP literal can name the listener itself: names never pay for reading its address.
+    let listener = match dest.target() {
+        Target::Ip(_) => abi::destination_address().and_then(|b| net::parse_socket_address(&b)),
+        Target::Name(_) => None,
+    };
+    let decision = match policy.decide(&mut dest, &mut headers, listener) {
         Ok(d) => d,
         Err(reason) => return invalid(shared, reason, source),
     };

@@ -121,7 +121,7 @@ fn decide(policy: &Policy, authority: &str) -> Outcome {
         .unwrap_or_else(|e| panic!("{authority} should parse: {}", e.as_str()));
     let mut method: &[u8] = b"GET";
     policy
-        .decide(&mut dest, &mut method as &mut dyn MethodSource)
+        .decide(&mut dest, &mut method as &mut dyn MethodSource, None)
         .unwrap_or_else(|e| panic!("{authority}: {}", e.as_str()))
         .outcome
 }

@@ -287,6 +287,105 @@ fn the_shipped_envoy_yaml_strips_proxy_authorization() {
     assert!(removed.contains(&"x-dfp-cluster"), "{removed:?}");
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// With loopback carved out and the filter in report mode (it forwards what it would deny), requests to the proxy's
+/// own admin and listener — by IP or by a name resolving to loopback — are still denied (`own_endpoints`), the
+/// admin never answers through the proxy, `/quitquitquit` does not stop it, and no request loops. Without
+/// `own_endpoints`, the listener's own address (`destination.address`) is still refused as an IP literal.
+#[test]
+fn the_proxy_never_forwards_to_itself() {
+    let world = block_on(suite::shared_world()).expect("fixtures");
+    let plain = world.plain.port();
+    let template = suite::bootstrap_template().expect("template");
+    for kind in KINDS {
+        let (listen, admin) = (free_port(), free_port());
+        let own = json!([format!("127.0.0.1:{listen}"), format!("127.0.0.1:{admin}")]);
+        let carve = json!({ "allow": ["127.0.0.0/8"] });
+        let downstream = routing(json!({
+            "stage": "downstream", "mode": "report", "allow": [], "addresses": carve, "own_endpoints": own,
+        }));
+        let upstream = json!({ "stage": "upstream", "mode": "report", "addresses": carve, "own_endpoints": own });
+        let dir = tempfile::tempdir().expect("temp dir");
+        let bootstrap = world
+            .render_bootstrap(
+                &template,
+                &downstream,
+                &upstream,
+                (listen, admin),
+                &dir.path().join("access.log"),
+            )
+            .expect("bootstrap");
+        let proxy = block_on(suite::start_bootstrap(kind, bootstrap)).expect("proxy");
+        let listener = proxy.listener();
+        assert_eq!(
+            (listener.port(), proxy.admin().port()),
+            (listen, admin),
+            "{kind:?}"
+        );
+        for (method, path, host) in [
+            ("GET", "/server_info", format!("127.0.0.1:{admin}")),
+            ("GET", "/server_info", format!("self.dfp.test:{admin}")),
+            ("POST", "/quitquitquit", format!("127.0.0.1:{admin}")),
+            ("POST", "/quitquitquit", format!("self.dfp.test:{admin}")),
+            ("GET", "/", format!("127.0.0.1:{listen}")),
+            ("GET", "/", format!("self.dfp.test:{listen}")),
+        ] {
+            let raw = format!(
+                "{method} {path} HTTP/1.1\r\nhost: {host}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+            let reply = request(listener, raw.as_bytes())
+                .unwrap_or_else(|e| panic!("{kind:?} {host}: {e}"));
+            let shown: String = reply.text().chars().take(160).collect();
+            assert_eq!(reply.status, 403, "{kind:?} {method} {host}{path}: {shown}");
+            assert_eq!(
+                reply.header("x-dfp-denied"),
+                Some("own_endpoint"),
+                "{kind:?} {host}"
+            );
+        }
+        // Report mode does forward elsewhere on loopback (the carve-out is real), and the proxy is still up.
+        let case = format!("self-control-{kind:?}");
+        let reply = get(
+            listener,
+            &format!("api.dfp.test:{plain}"),
+            &[("x-case-id", &case)],
+        );
+        assert_eq!(reply.status, 200, "{kind:?}: {reply:?}");
+        assert_eq!(world.plain.seen_for_case(&case).len(), 1, "{kind:?}");
+        let ready = block_on(tests::client::get(proxy.admin(), "/ready")).expect("admin answers");
+        assert_eq!(ready.status, 200, "{kind:?}: the proxy must still be up");
+        drop(proxy);
+
+        // No own_endpoints: the listener the request came in on is still itself.
+        let downstream = routing(json!({
+            "stage": "downstream", "allow": [{ "host": "127.0.0.0/8", "ports": [listen] }], "addresses": carve,
+        }));
+        let bootstrap = world
+            .render_bootstrap(
+                &template,
+                &downstream,
+                &carve_out(),
+                (listen, 0),
+                &dir.path().join("access.log"),
+            )
+            .expect("bootstrap");
+        let proxy = block_on(suite::start_bootstrap(kind, bootstrap)).expect("proxy");
+        let reply = get(proxy.listener(), &format!("127.0.0.1:{listen}"), &[]);
+        assert_eq!(reply.status, 403, "{kind:?}: {reply:?}");
+        assert_eq!(
+            reply.header("x-dfp-denied"),
+            Some("own_endpoint"),
+            "{kind:?}"
+        );
+    }
+}
+
 /// host-sim alone (no filter at all: any destination goes to the dynamic forward proxy) must still refuse its own
 /// listener and admin address, however they are spelled or resolved.
 #[test]

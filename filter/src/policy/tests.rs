@@ -31,7 +31,7 @@ fn run(
         method: method.as_bytes(),
         calls: 0,
     };
-    let d = p.decide(&mut dest, &mut m)?;
+    let d = p.decide(&mut dest, &mut m, None)?;
     Ok((d.outcome, d.route, dest.authority().to_owned(), m.calls))
 }
 
@@ -534,7 +534,8 @@ fn reason_strings_are_stable() {
             "port_not_allowed",
             "method_not_allowed",
             "address_denied",
-            "upstream_address_unknown"
+            "upstream_address_unknown",
+            "own_endpoint"
         ]
     );
 }
@@ -578,4 +579,81 @@ fn many_rules_compile_and_match() {
         );
     }
     assert_eq!(outcome(&p, "198.200.0.7:80", "GET"), Deny(HostNotAllowed));
+}
+
+#[test]
+fn the_proxy_itself_is_denied_even_in_report_mode() {
+    let p = policy(
+        r#"{ "mode": "report", "allow": [{ "host": "127.0.0.0/8", "ports": [9901, 10000, 8080] },
+              { "host": "*.test", "ports": [9901, 8080] }],
+             "addresses": { "allow": ["127.0.0.0/8"] },
+             "own_endpoints": ["127.0.0.1:9901"] }"#,
+    );
+    let decide = |authority: &str, listener: Option<(IpAddr, u16)>| {
+        let mut dest = destination::parse(authority.as_bytes().to_vec()).expect("valid");
+        let mut m = Counting {
+            method: b"GET",
+            calls: 0,
+        };
+        p.decide(&mut dest, &mut m, listener)
+            .expect("decided")
+            .outcome
+    };
+    let listener = Some(("127.0.0.1".parse().expect("ip"), 10000));
+    // The admin by IP, the admin by a name that may resolve to loopback (carved out here), the listener itself.
+    assert_eq!(decide("127.0.0.1:9901", None), Deny(OwnEndpoint));
+    assert_eq!(decide("a.test:9901", None), Deny(OwnEndpoint));
+    assert_eq!(decide("127.0.0.1:10000", listener), Deny(OwnEndpoint));
+    assert_eq!(decide("[::ffff:127.0.0.1]:9901", None), Deny(OwnEndpoint));
+    // Elsewhere, report mode reports as before.
+    assert_eq!(decide("127.0.0.1:8080", listener), Allow);
+    assert_eq!(decide("127.0.0.2:10000", listener), Allow);
+    assert_eq!(decide("a.test:8080", None), Allow);
+    assert_eq!(decide("b.example:8080", None), ReportOnly(HostNotAllowed));
+    // A listener on every address: any IP literal on its port is the proxy.
+    let any = Some(("0.0.0.0".parse().expect("ip"), 10000));
+    assert_eq!(decide("127.0.0.2:10000", any), Deny(OwnEndpoint));
+
+    // With loopback denied (the default), names on the admin port are left to the resolved-address stages.
+    let strict = policy(
+        r#"{ "allow": [{ "host": "*.test", "ports": [9901] }], "own_endpoints": ["127.0.0.1:9901"] }"#,
+    );
+    let mut dest = destination::parse(b"a.test:9901".to_vec()).expect("valid");
+    let mut m = Counting {
+        method: b"GET",
+        calls: 0,
+    };
+    assert_eq!(
+        strict
+            .decide(&mut dest, &mut m, None)
+            .expect("decided")
+            .outcome,
+        Allow
+    );
+
+    // Upstream: the resolved address is the admin.
+    let up = policy(
+        r#"{ "stage": "upstream", "addresses": { "allow": ["127.0.0.0/8"] }, "own_endpoints": ["127.0.0.1:9901", "0.0.0.0:10000"] }"#,
+    );
+    let mut m = Counting {
+        method: b"GET",
+        calls: 0,
+    };
+    let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+    assert_eq!(
+        up.decide_upstream(Some((ip("127.0.0.1"), 9901)), &mut m),
+        Deny(OwnEndpoint)
+    );
+    assert_eq!(
+        up.decide_upstream(Some((ip("127.0.0.1"), 10000)), &mut m),
+        Deny(OwnEndpoint)
+    );
+    assert_eq!(
+        up.decide_upstream(Some((ip("127.0.0.1"), 8080)), &mut m),
+        Allow
+    );
+    assert_eq!(
+        up.decide_upstream(Some((ip("198.51.100.7"), 10000)), &mut m),
+        Deny(AddressDenied)
+    );
 }

@@ -145,7 +145,7 @@ pub fn naive_decide(c: &FilterConfig, authority: &str, method: &str) -> Naive {
 pub fn fast_decide(p: &Policy, authority: &str, method: &str) -> Naive {
     let mut dest = destination::parse(authority.as_bytes().to_vec())?;
     let mut m: &[u8] = method.as_bytes();
-    let d = p.decide(&mut dest, &mut m as &mut dyn MethodSource)?;
+    let d = p.decide(&mut dest, &mut m as &mut dyn MethodSource, None)?;
     Ok((d.outcome, d.route, dest.authority().to_string()))
 }
 
