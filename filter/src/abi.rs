@@ -9,6 +9,7 @@ use std::ptr::null_mut;
 /// `proxy_status_t` values the filter looks at.
 pub const OK: u32 = 0;
 pub const NOT_FOUND: u32 = 1;
+pub const CAS_MISMATCH: u32 = 8;
 
 /// `proxy_map_type_t`: the request header map.
 const REQUEST_HEADERS: u32 = 0;
@@ -73,6 +74,24 @@ extern "C" {
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
 
     fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
+
+    fn proxy_get_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+        return_cas: *mut u32,
+    ) -> u32;
+
+    fn proxy_set_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+        cas: u32,
+    ) -> u32;
+
+    fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
 
     fn proxy_call_foreign_function(
         function_name_data: *const u8,
@@ -190,6 +209,34 @@ pub fn upstream_address() -> Option<Vec<u8>> {
     // SAFETY: a live path buffer; the host writes the out-parameters.
     let status = unsafe { proxy_get_property(PATH.as_ptr(), PATH.len(), &mut data, &mut size) };
     host_buffer(status, data, size)
+}
+
+/// A shared data value and its compare-and-swap token; a key never set reads as empty with token 0.
+pub fn get_shared_data(key: &str) -> Result<(Vec<u8>, u32), u32> {
+    let (mut data, mut size, mut cas) = (null_mut(), 0, 0);
+    // SAFETY: a live key buffer; the host writes the out-parameters.
+    let status =
+        unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) };
+    match status {
+        OK => Ok((host_buffer(status, data, size).unwrap_or_default(), cas)),
+        NOT_FOUND => Ok((Vec::new(), 0)),
+        other => Err(other),
+    }
+}
+
+/// Writes a shared data value if its token is still `cas` (0: unconditionally); `CAS_MISMATCH` when another worker
+/// wrote it first.
+pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> u32 {
+    // SAFETY: live buffers for the call.
+    unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) }
+}
+
+/// Wall-clock seconds since the epoch, as the host tells them.
+pub fn now_seconds() -> Option<u64> {
+    let mut nanos = 0u64;
+    // SAFETY: the host writes one u64.
+    let status = unsafe { proxy_get_current_time_nanoseconds(&mut nanos) };
+    (status == OK).then_some(nanos / 1_000_000_000)
 }
 
 /// `destination.address`: the local address of the downstream connection (the listener's), as `ip:port`.

@@ -73,7 +73,16 @@ pub struct AllowRule {
     pub tls: Option<bool>,
     /// `None`: any method. Matched case-sensitively.
     pub methods: Option<Vec<String>>,
+    /// `max_hosts`: how many distinct destinations this rule admits within `host_ttl_seconds` (wildcard and CIDR
+    /// rules: [`DEFAULT_MAX_HOSTS`] unless given; an exact name or a single address is one destination: `None`).
+    pub max_hosts: Option<u32>,
 }
+
+/// The distinct destinations a wildcard or CIDR rule admits by default within the host TTL: far below the DNS
+/// cache's `max_hosts` (1024 in `envoy.yaml`), so one rule cannot fill the cache for every other destination.
+pub const DEFAULT_MAX_HOSTS: u32 = 256;
+/// Envoy's DNS cache default `host_ttl`: how long a destination counts against its rule after its last use.
+pub const DEFAULT_HOST_TTL_SECONDS: u32 = 300;
 
 /// A `deny` rule. Without `ports` or `methods` it denies every port or method of its host.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,6 +121,8 @@ pub struct FilterConfig {
     pub remove_proxy_authorization: bool,
     /// `own_endpoints`: the proxy's own listeners and admin (`ip:port`); requests to them are always denied.
     pub own_endpoints: Vec<(IpAddr, u16)>,
+    /// `host_ttl_seconds`: how long a destination counts against its rule's `max_hosts` after its last use.
+    pub host_ttl_seconds: u32,
 }
 
 /// A configuration error: the key path (`allow[2].host`, or `configuration` for the document
@@ -152,8 +163,9 @@ const TOP_KEYS: &[&str] = &[
     "addresses",
     "proxy_authorization",
     "own_endpoints",
+    "host_ttl_seconds",
 ];
-const ALLOW_KEYS: &[&str] = &["host", "ports", "tls", "methods"];
+const ALLOW_KEYS: &[&str] = &["host", "ports", "tls", "methods", "max_hosts"];
 const DENY_KEYS: &[&str] = &["host", "ports", "methods"];
 const CLUSTERS_KEYS: &[&str] = &["plain", "tls", "default"];
 const ADDRESSES_KEYS: &[&str] = &["deny", "allow"];
@@ -293,17 +305,48 @@ fn from_value(value: &Json) -> Result<FilterConfig, ConfigError> {
             None => Vec::new(),
             Some(list) => endpoint_list(list, "own_endpoints")?,
         },
+        host_ttl_seconds: match field("host_ttl_seconds") {
+            None => DEFAULT_HOST_TTL_SECONDS,
+            Some(v) => v
+                .as_u64()
+                .filter(|n| (1..=86_400).contains(n))
+                .map(|n| n as u32)
+                .ok_or_else(|| invalid("host_ttl_seconds", v, "expected seconds, 1..=86400"))?,
+        },
     })
 }
 
 fn allow_rule(value: &Json, path: &str) -> Result<AllowRule, ConfigError> {
     let (host, ports, tls, methods) = rule(value, path, ALLOW_KEYS)?;
     let ports = ports.unwrap_or_else(|| vec![if tls == Some(true) { 443 } else { 80 }]);
+    let many = match &host {
+        HostPattern::Exact(_) => false,
+        HostPattern::Wildcard(_) => true,
+        HostPattern::Cidr(cidr) => !cidr.is_host(),
+    };
+    let map = object(value, path, ALLOW_KEYS)?;
+    let max_hosts = match member(map, "max_hosts") {
+        None => many.then_some(DEFAULT_MAX_HOSTS),
+        Some(v) if !many => {
+            return Err(invalid(
+                &format!("{path}.max_hosts"),
+                v,
+                "only for wildcard and CIDR rules (this rule names one destination)",
+            ))
+        }
+        Some(v) => Some(
+            v.as_u64()
+                .filter(|n| (1..=1_000_000).contains(n))
+                .map(|n| n as u32)
+                .ok_or_else(|| invalid(&format!("{path}.max_hosts"), v, "expected 1..=1000000"))?,
+        ),
+    };
     Ok(AllowRule {
         host,
         ports,
         tls,
         methods,
+        max_hosts,
     })
 }
 
@@ -659,18 +702,21 @@ mod tests {
                     ports: vec![8081],
                     tls: Some(false),
                     methods: None,
+                    max_hosts: None,
                 },
                 AllowRule {
                     host: HostPattern::Wildcard("example.org".into()),
                     ports: vec![443],
                     tls: Some(true),
                     methods: Some(vec!["GET".into(), "HEAD".into()]),
+                    max_hosts: Some(DEFAULT_MAX_HOSTS),
                 },
                 AllowRule {
                     host: HostPattern::Cidr(cidr("203.0.113.0/24")),
                     ports: vec![80],
                     tls: None,
                     methods: None,
+                    max_hosts: Some(DEFAULT_MAX_HOSTS),
                 },
             ]
         );
@@ -906,6 +952,17 @@ mod tests {
                 "clusters",
                 "missing",
             ),
+            (
+                r#"{"allow":[{"host":"a.test","max_hosts":5}]}"#,
+                "allow[0].max_hosts",
+                "only for wildcard",
+            ),
+            (
+                r#"{"allow":[{"host":"*.a.test","max_hosts":0}]}"#,
+                "allow[0].max_hosts",
+                "1..=1000000",
+            ),
+            (r#"{"host_ttl_seconds":0}"#, "host_ttl_seconds", "1..=86400"),
             (
                 r#"{"own_endpoints":["127.0.0.1"]}"#,
                 "own_endpoints[0]",

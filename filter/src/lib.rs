@@ -13,6 +13,7 @@
 pub mod config;
 pub mod destination;
 pub mod header_pairs;
+pub mod host_limit;
 mod index;
 pub mod json;
 pub mod net;

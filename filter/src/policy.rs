@@ -15,7 +15,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::ops::ControlFlow;
 
-use crate::config::{ClusterRouting, FilterConfig, Mode, Stage};
+use crate::config::{ClusterRouting, FilterConfig, HostPattern, Mode, Stage};
 use crate::destination::{Destination, InvalidReason, Target};
 use crate::index::{HostIndex, HostIndexBuilder, RuleId};
 use crate::net::{self, AddressPolicy};
@@ -39,10 +39,13 @@ pub enum DenyReason {
     /// The destination is the proxy itself: one of `own_endpoints`, or the listener the request came in on.
     /// Denied in report mode too: a proxy that forwards to its own admin or listener is not reporting, it is open.
     OwnEndpoint,
+    /// The allowing wildcard or CIDR rule already admits `max_hosts` other destinations (within the host TTL): one
+    /// client cannot fill the DNS cache for everyone through one rule.
+    HostLimit,
 }
 
 impl DenyReason {
-    pub const ALL: [DenyReason; 7] = [
+    pub const ALL: [DenyReason; 8] = [
         DenyReason::HostDenied,
         DenyReason::HostNotAllowed,
         DenyReason::PortNotAllowed,
@@ -50,6 +53,7 @@ impl DenyReason {
         DenyReason::AddressDenied,
         DenyReason::UpstreamAddressUnknown,
         DenyReason::OwnEndpoint,
+        DenyReason::HostLimit,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -61,6 +65,7 @@ impl DenyReason {
             DenyReason::AddressDenied => "address_denied",
             DenyReason::UpstreamAddressUnknown => "upstream_address_unknown",
             DenyReason::OwnEndpoint => "own_endpoint",
+            DenyReason::HostLimit => "host_limit",
         }
     }
 }
@@ -95,6 +100,17 @@ pub struct Decision {
     /// The cluster for a forwarded request, when `cluster_header`/`clusters` are configured.
     /// CONNECT always goes plain: the tunnel carries the client's own TLS.
     pub route: Option<Route>,
+    /// The allowing rule's bound on distinct destinations, for the caller to enforce (it needs shared state).
+    pub host_limit: Option<HostLimit>,
+}
+
+/// The bound of the rule that allowed a destination: at most `max` distinct destinations per `ttl_seconds`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostLimit {
+    /// The rule's index in `allow`.
+    pub rule: u32,
+    pub max: u32,
+    pub ttl_seconds: u32,
 }
 
 /// The request method, fetched only when a decision needs it (each fetch is a hostcall in Envoy).
@@ -115,6 +131,9 @@ struct Rule {
     ports: Option<Box<[u16]>>,
     methods: Option<Box<[Box<[u8]>]>>,
     tls: Option<bool>,
+    max_hosts: Option<u32>,
+    /// The shared data key of the rule's destination set, when it has `max_hosts`.
+    limit_key: Option<Box<str>>,
 }
 
 impl Rule {
@@ -147,6 +166,7 @@ pub struct Policy {
     destination_header: Option<String>,
     remove_proxy_authorization: bool,
     own_endpoints: Vec<(IpAddr, u16)>,
+    host_ttl_seconds: u32,
 }
 
 fn methods(list: &Option<Vec<String>>) -> Option<Box<[Box<[u8]>]>> {
@@ -164,6 +184,15 @@ impl Policy {
                 ports: Some(rule.ports.as_slice().into()),
                 methods: methods(&rule.methods),
                 tls: rule.tls,
+                max_hosts: rule.max_hosts,
+                limit_key: rule.max_hosts.map(|_| {
+                    let pattern = match &rule.host {
+                        HostPattern::Exact(name) => name.clone(),
+                        HostPattern::Wildcard(suffix) => format!("*.{suffix}"),
+                        HostPattern::Cidr(cidr) => cidr.to_string(),
+                    };
+                    crate::host_limit::key(&pattern, &rule.ports).into()
+                }),
             });
         }
         let mut deny = Vec::with_capacity(config.deny.len());
@@ -174,6 +203,8 @@ impl Policy {
                 ports: rule.ports.as_deref().map(Into::into),
                 methods: methods(&rule.methods),
                 tls: None,
+                max_hosts: None,
+                limit_key: None,
             });
         }
         Policy {
@@ -188,6 +219,7 @@ impl Policy {
             destination_header: config.destination_header.clone(),
             remove_proxy_authorization: config.remove_proxy_authorization,
             own_endpoints: config.own_endpoints.clone(),
+            host_ttl_seconds: config.host_ttl_seconds,
         }
     }
 
@@ -238,21 +270,34 @@ impl Policy {
             return Ok(Decision {
                 outcome: Outcome::Deny(DenyReason::OwnEndpoint),
                 route: None,
+                host_limit: None,
             });
         }
         let result = self.evaluate(dest.target(), port, method);
         let outcome = self.verdict(result.err());
         let wants_tls = match (outcome, result) {
             (Outcome::Deny(_), _) => None,
-            (_, Ok(tls)) => Some(tls.unwrap_or(port == 443)),
+            (_, Ok((tls, _))) => Some(tls.unwrap_or(port == 443)),
             (_, Err(_)) => Some(port == 443),
+        };
+        let host_limit = match result {
+            Ok((_, Some(rule))) => self.allow[rule as usize].max_hosts.map(|max| HostLimit {
+                rule,
+                max,
+                ttl_seconds: self.host_ttl_seconds,
+            }),
+            _ => None,
         };
         let route = match (&self.routing, wants_tls) {
             (Some(_), Some(true)) if !is_connect(method, &mut connect) => Some(Route::Tls),
             (Some(_), Some(_)) => Some(Route::Plain),
             _ => None,
         };
-        Ok(Decision { outcome, route })
+        Ok(Decision {
+            outcome,
+            route,
+            host_limit,
+        })
     }
 
     /// Decides an upstream request from the address Envoy connects to (`None` when unknown).
@@ -313,6 +358,15 @@ impl Policy {
         })
     }
 
+    /// The shared data key of rule `rule`'s destination set (see [`crate::host_limit`]); empty for a rule without
+    /// `max_hosts`.
+    pub fn host_limit_key(&self, rule: u32) -> &str {
+        self.allow
+            .get(rule as usize)
+            .and_then(|r| r.limit_key.as_deref())
+            .unwrap_or_default()
+    }
+
     /// Whether any `own_endpoints` are configured.
     pub fn has_own_endpoints(&self) -> bool {
         !self.own_endpoints.is_empty()
@@ -331,13 +385,13 @@ impl Policy {
         }
     }
 
-    /// `Ok(tls of the allowing rule)` or the reason to deny.
+    /// `Ok((tls of the allowing rule, that rule))` or the reason to deny.
     fn evaluate(
         &self,
         target: Target<'_>,
         port: u16,
         method: &mut dyn MethodSource,
-    ) -> Result<Option<bool>, DenyReason> {
+    ) -> Result<(Option<bool>, Option<RuleId>), DenyReason> {
         if self.deny_matches(target, port, method) {
             return Err(DenyReason::HostDenied);
         }
@@ -379,9 +433,10 @@ impl Policy {
         target: Target<'_>,
         port: u16,
         method: &mut dyn MethodSource,
-    ) -> Result<Option<bool>, DenyReason> {
+    ) -> Result<(Option<bool>, Option<RuleId>), DenyReason> {
         let mut reason = DenyReason::HostNotAllowed;
         let mut tls = None;
+        let mut allowed_by = None;
         let flow = self.allow_index.visit(target, |id| {
             let rule = &self.allow[id as usize];
             if !rule.port_ok(port) {
@@ -395,10 +450,11 @@ impl Policy {
                 return ControlFlow::Continue(());
             }
             tls = rule.tls;
+            allowed_by = Some(id);
             ControlFlow::Break(())
         });
         if flow.is_break() {
-            Ok(tls)
+            Ok((tls, allowed_by))
         } else {
             Err(reason)
         }

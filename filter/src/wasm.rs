@@ -18,11 +18,12 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use crate::abi;
-use crate::config::{FilterConfig, Stage};
+use crate::config::{FilterConfig, Mode, Stage};
 use crate::destination::{self, InvalidReason, Target};
 use crate::header_pairs::HeaderPairs;
+use crate::host_limit::{Admit, HostSet};
 use crate::net;
-use crate::policy::{DenyReason, MethodSource, Outcome, Policy, Route};
+use crate::policy::{DenyReason, HostLimit, MethodSource, Outcome, Policy, Route};
 use crate::response;
 
 const AUTHORITY: &str = ":authority";
@@ -38,6 +39,10 @@ struct Shared {
     metrics: Metrics,
     /// Set once the host says it lacks `clear_route_cache`, so we stop asking (and logging).
     no_clear_route_cache: Cell<bool>,
+    /// Per rule with `max_hosts`: the destinations this worker last saw admitted (sorted), so a known destination
+    /// costs no hostcall. Stale entries stay admitted here until this worker next asks the shared set, which bounds
+    /// a rule's live destinations by `max_hosts` times (workers + 1).
+    admitted: RefCell<Vec<(u32, Vec<String>)>>,
 }
 
 /// The live contexts of this VM (one per worker thread in Envoy, so no locking).
@@ -174,6 +179,7 @@ fn configure() -> Option<Rc<Shared>> {
         policy,
         metrics,
         no_clear_route_cache: Cell::new(false),
+        admitted: RefCell::new(Vec::new()),
     }))
 }
 
@@ -231,6 +237,26 @@ fn downstream(shared: &Shared) -> u32 {
             return PAUSE;
         }
     }
+    if let (Outcome::Allow, Some(limit)) = (decision.outcome, decision.host_limit) {
+        if !admit_host(shared, &limit, dest.authority()) {
+            let reason = DenyReason::HostLimit;
+            if policy.mode() == Mode::Report {
+                shared
+                    .metrics
+                    .bump(shared.metrics.report_only[reason as usize]);
+                log::info!(
+                    "dfp-filter: report-only: would deny {} ({reason})",
+                    dest.authority()
+                );
+            } else {
+                shared.metrics.bump(shared.metrics.denied[reason as usize]);
+                log::info!("dfp-filter: denied {} ({reason})", dest.authority());
+                let body = response::deny_body(reason, Some(dest.authority()), None);
+                deny(reason, &body);
+                return PAUSE;
+            }
+        }
+    }
     // The client's credential for this proxy is not the destination's to see; the header map read above says
     // whether there is one, so a request without it costs no hostcall.
     if policy.removes_proxy_authorization() && headers.get(PROXY_AUTHORIZATION).is_some() {
@@ -268,6 +294,50 @@ fn downstream(shared: &Shared) -> u32 {
         clear_route_cache(shared);
     }
     CONTINUE
+}
+
+/// Whether `limit`'s rule admits `host`: known to this worker, or admitted by the rule's shared set
+/// (compare-and-swap; see [`crate::host_limit`]). Fails closed when the host's shared data refuses.
+fn admit_host(shared: &Shared, limit: &HostLimit, host: &str) -> bool {
+    let known = shared
+        .admitted
+        .borrow()
+        .iter()
+        .find(|(rule, _)| *rule == limit.rule)
+        .is_some_and(|(_, hosts)| hosts.binary_search_by(|h| h.as_str().cmp(host)).is_ok());
+    if known {
+        return true;
+    }
+    let key = shared.policy.host_limit_key(limit.rule);
+    let now = abi::now_seconds().unwrap_or_default();
+    for _ in 0..8 {
+        let Ok((value, cas)) = abi::get_shared_data(key) else {
+            log::warn!("dfp-filter: shared data unavailable; denying {host} (host_limit)");
+            return false;
+        };
+        let mut set = HostSet::parse(&value);
+        if set.admit(host, now, u64::from(limit.ttl_seconds), limit.max) == Admit::Full {
+            return false;
+        }
+        match abi::set_shared_data(key, &set.serialize(), cas) {
+            abi::OK => {
+                let mut hosts: Vec<String> = set.hosts().map(str::to_owned).collect();
+                hosts.sort_unstable();
+                let mut admitted = shared.admitted.borrow_mut();
+                match admitted.iter_mut().find(|(rule, _)| *rule == limit.rule) {
+                    Some((_, known)) => *known = hosts,
+                    None => admitted.push((limit.rule, hosts)),
+                }
+                return true;
+            }
+            abi::CAS_MISMATCH => continue,
+            status => {
+                log::warn!("dfp-filter: shared data refused a write (status {status}); denying {host} (host_limit)");
+                return false;
+            }
+        }
+    }
+    false
 }
 
 fn upstream(shared: &Shared) -> u32 {

@@ -386,6 +386,89 @@ fn the_proxy_never_forwards_to_itself() {
     }
 }
 
+/// One client minting names under an allowed wildcard: with the rule's `max_hosts` (5 here, in a DNS cache of 8), the
+/// sixth distinct name is denied `host_limit` and the cache keeps room, so another destination is still served; a
+/// name admitted before is still admitted, and once the host TTL has passed a new one is again. Without the bound,
+/// the same flood fills the cache and the other destination gets 503 "DNS cache overflow" (the attack, measured).
+#[test]
+fn one_wildcard_cannot_fill_the_dns_cache() {
+    let world = block_on(suite::shared_world()).expect("fixtures");
+    let plain = world.plain.port();
+    let template = suite::bootstrap_template()
+        .expect("template")
+        .replace("max_hosts: 1024", "max_hosts: 8");
+    for kind in KINDS {
+        for (bounded, tag) in [(true, "bounded"), (false, "open")] {
+            let max_hosts = if bounded { 5 } else { 1_000_000 };
+            let downstream = routing(json!({
+                "stage": "downstream",
+                "allow": [
+                    { "host": format!("*.{tag}-{kind:?}.flood.dfp.test").to_lowercase(), "ports": [plain], "max_hosts": max_hosts },
+                    { "host": "api.dfp.test", "ports": [plain] }
+                ],
+                "host_ttl_seconds": 2,
+            }));
+            let dir = tempfile::tempdir().expect("temp dir");
+            let bootstrap = world
+                .render_bootstrap(
+                    &template,
+                    &downstream,
+                    &carve_out(),
+                    (0, 0),
+                    &dir.path().join("access.log"),
+                )
+                .expect("bootstrap");
+            let proxy = block_on(suite::start_bootstrap(kind, bootstrap)).expect("proxy");
+            let listener = proxy.listener();
+            let name =
+                |i: usize| format!("n{i}.{tag}-{kind:?}.flood.dfp.test:{plain}").to_lowercase();
+            let statuses: Vec<u16> = (0..12)
+                .map(|i| get(listener, &name(i), &[]).status)
+                .collect();
+            let other = get(listener, &format!("api.dfp.test:{plain}"), &[]);
+            if bounded {
+                assert_eq!(
+                    statuses,
+                    [200, 200, 200, 200, 200, 403, 403, 403, 403, 403, 403, 403],
+                    "{kind:?}"
+                );
+                let denied = get(listener, &name(7), &[]);
+                assert_eq!(
+                    denied.header("x-dfp-denied"),
+                    Some("host_limit"),
+                    "{kind:?}"
+                );
+                assert_eq!(
+                    other.status, 200,
+                    "{kind:?}: the other destination must be served"
+                );
+                assert_eq!(
+                    get(listener, &name(2), &[]).status,
+                    200,
+                    "{kind:?}: admitted before"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(3_200));
+                assert_eq!(
+                    get(listener, &name(11), &[]).status,
+                    200,
+                    "{kind:?}: after the TTL"
+                );
+            } else {
+                assert_eq!(&statuses[..8], [200; 8], "{kind:?}");
+                assert!(
+                    statuses[8..].iter().all(|s| *s == 503),
+                    "{kind:?}: {statuses:?}"
+                );
+                assert_eq!(
+                    other.status, 503,
+                    "{kind:?}: the attack fills the cache for everyone"
+                );
+                assert_eq!(other.text(), "DNS cache overflow", "{kind:?}");
+            }
+        }
+    }
+}
+
 /// host-sim alone (no filter at all: any destination goes to the dynamic forward proxy) must still refuse its own
 /// listener and admin address, however they are spelled or resolved.
 #[test]

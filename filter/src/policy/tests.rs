@@ -535,7 +535,8 @@ fn reason_strings_are_stable() {
             "method_not_allowed",
             "address_denied",
             "upstream_address_unknown",
-            "own_endpoint"
+            "own_endpoint",
+            "host_limit"
         ]
     );
 }
@@ -656,4 +657,45 @@ fn the_proxy_itself_is_denied_even_in_report_mode() {
         up.decide_upstream(Some((ip("198.51.100.7"), 10000)), &mut m),
         Deny(AddressDenied)
     );
+}
+
+#[test]
+fn wildcard_and_cidr_rules_carry_their_host_limit() {
+    let p = policy(
+        r#"{ "allow": [{ "host": "*.w.test", "max_hosts": 7 }, { "host": "one.test" },
+                       { "host": "198.51.100.0/24" }, { "host": "198.51.100.7", "ports": [81] }],
+             "addresses": { "allow": ["198.51.100.0/24"] }, "host_ttl_seconds": 60 }"#,
+    );
+    let limit = |authority: &str| {
+        let mut dest = destination::parse(authority.as_bytes().to_vec()).expect("valid");
+        let mut m = Counting {
+            method: b"GET",
+            calls: 0,
+        };
+        let d = p.decide(&mut dest, &mut m, None).expect("decided");
+        assert_eq!(d.outcome, Allow, "{authority}");
+        d.host_limit.map(|l| {
+            (
+                l.rule,
+                l.max,
+                l.ttl_seconds,
+                p.host_limit_key(l.rule).to_owned(),
+            )
+        })
+    };
+    assert_eq!(
+        limit("a.w.test"),
+        Some((0, 7, 60, "dfp.hosts.*.w.test:80".to_owned()))
+    );
+    assert_eq!(limit("one.test"), None);
+    assert_eq!(
+        limit("198.51.100.9"),
+        Some((
+            2,
+            crate::config::DEFAULT_MAX_HOSTS,
+            60,
+            "dfp.hosts.198.51.100.0/24:80".to_owned()
+        ))
+    );
+    assert_eq!(limit("198.51.100.7:81"), None);
 }
