@@ -377,7 +377,8 @@ impl Policy {
         self.addresses.denies(ip)
     }
 
-    fn verdict(&self, reason: Option<DenyReason>) -> Outcome {
+    /// What `reason` (or none) means in this policy's mode: deny, report, or allow.
+    pub fn verdict(&self, reason: Option<DenyReason>) -> Outcome {
         match (reason, self.mode) {
             (None, _) => Outcome::Allow,
             (Some(r), Mode::Enforce) => Outcome::Deny(r),

@@ -18,7 +18,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use crate::abi;
-use crate::config::{FilterConfig, Mode, Stage};
+use crate::config::{FilterConfig, Stage};
 use crate::destination::{self, InvalidReason, Target};
 use crate::header_pairs::HeaderPairs;
 use crate::host_limit::{Admit, HostSet};
@@ -218,7 +218,13 @@ fn downstream(shared: &Shared) -> u32 {
         Ok(d) => d,
         Err(reason) => return invalid(shared, reason, source),
     };
-    match decision.outcome {
+    let mut outcome = decision.outcome;
+    if let (Outcome::Allow, Some(limit)) = (outcome, decision.host_limit) {
+        if !admit_host(shared, &limit, dest.authority()) {
+            outcome = policy.verdict(Some(DenyReason::HostLimit));
+        }
+    }
+    match outcome {
         Outcome::Allow => shared.metrics.bump(shared.metrics.allowed),
         Outcome::ReportOnly(reason) => {
             shared
@@ -235,26 +241,6 @@ fn downstream(shared: &Shared) -> u32 {
             let body = response::deny_body(reason, Some(dest.authority()), None);
             deny(reason, &body);
             return PAUSE;
-        }
-    }
-    if let (Outcome::Allow, Some(limit)) = (decision.outcome, decision.host_limit) {
-        if !admit_host(shared, &limit, dest.authority()) {
-            let reason = DenyReason::HostLimit;
-            if policy.mode() == Mode::Report {
-                shared
-                    .metrics
-                    .bump(shared.metrics.report_only[reason as usize]);
-                log::info!(
-                    "dfp-filter: report-only: would deny {} ({reason})",
-                    dest.authority()
-                );
-            } else {
-                shared.metrics.bump(shared.metrics.denied[reason as usize]);
-                log::info!("dfp-filter: denied {} ({reason})", dest.authority());
-                let body = response::deny_body(reason, Some(dest.authority()), None);
-                deny(reason, &body);
-                return PAUSE;
-            }
         }
     }
     // The client's credential for this proxy is not the destination's to see; the header map read above says

@@ -227,6 +227,7 @@ fn the_filter_removes_proxy_authorization_itself() {
         r#"request_headers_to_remove: ["x-dfp-cluster", "proxy-authorization"]"#,
         r#"request_headers_to_remove: ["x-dfp-cluster"]"#,
     );
+    assert!(!template.contains(r#""proxy-authorization"]"#));
     for kind in KINDS {
         for (setting, forwarded) in [(None, false), (Some("keep"), true), (Some("remove"), false)] {
             let mut downstream = routing(json!({
@@ -236,18 +237,8 @@ fn the_filter_removes_proxy_authorization_itself() {
             if let Some(setting) = setting {
                 downstream["proxy_authorization"] = json!(setting);
             }
-            let dir = tempfile::tempdir().expect("temp dir");
-            let bootstrap = world
-                .render_bootstrap(
-                    &template,
-                    &downstream,
-                    &carve_out(),
-                    (0, 0),
-                    &dir.path().join("access.log"),
-                )
-                .expect("bootstrap");
-            assert!(!bootstrap.contains(r#""proxy-authorization"]"#));
-            let proxy = block_on(suite::start_bootstrap(kind, bootstrap)).expect("proxy");
+            let (proxy, _dir) =
+                start_on(kind, &world, &template, &downstream, &carve_out(), (0, 0));
             let case = format!("proxy-auth-{kind:?}-{setting:?}");
             let reply = get(
                 proxy.listener(),
@@ -287,6 +278,30 @@ fn the_shipped_envoy_yaml_strips_proxy_authorization() {
     assert!(removed.contains(&"x-dfp-cluster"), "{removed:?}");
 }
 
+/// Starts `kind` on `template` rendered with these filter configs and (listener, admin) ports (0: any); the temp dir
+/// holds the access log for as long as the proxy runs.
+fn start_on(
+    kind: ProxyKind,
+    world: &World,
+    template: &str,
+    downstream: &Value,
+    upstream: &Value,
+    ports: (u16, u16),
+) -> (Box<dyn tests::proxy::Proxy>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bootstrap = world
+        .render_bootstrap(
+            template,
+            downstream,
+            upstream,
+            ports,
+            &dir.path().join("access.log"),
+        )
+        .expect("bootstrap");
+    let proxy = block_on(suite::start_bootstrap(kind, bootstrap)).expect("proxy");
+    (proxy, dir)
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -311,17 +326,14 @@ fn the_proxy_never_forwards_to_itself() {
             "stage": "downstream", "mode": "report", "allow": [], "addresses": carve, "own_endpoints": own,
         }));
         let upstream = json!({ "stage": "upstream", "mode": "report", "addresses": carve, "own_endpoints": own });
-        let dir = tempfile::tempdir().expect("temp dir");
-        let bootstrap = world
-            .render_bootstrap(
-                &template,
-                &downstream,
-                &upstream,
-                (listen, admin),
-                &dir.path().join("access.log"),
-            )
-            .expect("bootstrap");
-        let proxy = block_on(suite::start_bootstrap(kind, bootstrap)).expect("proxy");
+        let (proxy, _dir) = start_on(
+            kind,
+            &world,
+            &template,
+            &downstream,
+            &upstream,
+            (listen, admin),
+        );
         let listener = proxy.listener();
         assert_eq!(
             (listener.port(), proxy.admin().port()),
@@ -366,16 +378,14 @@ fn the_proxy_never_forwards_to_itself() {
         let downstream = routing(json!({
             "stage": "downstream", "allow": [{ "host": "127.0.0.0/8", "ports": [listen] }], "addresses": carve,
         }));
-        let bootstrap = world
-            .render_bootstrap(
-                &template,
-                &downstream,
-                &carve_out(),
-                (listen, 0),
-                &dir.path().join("access.log"),
-            )
-            .expect("bootstrap");
-        let proxy = block_on(suite::start_bootstrap(kind, bootstrap)).expect("proxy");
+        let (proxy, _dir) = start_on(
+            kind,
+            &world,
+            &template,
+            &downstream,
+            &carve_out(),
+            (listen, 0),
+        );
         let reply = get(proxy.listener(), &format!("127.0.0.1:{listen}"), &[]);
         assert_eq!(reply.status, 403, "{kind:?}: {reply:?}");
         assert_eq!(
@@ -408,17 +418,8 @@ fn one_wildcard_cannot_fill_the_dns_cache() {
                 ],
                 "host_ttl_seconds": 2,
             }));
-            let dir = tempfile::tempdir().expect("temp dir");
-            let bootstrap = world
-                .render_bootstrap(
-                    &template,
-                    &downstream,
-                    &carve_out(),
-                    (0, 0),
-                    &dir.path().join("access.log"),
-                )
-                .expect("bootstrap");
-            let proxy = block_on(suite::start_bootstrap(kind, bootstrap)).expect("proxy");
+            let (proxy, _dir) =
+                start_on(kind, &world, &template, &downstream, &carve_out(), (0, 0));
             let listener = proxy.listener();
             let name =
                 |i: usize| format!("n{i}.{tag}-{kind:?}.flood.dfp.test:{plain}").to_lowercase();

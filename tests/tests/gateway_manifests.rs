@@ -721,7 +721,12 @@ fn gateway_policy_matches_envoy_yaml() {
         "envoy.yaml: expected one downstream filter"
     );
     downstream[0].cluster_routing = None;
-    let upstream = of_stage(Stage::Upstream);
+    // The proxy's own addresses belong to each deployment (envoy.yaml names its own listener and admin).
+    downstream[0].own_endpoints.clear();
+    let mut upstream = of_stage(Stage::Upstream);
+    for config in &mut upstream {
+        config.own_endpoints.clear();
+    }
     assert!(!upstream.is_empty(), "envoy.yaml: no upstream-stage filter");
 
     for doc in manifests() {
