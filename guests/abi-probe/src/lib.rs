@@ -116,6 +116,8 @@ impl RootContext for Root {
             id,
             scenario: String::new(),
             queue: self.queue,
+            splice_status: None,
+            splice_spec: None,
         }))
     }
 }
@@ -124,6 +126,10 @@ struct Probe {
     id: u32,
     scenario: String,
     queue: u32,
+    /// `splice-body`: the status `proxy_set_buffer_bytes` answered, sent back as `x-splice-status`.
+    splice_status: Option<String>,
+    /// `splice-body`: the request's `x-splice: start,size,data`, read with the request headers.
+    splice_spec: Option<String>,
 }
 
 fn show(v: Option<Vec<u8>>) -> String {
@@ -193,6 +199,9 @@ impl Context for Probe {
 impl HttpContext for Probe {
     fn on_http_request_headers(&mut self, n: usize, eos: bool) -> Action {
         self.scenario = self.get_http_request_header("x-probe").unwrap_or_default();
+        if self.scenario == "splice-body" {
+            self.splice_spec = self.get_http_request_header("x-splice");
+        }
         if let Some(m) = METRICS.with(|x| *x.borrow()) {
             hostcalls::increment_metric(m.requests, 1).ok();
             hostcalls::increment_metric(m.inflight, 1).ok();
@@ -482,6 +491,22 @@ impl HttpContext for Probe {
                 hostcalls::log(LogLevel::Info, &format!("probe: body {size} bytes")).ok();
                 Action::Continue
             }
+            "splice-body" => {
+                // `x-splice: start,size,data`: one proxy_set_buffer_bytes on the whole buffered body.
+                if !eos {
+                    return Action::Pause;
+                }
+                // The request headers are gone once their callback continued (Envoy clears its pointer): the spec was
+                // kept then.
+                let spec = self.splice_spec.take().unwrap_or_default();
+                let mut parts = spec.splitn(3, ',');
+                let start = parts.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                let size = parts.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                let data = parts.next().unwrap_or_default();
+                self.splice_status =
+                    Some(report::splice_request_body(start, size, data.as_bytes()));
+                Action::Continue
+            }
             "trap-body" => panic!("probe: trap in request body"),
             "report" => report::on_request_body(self.id, size, eos),
             _ => Action::Continue,
@@ -497,6 +522,9 @@ impl HttpContext for Probe {
         }
         if self.scenario == "close" {
             hostcalls::reset_http_response().ok();
+        }
+        if let Some(status) = &self.splice_status {
+            self.set_http_response_header("x-splice-status", Some(status));
         }
         Action::Continue
     }

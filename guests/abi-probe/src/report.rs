@@ -111,6 +111,13 @@ extern "C" {
         return_buffer_data: *mut *mut u8,
         return_buffer_size: *mut usize,
     ) -> u32;
+    fn proxy_set_buffer_bytes(
+        buffer_type: u32,
+        start: usize,
+        size: usize,
+        buffer_data: *const u8,
+        buffer_size: usize,
+    ) -> u32;
     fn proxy_get_header_map_pairs(
         map_type: u32,
         return_map_data: *mut *mut u8,
@@ -196,7 +203,21 @@ const REQUEST_BODY: u32 = 0;
 const RESPONSE_BODY: u32 = 1;
 
 /// The proxy-wasm status names (ABI v0.2.1's `WasmResult`), so the report reads without a table.
+/// `proxy_set_buffer_bytes` on the request body, raw: the SDK's wrapper panics on any status but Ok, and the status is
+/// what a `splice-body` case compares. Returns the status's name.
+pub fn splice_request_body(start: usize, size: usize, data: &[u8]) -> String {
+    // SAFETY: `data` lives across the call.
+    let status = unsafe { proxy_set_buffer_bytes(0, start, size, data.as_ptr(), data.len()) };
+    status_name(status)
+}
+
 fn status_name(code: u32) -> String {
+    if code & UNTOUCHED != 0 {
+        return format!(
+            "{} (out-pointers untouched)",
+            status_name(code & !UNTOUCHED)
+        );
+    }
     match code {
         0 => "Ok".into(),
         1 => "NotFound".into(),
@@ -225,11 +246,20 @@ fn owned(data: *mut u8, size: usize) -> Vec<u8> {
     unsafe { Vec::from_raw_parts(data, size, size) }
 }
 
+/// Added to a status when the host returned without writing the data out-pointer, told apart from a written null by
+/// a sentinel: hosts differ there (cpp-host's `get_buffer_bytes` writes 0 to both for an empty result).
+const UNTOUCHED: u32 = 0x1000;
+/// What the out-pointers hold before the call; no allocation the host makes lands there.
+const SENTINEL: usize = 0xFFFF_FFF0;
+
 /// (status, bytes) of a hostcall returning a buffer.
 fn with_buffer(call: impl FnOnce(*mut *mut u8, *mut usize) -> u32) -> (u32, Option<Vec<u8>>) {
-    let mut data: *mut u8 = null_mut();
-    let mut size: usize = 0;
+    let mut data = SENTINEL as *mut u8;
+    let mut size: usize = SENTINEL;
     let status = call(&mut data, &mut size);
+    if data as usize == SENTINEL {
+        return (status | UNTOUCHED, None);
+    }
     let bytes = (!data.is_null()).then(|| owned(data, size));
     (status, bytes)
 }

@@ -69,8 +69,9 @@ fn get_bytes(
         buf[start..end].to_vec()
     };
     if data.is_empty() {
-        // Envoy returns Ok without touching the out-pointers (the SDK then sees None).
-        return Ok(());
+        // cpp-host `get_buffer_bytes`: nothing to return writes 0 to both out-pointers (the SDK then sees None).
+        write_u32(c, ptr_ptr, 0)?;
+        return write_u32(c, size_ptr, 0).map_err(CallError::from);
     }
     copy_out(c, &data, ptr_ptr, size_ptr)
 }
@@ -89,15 +90,10 @@ fn set_bytes(c: &mut C<'_>, t: u32, start: u32, size: u32, ptr: u32, len: u32) -
         _ => return Err(Status::BadArgument.into()),
     };
     let (start, size) = (start as usize, size as usize);
-    // Envoy's Buffer::copyFrom: prepend, replace all, or append; nothing in between.
+    // Envoy's `Buffer::copyFrom` (source/extensions/common/wasm/context.cc): at start 0 drain `size` bytes (all, if
+    // fewer) and prepend; at or past the end append; anything in between is BadArgument.
     if start == 0 {
-        if size == 0 {
-            body.splice(0..0, data);
-        } else if size >= body.len() {
-            *body = data;
-        } else {
-            return Err(Status::BadArgument.into());
-        }
+        body.splice(..size.min(body.len()), data);
     } else if start >= body.len() {
         body.extend_from_slice(&data);
     } else {

@@ -32,31 +32,19 @@ const KNOWN_FILTER_STATE: &[&str] = &[
 fn call(c: &mut C<'_>, np: u32, ns: u32, ap: u32, asz: u32, rpp: u32, rsp: u32) -> HostResult {
     let name = read(c, np, ns)?;
     let args = read(c, ap, asz)?;
-    match name.as_slice() {
+    let outcome = match name.as_slice() {
         b"clear_route_cache" => {
             if let Some(s) = c.data_mut().stream_mut() {
                 s.effects.clear_route_cache += 1;
             }
+            Ok(())
         }
-        b"set_envoy_filter_state" => {
-            let fs = parse_filter_state_args(&args).ok_or(Status::BadArgument)?;
-            if !KNOWN_FILTER_STATE.contains(&fs.path.as_str()) {
-                return Err(Status::NotFound.into());
-            }
-            if fs.path == "envoy.upstream.dynamic_port"
-                && std::str::from_utf8(&fs.value)
-                    .ok()
-                    .and_then(|v| v.parse::<u32>().ok())
-                    .is_none()
-            {
-                return Err(Status::BadArgument.into());
-            }
-            let stream = c.data_mut().stream_mut().ok_or(Status::NotFound)?;
-            stream.effects.envoy_filter_state.push(fs);
-        }
+        b"set_envoy_filter_state" => set_envoy_filter_state(c, &args),
+        // cpp-host `call_foreign_function`: an unknown name returns before touching the out-pointers.
         _ => return Err(Status::NotFound.into()),
-    }
-    // No result: the C++ host writes a null pointer and size 0 when asked for results.
+    };
+    // A registered function, whatever it answered: cpp-host writes the result pointer and size (null and 0, as
+    // neither of these returns data) when the guest asked for them, then returns the function's status.
     if rpp != 0 {
         check_writable(c, rpp, 4)?;
         write_u32(c, rpp, 0)?;
@@ -64,6 +52,25 @@ fn call(c: &mut C<'_>, np: u32, ns: u32, ap: u32, asz: u32, rpp: u32, rsp: u32) 
     if rsp != 0 {
         write_u32(c, rsp, 0).map_err(CallError::from)?;
     }
+    outcome.map_err(Into::into)
+}
+
+/// Envoy's `set_envoy_filter_state` foreign function (`source/extensions/common/wasm/foreign.cc`).
+fn set_envoy_filter_state(c: &mut C<'_>, args: &[u8]) -> Result<(), Status> {
+    let fs = parse_filter_state_args(args).ok_or(Status::BadArgument)?;
+    if !KNOWN_FILTER_STATE.contains(&fs.path.as_str()) {
+        return Err(Status::NotFound);
+    }
+    if fs.path == "envoy.upstream.dynamic_port"
+        && std::str::from_utf8(&fs.value)
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+            .is_none()
+    {
+        return Err(Status::BadArgument);
+    }
+    let stream = c.data_mut().stream_mut().ok_or(Status::NotFound)?;
+    stream.effects.envoy_filter_state.push(fs);
     Ok(())
 }
 
