@@ -340,3 +340,102 @@ fn without_the_dns_filter_envoy_reaches_the_second_address() {
         multi_address::without_the_filter_the_pool_reaches_the_second_address(ProxyKind::Envoy),
     );
 }
+
+/// A dynamic forward proxy cluster's HttpProtocolOptions, accepted or refused the same by `envoy --mode validate` and
+/// host-sim: without them (Envoy's own DFP examples) the cluster defaults to auto_sni and auto_san_validation
+/// (`ClusterFactory::createClusterWithConfig`), TLS or not; with them, both must be true unless
+/// `allow_insecure_cluster_options`.
+#[test]
+fn dfp_cluster_protocol_options_are_judged_as_envoy_judges_them() {
+    let world = block_on(suite::shared_world()).expect("fixtures");
+    let ca = world.pki.ca_file();
+    let tls = format!(
+        "    transport_socket:\n      name: envoy.transport_sockets.tls\n      typed_config:\n        \"@type\": \
+         type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n        \
+         common_tls_context:\n          validation_context:\n            trusted_ca: {{ filename: {} }}\n",
+        ca.display()
+    );
+    let options = |http: &str| {
+        format!(
+            "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \
+             \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n{http}        \
+             explicit_http_config: {{ http_protocol_options: {{}} }}\n"
+        )
+    };
+    let auto =
+        "        upstream_http_protocol_options: { auto_sni: true, auto_san_validation: true }\n";
+    let half = "        upstream_http_protocol_options: { auto_sni: true }\n";
+    let cases: Vec<(&str, String, &str, bool)> = vec![
+        ("no protocol options", String::new(), "", true),
+        ("no protocol options, TLS", tls.clone(), "", true),
+        ("auto_sni and auto_san_validation", tls.clone(), auto, true),
+        ("protocol options without them", String::new(), "", false),
+        ("auto_san_validation missing", tls.clone(), half, false),
+        ("insecure allowed", String::new(), "insecure", true),
+    ];
+    let mut failures = Vec::new();
+    for (what, socket, http, envoy_accepts) in cases {
+        let (insecure, protocol) = match http {
+            "" if what == "protocol options without them" => ("", options("")),
+            "" => ("", String::new()),
+            "insecure" => (
+                "        allow_insecure_cluster_options: true\n",
+                options(""),
+            ),
+            http => ("", options(http)),
+        };
+        let yaml = format!(
+            r#"static_resources:
+  listeners:
+  - name: l
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: l
+          route_config:
+            virtual_hosts:
+            - name: v
+              domains: ["*"]
+              routes: [{{ match: {{ prefix: "/" }}, route: {{ cluster: dfp }} }}]
+          http_filters:
+          - name: envoy.filters.http.dynamic_forward_proxy
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_forward_proxy.v3.FilterConfig
+              dns_cache_config: {{ name: c, dns_lookup_family: V4_ONLY }}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: dfp
+    connect_timeout: 1s
+    lb_policy: CLUSTER_PROVIDED
+    cluster_type:
+      name: envoy.clusters.dynamic_forward_proxy
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig
+        dns_cache_config: {{ name: c, dns_lookup_family: V4_ONLY }}
+{insecure}{socket}{protocol}"#
+        );
+        let envoy_says = envoy::validate(&yaml, &workspace_root()).expect("run envoy");
+        let host_sim_says = host_sim::config::Bootstrap::from_yaml(&yaml)
+            .map_err(anyhow::Error::from)
+            .and_then(|b| host_sim::proxy::validate(&b, &host_sim::proxy::ProxyOptions::default()));
+        if envoy_says.success != envoy_accepts {
+            failures.push(format!(
+                "{what}: Envoy accepts {}, expected {envoy_accepts}:\n{}",
+                envoy_says.success,
+                suite::tail(&envoy_says.log, 5)
+            ));
+        }
+        if host_sim_says.is_ok() != envoy_says.success {
+            failures.push(format!(
+                "{what}: host-sim {host_sim_says:?}, Envoy accepts {}",
+                envoy_says.success
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

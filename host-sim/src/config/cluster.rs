@@ -80,7 +80,7 @@ pub(crate) fn parse_cluster(at: &At<'_>) -> Result<Cluster, ConfigError> {
     };
     let upstream = match fields.opt("typed_extension_protocol_options") {
         Some(options) => parse_protocol_options(&options)?,
-        None => UpstreamOptions::default(),
+        None => None,
     };
     let bind = match fields.opt("upstream_bind_config") {
         Some(bind) => {
@@ -99,8 +99,20 @@ pub(crate) fn parse_cluster(at: &At<'_>) -> Result<Cluster, ConfigError> {
         }
         None => None,
     };
+    let upstream = match (upstream, &kind) {
+        (Some(upstream), _) => upstream,
+        // Envoy's DFP `ClusterFactory::createClusterWithConfig`: without HttpProtocolOptions the cluster gets
+        // auto_sni and auto_san_validation by default (the shape of Envoy's own DFP examples).
+        (None, ClusterKind::DynamicForwardProxy { .. }) => UpstreamOptions {
+            auto_sni: true,
+            auto_san_validation: true,
+            ..UpstreamOptions::default()
+        },
+        (None, _) => UpstreamOptions::default(),
+    };
     if let ClusterKind::DynamicForwardProxy { .. } = &kind {
-        // Envoy refuses a DFP cluster that would not send SNI and check the certificate against the host.
+        // Envoy refuses a DFP cluster whose HttpProtocolOptions would not send SNI and check the certificate
+        // against the host.
         let verifies_host = upstream.auto_sni && upstream.auto_san_validation;
         if !verifies_host && !allow_insecure {
             return Err(fields.error(
@@ -245,11 +257,12 @@ fn parse_validation_context(at: &At<'_>) -> Result<TrustedCa, ConfigError> {
     }
 }
 
-fn parse_protocol_options(at: &At<'_>) -> Result<UpstreamOptions, ConfigError> {
+/// The cluster's HttpProtocolOptions, `None` when `typed_extension_protocol_options` has none.
+fn parse_protocol_options(at: &At<'_>) -> Result<Option<UpstreamOptions>, ConfigError> {
     let mut fields = at.map()?;
     let Some(options) = fields.opt(HTTP_OPTIONS_KEY) else {
         fields.finish()?;
-        return Ok(UpstreamOptions::default());
+        return Ok(None);
     };
     fields.finish()?;
     let (_, mut config) = typed_config(&options, &[HTTP_OPTIONS_TYPE])?;
@@ -278,5 +291,5 @@ fn parse_protocol_options(at: &At<'_>) -> Result<UpstreamOptions, ConfigError> {
         result.http_filters = parse_http_filters(&filters, FilterStage::Upstream)?;
     }
     config.finish()?;
-    Ok(result)
+    Ok(Some(result))
 }
