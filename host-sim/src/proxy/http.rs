@@ -76,6 +76,15 @@ const ENVOY_CONTROL_HEADERS: &[&str] = &[
     "x-envoy-upstream-alt-stat-name",
 ];
 
+/// What Envoy's connection manager removes from a (non-upgrade) response as it encodes it to an HTTP/1 client
+/// (`ConnectionManagerUtility::mutateResponseHeaders`: `keep-alive` stays, by `preserve_downstream_keepalive`).
+const RESPONSE_HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "upgrade",
+    "transfer-encoding",
+    "proxy-connection",
+];
+
 /// Hop-by-hop headers: never forwarded (RFC 9110 §7.6.1, and what Envoy's codecs drop). `Proxy-Authorization` is
 /// not among them: Envoy forwards it unless the route or a filter removes it (measured, `faults_security.rs`).
 const HOP_BY_HOP: &[&str] = &[
@@ -699,15 +708,10 @@ impl Exchange<'_> {
         let (parts, body) = response.into_parts();
         let mut response_headers = HeaderMap::new();
         response_headers.add(":status", parts.status.as_u16().to_string());
+        // The upstream's head as Envoy's codec hands it to the filters: `server`, `connection` and the rest as sent.
         for (name, value) in &parts.headers {
-            if !HOP_BY_HOP.contains(&name.as_str()) && name.as_str() != "server" {
-                response_headers.add(name.as_str(), value.as_bytes());
-            }
+            response_headers.add(name.as_str(), value.as_bytes());
         }
-        response_headers.add(
-            "x-envoy-upstream-service-time",
-            self.started.elapsed().as_millis().to_string(),
-        );
         let end_of_stream = body.is_end_stream();
         let outcome = {
             let mut chains = chains.borrow_mut();
@@ -715,6 +719,13 @@ impl Exchange<'_> {
                 .upstream
                 .response_headers(&mut response_headers, end_of_stream);
             if matches!(outcome, Outcome::Continue { .. }) {
+                // The router between the upstream filters and the downstream ones (`Filter::onUpstreamHeaders`):
+                // it drops the upstream's `keep-alive` (HTTP/1 downstream) and adds its service time.
+                response_headers.remove("keep-alive");
+                response_headers.add(
+                    "x-envoy-upstream-service-time",
+                    self.started.elapsed().as_millis().to_string(),
+                );
                 outcome = chains
                     .downstream
                     .response_headers(&mut response_headers, end_of_stream);
@@ -725,6 +736,11 @@ impl Exchange<'_> {
             Outcome::LocalReply(reply) => return reply_on(Reply::Wasm(reply)),
             Outcome::Failed(reply) => return reply_on(Reply::Envoy(reply)),
             Outcome::Continue { .. } | Outcome::Paused => {}
+        }
+        // Only when encoding to the client does the connection manager drop the hop-by-hop headers
+        // (`ConnectionManagerUtility::mutateResponseHeaders`; `server` is overwritten in `build_response`).
+        for name in RESPONSE_HOP_BY_HOP {
+            response_headers.remove(name);
         }
         let status = parts.status.as_u16();
         self.log.borrow_mut().details = Some("via_upstream".to_string());

@@ -80,7 +80,7 @@ async fn start_probe(kind: ProxyKind, upstream_port: u16) -> (Box<dyn Proxy>, Te
     for name in ["LISTENER_PORT", "ADMIN_PORT"] {
         vars.insert(name.into(), "0".into());
     }
-    for name in ["PLAIN_PORT", "SINK_PORT"] {
+    for name in ["PLAIN_PORT", "SINK_PORT", "SCRIPTED_PORT"] {
         vars.insert(name.into(), upstream_port.to_string());
     }
     let wasm = probe_wasm().expect("building the ABI probe");
