@@ -439,3 +439,54 @@ fn dfp_cluster_protocol_options_are_judged_as_envoy_judges_them() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Bootstrap shapes Envoy's own examples use, accepted (or refused) alike by `envoy --mode validate` and host-sim: a
+/// repeated field given one value (`listeners:` as a mapping, `domains: "*"`), a `direct_response` route, a filter
+/// config wrapped in a `TypedStruct`; and a direct response status outside 200..599, which both refuse.
+#[test]
+fn bootstrap_shapes_are_accepted_as_envoy_accepts_them() {
+    let bootstrap = |status: u32| {
+        format!(
+            r#"static_resources:
+  listeners:
+    name: l
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: l
+          route_config:
+            virtual_hosts:
+              name: v
+              domains: "*"
+              routes: {{ match: {{ prefix: "/" }}, direct_response: {{ status: {status}, body: {{ inline_string: "hi" }} }} }}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/udpa.type.v1.TypedStruct
+              type_url: type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+              value: {{}}
+"#
+        )
+    };
+    for (status, accepted) in [(200, true), (599, true), (199, false), (600, false)] {
+        let yaml = bootstrap(status);
+        let envoy_says = envoy::validate(&yaml, &workspace_root()).expect("run envoy");
+        let host_sim_says = host_sim::config::Bootstrap::from_yaml(&yaml)
+            .map_err(anyhow::Error::from)
+            .and_then(|b| host_sim::proxy::validate(&b, &host_sim::proxy::ProxyOptions::default()));
+        assert_eq!(
+            envoy_says.success,
+            accepted,
+            "status {status}: Envoy\n{}",
+            suite::tail(&envoy_says.log, 5)
+        );
+        assert_eq!(
+            host_sim_says.is_ok(),
+            accepted,
+            "status {status}: host-sim {host_sim_says:?}"
+        );
+    }
+}

@@ -125,6 +125,15 @@ pub enum RouteTarget {
     Cluster(String),
     /// The cluster is named by this request header (lower-case).
     ClusterHeader(String),
+    /// `direct_response`: the router answers itself, with no upstream.
+    Direct(DirectResponse),
+}
+
+/// `route.v3.DirectResponseAction`: the status and, when given, the body (`inline_string` or `filename`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectResponse {
+    pub status: u16,
+    pub body: Option<String>,
 }
 
 /// Envoy's `per_connection_buffer_limit_bytes` when none is configured.
@@ -351,7 +360,21 @@ fn parse_route(at: &At<'_>) -> Result<Route, ConfigError> {
     let mut fields = at.map()?;
     let name = fields.opt("name").map(|n| n.string()).transpose()?;
     let (matcher, headers) = parse_route_match(&fields.req("match")?)?;
-    let action = parse_route_action(&fields.req("route")?)?;
+    let action =
+        match (fields.opt("route"), fields.opt("direct_response")) {
+            (Some(route), None) => parse_route_action(&route)?,
+            (None, Some(direct)) => RouteAction {
+                target: RouteTarget::Direct(parse_direct_response(&direct)?),
+                timeout: None,
+                connect_terminate: false,
+            },
+            (Some(_), Some(direct)) => {
+                return Err(direct.error("a route takes either route or direct_response, not both"))
+            }
+            (None, None) => return Err(fields.error(
+                "a route needs an action: route or direct_response (host-sim implements these two)",
+            )),
+        };
     let request_headers_to_remove = header_list(fields.opt("request_headers_to_remove"))?;
     fields.finish()?;
     Ok(Route {
@@ -434,6 +457,38 @@ fn parse_header_matcher(at: &At<'_>) -> Result<HeaderMatcher, ConfigError> {
         }
     };
     Ok(HeaderMatcher { name, rule, invert })
+}
+
+/// `{ status, body: { inline_string | filename } }`; Envoy takes statuses 200..=599.
+fn parse_direct_response(at: &At<'_>) -> Result<DirectResponse, ConfigError> {
+    let mut fields = at.map()?;
+    let status_at = fields.req("status")?;
+    let status = status_at.u32()?;
+    if !(200..=599).contains(&status) {
+        return Err(status_at.error(format!("status {status} is outside 200..599")));
+    }
+    let body = match fields.opt("body") {
+        Some(body) => {
+            let mut source = body.map()?;
+            let text = match (source.opt("inline_string"), source.opt("filename")) {
+                (Some(inline), None) => inline.string()?,
+                (None, Some(file)) => {
+                    let path = file.string()?;
+                    std::fs::read_to_string(&path)
+                        .map_err(|e| file.error(format!("cannot read {path}: {e}")))?
+                }
+                _ => return Err(body.error("host-sim takes a body as inline_string or filename")),
+            };
+            source.finish()?;
+            Some(text)
+        }
+        None => None,
+    };
+    fields.finish()?;
+    Ok(DirectResponse {
+        status: status as u16,
+        body,
+    })
 }
 
 fn parse_route_action(at: &At<'_>) -> Result<RouteAction, ConfigError> {

@@ -20,8 +20,8 @@ pub use cluster::{Cluster, ClusterKind, TlsContext, TrustedCa, UpstreamOptions};
 pub use dns_cache::{AddressFilter, DnsCacheConfig, LookupFamily};
 pub use filters::{DfpFilterConfig, FailurePolicy, HttpFilter, WasmPlugin};
 pub use listener::{
-    AccessLog, HeaderMatcher, HeaderRule, HttpConnectionManager, Listener, Route, RouteAction,
-    RouteConfig, RouteMatch, RouteTarget, VirtualHost,
+    AccessLog, DirectResponse, HeaderMatcher, HeaderRule, HttpConnectionManager, Listener, Route,
+    RouteAction, RouteConfig, RouteMatch, RouteTarget, VirtualHost,
 };
 pub use rbac::{CidrRange, Permission, RbacAction, RbacConfig, RbacPolicy, RbacRules};
 
@@ -226,16 +226,49 @@ pub(crate) fn parse_address(address: &At<'_>) -> Result<SocketAddr, ConfigError>
 }
 
 /// `typed_config` → (its `@type` without the `type.googleapis.com/` prefix, the remaining fields).
+/// The wrappers that carry a message as a `google.protobuf.Struct` under another type's name.
+const TYPED_STRUCTS: [&str; 2] = ["udpa.type.v1.TypedStruct", "xds.type.v3.TypedStruct"];
+
+/// A TypedStruct without `value`: the message with every field at its default.
+static EMPTY_STRUCT: std::sync::LazyLock<serde_yaml_ng::Value> =
+    std::sync::LazyLock::new(|| serde_yaml_ng::Value::Mapping(serde_yaml_ng::Mapping::new()));
+
 pub(crate) fn typed_config<'a>(
     at: &At<'a>,
     expected: &[&str],
 ) -> Result<(String, node::Fields<'a>), ConfigError> {
     let mut fields = at.map()?;
-    let type_url = fields.req("@type")?.string()?;
-    let type_name = type_url
+    let mut type_url = fields.req("@type")?.string()?;
+    let mut type_name = type_url
         .strip_prefix("type.googleapis.com/")
         .unwrap_or(&type_url)
         .to_string();
+    if TYPED_STRUCTS.contains(&type_name.as_str()) {
+        // A TypedStruct carries the real type in `type_url` and the message as a Struct in `value`; Envoy converts
+        // it to that message (`MessageUtil::unpackTo` through JSON), so its fields are read as if inline.
+        type_url = fields.req("type_url")?.string()?;
+        type_name = type_url
+            .strip_prefix("type.googleapis.com/")
+            .unwrap_or(&type_url)
+            .to_string();
+        let value = fields.opt("value");
+        fields.finish()?;
+        if !expected.contains(&type_name.as_str()) {
+            return Err(at.error(format!(
+                "type_url {type_url:?} is not supported by host-sim here (supported: {})",
+                expected.join(", ")
+            )));
+        }
+        let inner = match value {
+            Some(value) => value.map()?,
+            None => node::At {
+                value: &EMPTY_STRUCT,
+                path: format!("{}.value", at.path),
+            }
+            .map()?,
+        };
+        return Ok((type_name, inner));
+    }
     if !expected.contains(&type_name.as_str()) {
         return Err(at.error(format!(
             "@type {type_url:?} is not supported by host-sim here (supported: {})",

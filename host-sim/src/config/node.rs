@@ -55,7 +55,13 @@ impl<'a> At<'a> {
                     path: format!("{}[{index}]", self.path),
                 })
                 .collect()),
-            other => Err(self.error(format!("expected a list, found {}", kind(other)))),
+            // Envoy's YAML loading takes a single value for a repeated field as a list of one (measured:
+            // `listeners:` as one mapping, `domains: "*"`), and null as no items.
+            Value::Null => Ok(Vec::new()),
+            single => Ok(vec![At {
+                value: single,
+                path: format!("{}[0]", self.path),
+            }]),
         }
     }
 

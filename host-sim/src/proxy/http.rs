@@ -33,7 +33,7 @@ use crate::stream::LocalReply;
 use super::body::{EarlyReply, FilteredRequest, FilteredResponse, SharedChains, StreamChains};
 use super::local_reply::EnvoyReply;
 use super::route::{self, Selected};
-use super::wasm_chain::{Outcome, WasmChain};
+use super::wasm_chain::{Outcome, Phase, WasmChain};
 use super::worker::Worker;
 use super::{ClusterRuntime, DownstreamFilter, ListenerRuntime};
 
@@ -288,6 +288,15 @@ impl Exchange<'_> {
                 Reply::Envoy(EnvoyReply::route_not_found()),
             );
         };
+        if let RouteTarget::Direct(direct) = &route.route.action.target {
+            // Envoy's router answers a direct_response route with a local reply (details `direct_response`).
+            let reply = EnvoyReply {
+                status: direct.status,
+                body: direct.body.clone().unwrap_or_default(),
+                details: "direct_response".to_string(),
+            };
+            return self.local_reply(&mut downstream, None, Reply::Envoy(reply));
+        }
         let Some(cluster) = self.route_cluster(Some(&route), &headers) else {
             return self.local_reply(
                 &mut downstream,
@@ -477,6 +486,7 @@ impl Exchange<'_> {
         let name = match &selected?.route.action.target {
             RouteTarget::Cluster(name) => name.as_str(),
             RouteTarget::ClusterHeader(header) => headers.get_str(header)?,
+            RouteTarget::Direct(_) => return None,
         };
         self.worker.shared.clusters.get(name).cloned()
     }
@@ -569,7 +579,7 @@ impl Exchange<'_> {
         upstream: Option<&mut WasmChain>,
         reply: Reply,
     ) -> Response<DownstreamBody> {
-        let (mut headers, body, details) = match reply {
+        let (mut headers, mut body, details) = match reply {
             Reply::Wasm(reply) => (
                 reply.response_headers(),
                 reply.body.clone(),
@@ -592,6 +602,22 @@ impl Exchange<'_> {
             {
                 // A filter replied while a reply was going out: Envoy sends the second one.
                 headers = second.response_headers();
+            }
+        }
+        if !end_of_stream {
+            // The reply's body goes through the filters' response body callbacks too, as Envoy encodes a local reply
+            // through the filter chain. A filter that changes its length without fixing `content-length` gets what
+            // Envoy's codec sends: the declared number of bytes.
+            for chain in chains.iter_mut() {
+                if let Ok(Some(filtered)) = chain.body(Phase::ResponseHeaders, &body, true) {
+                    body = filtered;
+                }
+            }
+            let declared = headers
+                .get_str("content-length")
+                .and_then(|n| n.parse::<usize>().ok());
+            if let Some(declared) = declared {
+                body.truncate(declared);
             }
         }
         let status = headers
