@@ -9,6 +9,9 @@ use std::env;
 use std::path::PathBuf;
 use std::process::Command;
 
+#[path = "build/wasm_target.rs"]
+mod wasm_target;
+
 fn main() {
     let manifest_dir =
         PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
@@ -27,6 +30,10 @@ fn main() {
         std::fs::copy(&prebuilt, &out)
             .unwrap_or_else(|e| panic!("DFP_FILTER_WASM={prebuilt}: {e}"));
         return;
+    }
+    if let Err(reason) = wasm_target::ensure("wasm32-unknown-unknown") {
+        eprintln!("error: {reason}");
+        std::process::exit(1);
     }
     let target_dir = root.join("target").join("wasm-fixtures");
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());

@@ -2,6 +2,9 @@
 //! `env` (nothing from WASI on wasm32-unknown-unknown), the proxy-wasm entry points are
 //! exported, and the module stays within its size budget.
 
+#[path = "../../host-sim/build/wasm_target.rs"]
+mod wasm_target;
+
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Command;
@@ -10,6 +13,9 @@ use std::process::Command;
 const MAX_WASM_BYTES: usize = 150_000;
 
 fn build() -> Vec<u8> {
+    if let Err(reason) = wasm_target::ensure("wasm32-unknown-unknown") {
+        panic!("{reason}");
+    }
     // Its own target dir: the `cargo test` running us may hold the lock on the main one.
     let target_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dfp-filter-wasm");
     let output = Command::new(env!("CARGO"))

@@ -4,6 +4,9 @@
 //! `cargo test` may hold the lock on the main one. `DFP_WASM=<file>` skips the build and uses a
 //! prebuilt module instead.
 
+#[path = "../../host-sim/build/wasm_target.rs"]
+mod wasm_target;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -35,6 +38,7 @@ fn build() -> anyhow::Result<PathBuf> {
 /// Builds workspace package `package` for wasm32-unknown-unknown (release) into `target/wasm-fixtures` and returns
 /// its `.wasm` (the package name with `-` as `_`). Callers cache the result per process.
 pub fn build_guest(package: &str) -> anyhow::Result<PathBuf> {
+    wasm_target::ensure("wasm32-unknown-unknown").map_err(anyhow::Error::msg)?;
     let root = workspace_root();
     let target_dir = root.join("target").join("wasm-fixtures");
     let output = Command::new(env!("CARGO"))

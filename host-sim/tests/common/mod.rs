@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+#[path = "../../build/wasm_target.rs"]
+mod wasm_target;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -38,6 +41,7 @@ fn build(target: &str, packages: &[&str]) -> Built {
         map.entry(key).or_default().clone()
     };
     cell.get_or_init(|| {
+        wasm_target::ensure(target)?;
         let mut cmd = Command::new(env!("CARGO"));
         cmd.current_dir(workspace_root())
             .args(["build", "--release", "--target", target, "--target-dir"])
