@@ -64,6 +64,12 @@ impl HostSet {
         Admit::Added
     }
 
+    /// When the first live entry stops counting: a full set cannot admit anyone new before then, whatever any worker
+    /// does (entries only leave by expiring; a renewal moves an expiry later).
+    pub fn earliest_expiry(&self) -> Option<u64> {
+        self.entries.iter().map(|(expiry, _)| *expiry).min()
+    }
+
     /// The live destinations (for a worker's local copy).
     pub fn hosts(&self) -> impl Iterator<Item = &str> {
         self.entries.iter().map(|(_, h)| h.as_str())
@@ -104,6 +110,8 @@ mod tests {
         // b expires at 111, a (renewed) at 115.
         assert_eq!(set.admit("c.w.test:80", 111, 10, 2), Admit::Added);
         assert_eq!(set.admit("d.w.test:80", 112, 10, 2), Admit::Full);
+        // a at 115, c at 121: nothing new before 115.
+        assert_eq!(set.earliest_expiry(), Some(115));
 
         let round = HostSet::parse(&set.serialize());
         assert_eq!(round, set);
