@@ -341,6 +341,15 @@ fn without_the_dns_filter_envoy_reaches_the_second_address() {
     );
 }
 
+/// `envoy --mode validate` and host-sim's validation of the same bootstrap text.
+fn validate_in_both(yaml: &str) -> (envoy::Validation, anyhow::Result<()>) {
+    let envoy_says = envoy::validate(yaml, &workspace_root()).expect("run envoy");
+    let host_sim_says = host_sim::config::Bootstrap::from_yaml(yaml)
+        .map_err(anyhow::Error::from)
+        .and_then(|b| host_sim::proxy::validate(&b, &host_sim::proxy::ProxyOptions::default()));
+    (envoy_says, host_sim_says)
+}
+
 /// A dynamic forward proxy cluster's HttpProtocolOptions, accepted or refused the same by `envoy --mode validate` and
 /// host-sim: without them (Envoy's own DFP examples) the cluster defaults to auto_sni and auto_san_validation
 /// (`ClusterFactory::createClusterWithConfig`), TLS or not; with them, both must be true unless
@@ -419,10 +428,7 @@ fn dfp_cluster_protocol_options_are_judged_as_envoy_judges_them() {
         dns_cache_config: {{ name: c, dns_lookup_family: V4_ONLY }}
 {insecure}{socket}{protocol}"#
         );
-        let envoy_says = envoy::validate(&yaml, &workspace_root()).expect("run envoy");
-        let host_sim_says = host_sim::config::Bootstrap::from_yaml(&yaml)
-            .map_err(anyhow::Error::from)
-            .and_then(|b| host_sim::proxy::validate(&b, &host_sim::proxy::ProxyOptions::default()));
+        let (envoy_says, host_sim_says) = validate_in_both(&yaml);
         if envoy_says.success != envoy_accepts {
             failures.push(format!(
                 "{what}: Envoy accepts {}, expected {envoy_accepts}:\n{}",
@@ -473,10 +479,7 @@ fn bootstrap_shapes_are_accepted_as_envoy_accepts_them() {
     };
     for (status, accepted) in [(200, true), (599, true), (199, false), (600, false)] {
         let yaml = bootstrap(status);
-        let envoy_says = envoy::validate(&yaml, &workspace_root()).expect("run envoy");
-        let host_sim_says = host_sim::config::Bootstrap::from_yaml(&yaml)
-            .map_err(anyhow::Error::from)
-            .and_then(|b| host_sim::proxy::validate(&b, &host_sim::proxy::ProxyOptions::default()));
+        let (envoy_says, host_sim_says) = validate_in_both(&yaml);
         assert_eq!(
             envoy_says.success,
             accepted,
