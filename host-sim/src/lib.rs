@@ -38,6 +38,7 @@ pub mod harness;
 pub mod headers;
 pub mod properties;
 pub mod proxy;
+pub mod run_config;
 pub mod shared;
 pub mod stream;
 pub mod types;

@@ -63,6 +63,88 @@ enum Level {
 enum Command {
     /// Check a configuration as `envoy --mode validate` does: parse, load every plugin, start it, then exit.
     Validate,
+    /// Serve one proxy-wasm module with no YAML: a listener, the module, the router, and a static upstream or the
+    /// dynamic forward proxy. `--print-config` prints that bootstrap (Envoy runs it as it is) and exits.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The module (`.wasm`).
+    wasm: PathBuf,
+    /// The plugin configuration: the text itself, or `@FILE`.
+    #[arg(long)]
+    plugin_config: Option<String>,
+    /// The VM configuration: the text itself, or `@FILE`.
+    #[arg(long)]
+    vm_config: Option<String>,
+    /// The plugin's root_id (default: the module's default root context).
+    #[arg(long, default_value = "")]
+    root_id: String,
+    /// Send every request to this upstream, IP:PORT (a STATIC cluster).
+    #[arg(long, conflicts_with = "dfp")]
+    upstream: Option<String>,
+    /// Send each request where its Host names, through the dynamic forward proxy (the default without --upstream).
+    #[arg(long)]
+    dfp: bool,
+    /// The listener's address.
+    #[arg(long, default_value = "127.0.0.1:10000")]
+    listen: std::net::SocketAddr,
+    /// The admin address (`/stats`, `/ready`).
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    admin: std::net::SocketAddr,
+    /// Print the generated bootstrap and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+/// Where the configuration comes from, at start and at every SIGHUP.
+enum Source {
+    /// `--config FILE`.
+    File(PathBuf),
+    /// No `--config`: `envoy-config/envoy.yaml` with the embedded filter.
+    Embedded,
+    /// `host-sim run`: generated, the module read again at each load.
+    Generated(host_sim::run_config::RunSpec),
+}
+
+/// A `--plugin-config`/`--vm-config` value: the text, or the contents of `@FILE`.
+fn text_or_file(value: &str, flag: &str) -> anyhow::Result<String> {
+    match value.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("{flag} @{path}")),
+        None => Ok(value.to_string()),
+    }
+}
+
+fn run_spec(args: &RunArgs) -> anyhow::Result<host_sim::run_config::RunSpec> {
+    use host_sim::run_config::{RunSpec, Upstream};
+    let wasm = std::fs::canonicalize(&args.wasm)
+        .with_context(|| format!("the module {}", args.wasm.display()))?;
+    let upstream = match &args.upstream {
+        Some(address) => Upstream::Static(address.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "--upstream {address:?}: expected IP:PORT (a static cluster takes an address, not a name)"
+            )
+        })?),
+        None => Upstream::DynamicForwardProxy,
+    };
+    Ok(RunSpec {
+        wasm,
+        plugin_config: args
+            .plugin_config
+            .as_deref()
+            .map(|c| text_or_file(c, "--plugin-config"))
+            .transpose()?,
+        vm_config: args
+            .vm_config
+            .as_deref()
+            .map(|c| text_or_file(c, "--vm-config"))
+            .transpose()?,
+        root_id: args.root_id.clone(),
+        upstream,
+        listen: args.listen,
+        admin: args.admin,
+    })
 }
 
 fn main() -> std::process::ExitCode {
@@ -85,7 +167,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let bootstrap = load(cli.config.as_ref())?;
+    let source = match (&cli.command, &cli.config) {
+        (Some(Command::Run(_)), Some(_)) => {
+            anyhow::bail!("`host-sim run` generates its configuration; it takes no --config")
+        }
+        (Some(Command::Run(args)), None) => {
+            let spec = run_spec(args)?;
+            if args.print_config {
+                print!("{}", host_sim::run_config::bootstrap(&spec));
+                return Ok(());
+            }
+            Source::Generated(spec)
+        }
+        (_, Some(path)) => Source::File(path.clone()),
+        (_, None) => Source::Embedded,
+    };
+    let bootstrap = load(&source)?;
     let options = ProxyOptions {
         concurrency: cli
             .concurrency
@@ -108,16 +205,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        None => serve(cli.config.as_ref(), &bootstrap, &options),
+        Some(Command::Run(_)) | None => serve(&source, &bootstrap, &options),
     }
 }
 
 /// Runs the proxy until SIGTERM or SIGINT, reloading on SIGHUP.
-fn serve(
-    config: Option<&PathBuf>,
-    bootstrap: &Bootstrap,
-    options: &ProxyOptions,
-) -> anyhow::Result<()> {
+fn serve(source: &Source, bootstrap: &Bootstrap, options: &ProxyOptions) -> anyhow::Result<()> {
     let mut running = proxy::start(bootstrap, options)?;
     print_addresses("listening on", &running);
     if let Some(admin) = running.admin {
@@ -134,7 +227,7 @@ fn serve(
         let mut interrupt = signal(SignalKind::interrupt()).context("handling SIGINT")?;
         loop {
             tokio::select! {
-                _ = hangup.recv() => reload(&mut running, config),
+                _ = hangup.recv() => reload(&mut running, source),
                 _ = terminate.recv() => break,
                 _ = interrupt.recv() => break,
             }
@@ -143,16 +236,16 @@ fn serve(
     })?;
     tracing::info!("stopping");
     running.stop();
-    if config.is_none() {
+    if let Source::Embedded = source {
         default_config::remove_embedded_wasm();
     }
     Ok(())
 }
 
 /// SIGHUP: the configuration (and every `.wasm` it names) read again; on any error the running one stays.
-fn reload(running: &mut RunningProxy, config: Option<&PathBuf>) {
+fn reload(running: &mut RunningProxy, source: &Source) {
     tracing::info!("SIGHUP: reloading the configuration");
-    match load(config).and_then(|bootstrap| running.reload(&bootstrap)) {
+    match load(source).and_then(|bootstrap| running.reload(&bootstrap)) {
         Ok(()) => print_addresses("reloaded; listening on", running),
         Err(error) => {
             tracing::error!("reload rejected, the running configuration keeps serving: {error:#}")
@@ -166,16 +259,18 @@ fn print_addresses(what: &str, running: &RunningProxy) {
     }
 }
 
-fn load(path: Option<&PathBuf>) -> anyhow::Result<Bootstrap> {
-    match path {
-        Some(path) => {
+fn load(source: &Source) -> anyhow::Result<Bootstrap> {
+    match source {
+        Source::File(path) => {
             Bootstrap::from_file(path).with_context(|| format!("configuration {}", path.display()))
         }
-        None => {
+        Source::Embedded => {
             let wasm = default_config::write_embedded_wasm()?;
             Bootstrap::from_yaml(&default_config::yaml(&wasm))
                 .context("the embedded default configuration")
         }
+        Source::Generated(spec) => Bootstrap::from_yaml(&host_sim::run_config::bootstrap(spec))
+            .context("the generated configuration"),
     }
 }
 

@@ -493,3 +493,51 @@ fn bootstrap_shapes_are_accepted_as_envoy_accepts_them() {
         );
     }
 }
+
+/// What `host-sim run FILTER.wasm --print-config` prints runs in Envoy as it is: `envoy --mode validate` and host-sim
+/// accept it, with a static upstream and with the dynamic forward proxy, and both refuse it when the plugin refuses
+/// its configuration.
+#[test]
+fn host_sim_run_prints_a_bootstrap_envoy_accepts() {
+    use host_sim::run_config::{bootstrap, RunSpec, Upstream};
+    let wasm = tests::wasm::filter_wasm().expect("build dfp_filter.wasm");
+    for (upstream, config, accepted) in [
+        (
+            Upstream::Static("127.0.0.1:8080".parse().expect("address")),
+            r#"{"allow":[{"host":"a.test"}]}"#,
+            true,
+        ),
+        (
+            Upstream::DynamicForwardProxy,
+            r#"{"allow":[{"host":"a.test"}]}"#,
+            true,
+        ),
+        (
+            Upstream::DynamicForwardProxy,
+            r#"{"allow":"everything"}"#,
+            false,
+        ),
+    ] {
+        let yaml = bootstrap(&RunSpec {
+            wasm: wasm.clone(),
+            plugin_config: Some(config.to_string()),
+            vm_config: None,
+            root_id: String::new(),
+            upstream: upstream.clone(),
+            listen: "127.0.0.1:0".parse().expect("address"),
+            admin: "127.0.0.1:0".parse().expect("address"),
+        });
+        let (envoy_says, host_sim_says) = validate_in_both(&yaml);
+        assert_eq!(
+            envoy_says.success,
+            accepted,
+            "{upstream:?} {config}: Envoy\n{}\n{yaml}",
+            suite::tail(&envoy_says.log, 5)
+        );
+        assert_eq!(
+            host_sim_says.is_ok(),
+            accepted,
+            "{upstream:?} {config}: host-sim {host_sim_says:?}"
+        );
+    }
+}
