@@ -166,6 +166,9 @@ pub struct Policy {
     destination_header: Option<String>,
     remove_proxy_authorization: bool,
     own_endpoints: Vec<(IpAddr, u16)>,
+    /// The ports of `own_endpoints` a name may reach: the endpoint's address is unspecified or the address policy lets
+    /// it through. Fixed by the configuration, so worked out once here.
+    own_ports_by_name: Vec<u16>,
     host_ttl_seconds: u32,
 }
 
@@ -207,6 +210,13 @@ impl Policy {
                 limit_key: None,
             });
         }
+        let addresses = AddressPolicy::new(&config.address_deny, &config.address_allow);
+        let own_ports_by_name = config
+            .own_endpoints
+            .iter()
+            .filter(|(own, _)| own.is_unspecified() || !addresses.denies(*own))
+            .map(|&(_, port)| port)
+            .collect();
         Policy {
             stage: config.stage,
             mode: config.mode,
@@ -214,11 +224,12 @@ impl Policy {
             allow_index: allow_index.build(),
             deny,
             deny_index: deny_index.build(),
-            addresses: AddressPolicy::new(&config.address_deny, &config.address_allow),
+            addresses,
             routing: config.cluster_routing.clone(),
             destination_header: config.destination_header.clone(),
             remove_proxy_authorization: config.remove_proxy_authorization,
             own_endpoints: config.own_endpoints.clone(),
+            own_ports_by_name,
             host_ttl_seconds: config.host_ttl_seconds,
         }
     }
@@ -343,9 +354,7 @@ impl Policy {
                     own_port == port && (own == ip || own.is_unspecified())
                 }) || self.is_own_endpoint(ip, port, false)
             }
-            Target::Name(_) => self.own_endpoints.iter().any(|&(own, own_port)| {
-                own_port == port && (own.is_unspecified() || !self.addresses.denies(own))
-            }),
+            Target::Name(_) => self.own_ports_by_name.contains(&port),
         }
     }
 
@@ -365,11 +374,6 @@ impl Policy {
             .get(rule as usize)
             .and_then(|r| r.limit_key.as_deref())
             .unwrap_or_default()
-    }
-
-    /// Whether any `own_endpoints` are configured.
-    pub fn has_own_endpoints(&self) -> bool {
-        !self.own_endpoints.is_empty()
     }
 
     /// Whether the address policy alone denies `ip` (exposed for tests and tools).

@@ -39,14 +39,21 @@ struct Shared {
     metrics: Metrics,
     /// Set once the host says it lacks `clear_route_cache`, so we stop asking (and logging).
     no_clear_route_cache: Cell<bool>,
-    /// Per rule with `max_hosts`: the destinations this worker last saw admitted (sorted), so a known destination
-    /// costs no hostcall. Stale entries stay admitted here until this worker next asks the shared set, which bounds
-    /// a rule's live destinations by `max_hosts` times (workers + 1).
-    admitted: RefCell<Vec<(u32, Vec<String>)>>,
-    /// Per rule: until when (seconds) its shared set was seen full. No slot frees before its earliest expiry, so a
-    /// new destination until then is denied without reading the set (measured: reading and parsing a full set of
-    /// 256 costs ~75 µs per request, the clock alone a hostcall).
-    full_until: RefCell<Vec<(u32, u64)>>,
+    /// Per rule with `max_hosts`: what this worker last read of the rule's shared set.
+    seen: RefCell<Vec<(u32, SeenSet)>>,
+}
+
+/// This worker's copy of one rule's shared destination set.
+#[derive(Default)]
+struct SeenSet {
+    /// The destinations admitted when it was read (sorted), so a known destination costs no hostcall. Stale ones stay
+    /// admitted here until this worker reads the set again, which bounds a rule's live destinations by `max_hosts`
+    /// times (workers + 1).
+    hosts: Vec<String>,
+    /// Until when (seconds) the set was full: no slot frees before its earliest expiry, so a new destination until
+    /// then is denied without reading the set (measured: reading and parsing a full set of 256 costs ~75 µs per
+    /// request, the clock alone a hostcall). 0 when it was not full.
+    full_until: u64,
 }
 
 /// The live contexts of this VM (one per worker thread in Envoy, so no locking).
@@ -183,8 +190,7 @@ fn configure() -> Option<Rc<Shared>> {
         policy,
         metrics,
         no_clear_route_cache: Cell::new(false),
-        admitted: RefCell::new(Vec::new()),
-        full_until: RefCell::new(Vec::new()),
+        seen: RefCell::new(Vec::new()),
     }))
 }
 
@@ -290,25 +296,36 @@ fn downstream(shared: &Shared) -> u32 {
 /// Whether `limit`'s rule admits `host`: known to this worker, or admitted by the rule's shared set
 /// (compare-and-swap; see [`crate::host_limit`]). Fails closed when the host's shared data refuses.
 fn admit_host(shared: &Shared, limit: &HostLimit, host: &str) -> bool {
-    let known = shared
-        .admitted
+    // `None`: this worker has not read the rule's set yet. The borrow ends before the slow path writes `seen`.
+    let seen = shared
+        .seen
         .borrow()
         .iter()
         .find(|(rule, _)| *rule == limit.rule)
-        .is_some_and(|(_, hosts)| hosts.binary_search_by(|h| h.as_str().cmp(host)).is_ok());
-    if known {
-        return true;
-    }
+        .map(|(_, seen)| {
+            let known = seen
+                .hosts
+                .binary_search_by(|h| h.as_str().cmp(host))
+                .is_ok();
+            (known, seen.full_until)
+        });
+    let now = match seen {
+        Some((true, _)) => return true,
+        Some((false, until)) => {
+            let now = abi::now_seconds().unwrap_or_default();
+            if now < until {
+                return false;
+            }
+            now
+        }
+        None => abi::now_seconds().unwrap_or_default(),
+    };
+    admit_from_shared(shared, limit, host, now)
+}
+
+/// The slow path of [`admit_host`]: read the rule's shared set, admit `host` if there is room, write it back.
+fn admit_from_shared(shared: &Shared, limit: &HostLimit, host: &str, now: u64) -> bool {
     let key = shared.policy.host_limit_key(limit.rule);
-    let now = abi::now_seconds().unwrap_or_default();
-    let full = shared
-        .full_until
-        .borrow()
-        .iter()
-        .any(|(rule, until)| *rule == limit.rule && now < *until);
-    if full {
-        return false;
-    }
     for _ in 0..8 {
         let Ok((value, cas)) = abi::get_shared_data(key) else {
             log::warn!("dfp-filter: shared data unavailable; denying {host} (host_limit)");
@@ -317,18 +334,17 @@ fn admit_host(shared: &Shared, limit: &HostLimit, host: &str) -> bool {
         let mut set = HostSet::parse(&value);
         if set.admit(host, now, u64::from(limit.ttl_seconds), limit.max) == Admit::Full {
             // Until its earliest expiry the set's members cannot change: remember them and the time.
-            remember_admitted(shared, limit.rule, &set);
-            let until = set.earliest_expiry().unwrap_or(now);
-            let mut full_until = shared.full_until.borrow_mut();
-            match full_until.iter_mut().find(|(rule, _)| *rule == limit.rule) {
-                Some((_, known)) => *known = until,
-                None => full_until.push((limit.rule, until)),
-            }
+            remember(
+                shared,
+                limit.rule,
+                &set,
+                set.earliest_expiry().unwrap_or(now),
+            );
             return false;
         }
         match abi::set_shared_data(key, &set.serialize(), cas) {
             abi::OK => {
-                remember_admitted(shared, limit.rule, &set);
+                remember(shared, limit.rule, &set, 0);
                 return true;
             }
             abi::CAS_MISMATCH => continue,
@@ -341,14 +357,15 @@ fn admit_host(shared: &Shared, limit: &HostLimit, host: &str) -> bool {
     false
 }
 
-/// This worker's copy of `rule`'s admitted destinations, from the shared set just read.
-fn remember_admitted(shared: &Shared, rule: u32, set: &HostSet) {
+/// This worker's copy of `rule`'s set, from the shared value just read (`full_until`: see [`SeenSet`]).
+fn remember(shared: &Shared, rule: u32, set: &HostSet, full_until: u64) {
     let mut hosts: Vec<String> = set.hosts().map(str::to_owned).collect();
     hosts.sort_unstable();
-    let mut admitted = shared.admitted.borrow_mut();
-    match admitted.iter_mut().find(|(r, _)| *r == rule) {
-        Some((_, known)) => *known = hosts,
-        None => admitted.push((rule, hosts)),
+    let fresh = SeenSet { hosts, full_until };
+    let mut seen = shared.seen.borrow_mut();
+    match seen.iter_mut().find(|(r, _)| *r == rule) {
+        Some((_, known)) => *known = fresh,
+        None => seen.push((rule, fresh)),
     }
 }
 
