@@ -110,6 +110,25 @@ pub async fn exchange(
     .map_err(|_| ClientError::Timeout(addr))?
 }
 
+/// [`exchange`] that also returns the client's own port (for masking it where the proxy reports
+/// the downstream address to a filter).
+pub async fn exchange_from(
+    addr: SocketAddr,
+    raw: &[u8],
+    within: Duration,
+) -> Result<(Response, u16), ClientError> {
+    let io = |source| ClientError::Io { addr, source };
+    timeout(within, async {
+        let mut stream = TcpStream::connect(addr).await.map_err(io)?;
+        let port = stream.local_addr().map(|a| a.port()).unwrap_or(0);
+        stream.write_all(raw).await.map_err(io)?;
+        let (response, _rest) = read_response(&mut stream, false).await?;
+        Ok((response, port))
+    })
+    .await
+    .map_err(|_| ClientError::Timeout(addr))?
+}
+
 /// An established CONNECT tunnel: the proxy's response, the stream, and any tunnel bytes that
 /// arrived together with the response head.
 pub struct Tunnel {

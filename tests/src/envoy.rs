@@ -159,6 +159,11 @@ impl Envoy {
     /// Starts Envoy on `config_yaml`. The config's admin and listener may use port 0: the
     /// actual addresses are read back (admin address file, then the admin `/listeners`).
     pub async fn start(config_yaml: &str) -> anyhow::Result<Envoy> {
+        Envoy::start_with_workers(config_yaml, 2).await
+    }
+
+    /// [`Envoy::start`] with `workers` worker threads (`--concurrency`).
+    pub async fn start_with_workers(config_yaml: &str, workers: u32) -> anyhow::Result<Envoy> {
         let binary = envoy_binary()?;
         let dir = tempfile::Builder::new().prefix("dfp-envoy-").tempdir()?;
         let config = dir.path().join("envoy.yaml");
@@ -174,7 +179,7 @@ impl Envoy {
             .arg(&admin_file)
             // No shared memory: parallel Envoys never clash over a base id.
             .arg("--disable-hot-restart")
-            .args(["--concurrency", "2", "-l", "info"])
+            .args(["--concurrency", &workers.to_string(), "-l", "info"])
             // Access log lines are checked by tests: flush them promptly.
             .args(["--file-flush-interval-msec", "100"])
             .args([

@@ -18,9 +18,14 @@ pub struct HostSim {
 impl HostSim {
     /// Parses and starts `bootstrap_yaml` with two workers (the concurrency the Envoy launcher uses).
     pub fn start(bootstrap_yaml: &str) -> anyhow::Result<HostSim> {
+        HostSim::start_with_workers(bootstrap_yaml, 2)
+    }
+
+    /// [`HostSim::start`] with `workers` workers.
+    pub fn start_with_workers(bootstrap_yaml: &str, workers: usize) -> anyhow::Result<HostSim> {
         let bootstrap = Bootstrap::from_yaml(bootstrap_yaml)?;
         let options = ProxyOptions {
-            concurrency: 2,
+            concurrency: workers,
             ..ProxyOptions::default()
         };
         let running = proxy::start(&bootstrap, &options)?;

@@ -1,6 +1,7 @@
 //! Fixtures shared by the end-to-end suites: a DNS server, upstream servers, a CA, the filter
 //! wasm, a raw HTTP client, and launchers for the proxies under test.
 
+pub mod abi_fuzz;
 pub mod cases;
 pub mod client;
 pub mod crd_schema;

@@ -149,7 +149,7 @@ where
             if this.done {
                 return Poll::Ready(None);
             }
-            let data = match Pin::new(&mut this.inner).poll_frame(cx) {
+            let result = match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 // The client went away or broke the framing: the upstream request is abandoned with it.
                 Poll::Ready(Some(Err(error))) => {
@@ -157,24 +157,26 @@ where
                     return Poll::Ready(Some(Err(error.into())));
                 }
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => (data, this.inner.is_end_stream()),
+                    Ok(data) => {
+                        let ends = this.inner.is_end_stream();
+                        data_then_end(|d, e| this.filter_data(d, e), &data, ends)
+                    }
                     // Trailers: the body ends here (see the module's note).
-                    Err(_) => (Bytes::new(), true),
+                    Err(_) => this.filter_data(&[], true).map(|out| (out, true)),
                 },
                 // The body ended without a final data frame.
-                Poll::Ready(None) => (Bytes::new(), true),
+                Poll::Ready(None) => this.filter_data(&[], true).map(|out| (out, true)),
             };
-            let (data, end) = data;
-            match this.filter_data(&data, end) {
-                Ok(Some(out)) => {
-                    this.done = end;
+            match result {
+                Ok((Some(out), ended)) => {
+                    this.done = ended;
                     if out.is_empty() {
                         continue;
                     }
                     return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
                 }
                 // Buffered by a filter: read on.
-                Ok(None) => continue,
+                Ok((None, _)) => continue,
                 Err(reply) => return this.end_early(reply),
             }
         }
@@ -188,6 +190,31 @@ where
         // The filters may change the body's length.
         SizeHint::default()
     }
+}
+
+/// A chunk from an HTTP/1 codec, the way Envoy's codecs hand it to the filters: data with end_stream false, then
+/// an empty chunk with end_stream true once the message is complete (`ServerConnectionImpl::onMessageCompleteBase`
+/// and `ClientConnectionImpl::onMessageCompleteBase` call `decodeData(buffer, true)`). When the last chunk is known
+/// to be the last (`ends`), the end call follows at once: hyper stops polling a body once its content-length is
+/// written, so a later one would never come. Returns what to forward (`None` while a filter buffers) and whether
+/// the end went through.
+fn data_then_end<E>(
+    mut filter: impl FnMut(&[u8], bool) -> Result<Option<Vec<u8>>, E>,
+    data: &[u8],
+    ends: bool,
+) -> Result<(Option<Vec<u8>>, bool), E> {
+    let first = filter(data, false)?;
+    if !ends {
+        return Ok((first, false));
+    }
+    Ok(match (first, filter(&[], true)?) {
+        (first, Some(rest)) => {
+            let mut out = first.unwrap_or_default();
+            out.extend_from_slice(&rest);
+            (Some(out), true)
+        }
+        (first, None) => (first, false),
+    })
 }
 
 /// The reply a filter outcome ends the stream with.
@@ -311,19 +338,21 @@ where
             };
             // No data frame: the body ended (without a final data frame, or with trailers, which end it here; see
             // the module's note). Buffering filters get their end-of-stream call.
-            let (data, end) = match frame {
+            let result = match frame {
                 Some(data) => {
-                    let end = this.inner.is_end_stream();
-                    (data, end)
+                    let ends = this.inner.is_end_stream();
+                    data_then_end(|d, e| this.filter_data(d, e), &data, ends)
                 }
-                None => (Bytes::new(), true),
+                None => this
+                    .filter_data(&[], true)
+                    .map(|out| (out.clone(), out.is_some())),
             };
-            match this.filter_data(&data, end) {
-                Ok(Some(out)) => {
-                    if end {
+            match result {
+                Ok((Some(out), ended)) => {
+                    if ended {
                         this.finish("via_upstream");
                     }
-                    if out.is_empty() && !end {
+                    if out.is_empty() && !ended {
                         continue;
                     }
                     if out.is_empty() {
@@ -332,7 +361,7 @@ where
                     return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
                 }
                 // Buffered by a filter: read on.
-                Ok(None) => continue,
+                Ok((None, _)) => continue,
                 Err(error) => {
                     this.finish("wasm_fail_stream");
                     return Poll::Ready(Some(Err(error)));
