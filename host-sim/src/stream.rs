@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::headers::HeaderMap;
+use crate::headers::{HeaderMap, MapKind};
 use crate::properties::Properties;
 
 /// A local reply the guest asked for with `proxy_send_local_response`.
@@ -27,8 +27,10 @@ impl LocalReply {
     pub fn response_headers(&self) -> HeaderMap {
         let mut h = HeaderMap::new();
         h.add(":status", self.status.to_string());
+        // Context::sendLocalResponse adds the guest's headers with addCopy: an inline one already there
+        // (`:status` itself) takes the value after a comma.
         for (k, v) in self.headers.iter() {
-            h.add(k, v);
+            h.add_as(MapKind::ResponseHeaders, k, v);
         }
         if !self.body.is_empty() {
             h.replace("content-length", self.body.len().to_string());
@@ -36,8 +38,10 @@ impl LocalReply {
                 h.add("content-type", "text/plain");
             }
         } else {
-            // Envoy's local reply without a body carries no content-type, even one the filter set.
+            // Envoy's local reply without a body carries no content-type or content-length, even ones the filter
+            // set (`Utility::prepareLocalReply`: removeContentLength, removeContentType).
             h.remove("content-type");
+            h.remove("content-length");
         }
         h
     }
@@ -92,6 +96,8 @@ pub(crate) struct Access {
 #[derive(Debug, Clone, Default)]
 pub struct StreamState {
     pub request_headers: HeaderMap,
+    /// The request headers for the access-log phase (the context does not hold them in between).
+    pub logged_request_headers: Option<HeaderMap>,
     /// Request body bytes the filter currently sees (buffered while it pauses).
     pub request_body: Vec<u8>,
     pub request_trailers: HeaderMap,
@@ -117,6 +123,13 @@ impl StreamEffects {
         let explicit = std::mem::take(&mut self.clear_route_cache) > 0;
         let changed = std::mem::take(&mut self.request_headers_changed);
         explicit || changed
+    }
+
+    /// Whether the filter closed the stream (either direction resets an HTTP stream in Envoy), and forgets it.
+    pub fn take_close(&mut self) -> bool {
+        let request = std::mem::take(&mut self.close_request);
+        let response = std::mem::take(&mut self.close_response);
+        request || response
     }
 }
 

@@ -164,6 +164,21 @@ impl Envoy {
 
     /// [`Envoy::start`] with `workers` worker threads (`--concurrency`).
     pub async fn start_with_workers(config_yaml: &str, workers: u32) -> anyhow::Result<Envoy> {
+        Envoy::start_with(
+            config_yaml,
+            workers,
+            "wasm:debug,dns:debug,forward_proxy:debug",
+        )
+        .await
+    }
+
+    /// [`Envoy::start_with_workers`] with `--component-log-level components` (what a guest's
+    /// `proxy_get_log_level` reads is the `wasm` component's level).
+    pub async fn start_with(
+        config_yaml: &str,
+        workers: u32,
+        components: &str,
+    ) -> anyhow::Result<Envoy> {
         let binary = envoy_binary()?;
         let dir = tempfile::Builder::new().prefix("dfp-envoy-").tempdir()?;
         let config = dir.path().join("envoy.yaml");
@@ -182,10 +197,7 @@ impl Envoy {
             .args(["--concurrency", &workers.to_string(), "-l", "info"])
             // Access log lines are checked by tests: flush them promptly.
             .args(["--file-flush-interval-msec", "100"])
-            .args([
-                "--component-log-level",
-                "wasm:debug,dns:debug,forward_proxy:debug",
-            ])
+            .args(["--component-log-level", components])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

@@ -3,7 +3,8 @@
 //! document fails, with the seed and the shrunk program. Writes docs/abi-coverage.md when it ran
 //! with the default seed and size.
 //!
-//! `DFP_ABI_FUZZ_PROGRAMS=N` and `DFP_ABI_FUZZ_SEED=S` change the run (`just fuzz-fidelity N S`).
+//! `DFP_ABI_FUZZ_PROGRAMS=N` and `DFP_ABI_FUZZ_SEED=S` change the run (`just fuzz-fidelity N S`);
+//! `DFP_ABI_FUZZ_REPLAY='...'` runs the one program a divergence report printed.
 
 use tests::abi_fuzz::{self, report, Config};
 use tests::rt::block_on;
@@ -31,6 +32,7 @@ fn envoy_and_host_sim_agree_on_generated_hostcall_programs() {
         programs,
         seed,
         epochs: (programs / 500).max(1),
+        replay: std::env::var("DFP_ABI_FUZZ_REPLAY").ok(),
     };
     let result = block_on(abi_fuzz::run(&config)).expect("the fuzzer runs");
     println!(

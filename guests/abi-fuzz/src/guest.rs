@@ -185,7 +185,7 @@ fn take_returned(ptr: u32, size: u32) -> Option<Vec<u8>> {
 #[derive(Default)]
 struct Report {
     bytes: Vec<u8>,
-    /// Root phases and root http calls still to run; the stream's own end is `stream_open`.
+    /// Root phases and http-call answers still to come; the stream's own end is `stream_open`.
     pending_root: u32,
     stream_open: bool,
 }
@@ -203,8 +203,16 @@ impl Report {
 struct Stream {
     /// The program's id, when the stream carries one (report fetches and plain requests do not).
     program: Option<u32>,
-    http_calls: Vec<u32>,
+    /// The stream type paused until its http calls are answered.
     paused: Option<u32>,
+}
+
+/// An http call in flight. The host answers it in the root context (cpp-host issues callouts
+/// from `root_context()`), so the guest maps the token back to its origin, as SDKs do.
+struct PendingCall {
+    program: u32,
+    /// The stream context that made it; `None` for a root phase.
+    stream: Option<u32>,
 }
 
 #[derive(Default)]
@@ -214,8 +222,7 @@ struct State {
     reports: BTreeMap<u32, Report>,
     streams: HashMap<u32, Stream>,
     awaiting_tick: Vec<u32>,
-    /// Root-context http calls: token → program.
-    root_calls: HashMap<u32, u32>,
+    calls: HashMap<u32, PendingCall>,
     infra_queue: Option<u32>,
     refs: [u64; 6],
     startup: Program,
@@ -651,9 +658,9 @@ fn stream_callback(ctx: u32, phase: Phase, args: Vec<u64>) -> u64 {
         }
         _ => None,
     };
+    note_calls(program, Some(ctx), &effects);
     let returned = with(|s| {
         let stream = s.streams.entry(ctx).or_default();
-        stream.http_calls.extend(&effects.http_calls);
         match stream_type {
             Some(_) if effects.sent_local_reply => PAUSE,
             // Wait for the calls: otherwise the stream may end first and cancel them, and the
@@ -798,16 +805,21 @@ pub extern "C" fn proxy_on_queue_ready(root: u32, token: u32) {
     }
 }
 
-/// Http calls made in a root phase are answered in the root: remember whose they are.
-fn root_calls(program: u32, effects: &Effects) {
+/// Remembers whose the calls a callback's steps made are; each is one more thing its report
+/// waits for.
+fn note_calls(program: u32, stream: Option<u32>, effects: &Effects) {
     with(|s| {
         for token in &effects.http_calls {
-            s.root_calls.insert(*token, program);
+            s.calls.insert(*token, PendingCall { program, stream });
             if let Some(r) = s.reports.get_mut(&program) {
                 r.pending_root += 1;
             }
         }
     });
+}
+
+fn root_calls(program: u32, effects: &Effects) {
+    note_calls(program, None, effects);
     if effects.touched_ticks {
         restore_ticks();
     }
@@ -834,31 +846,44 @@ pub extern "C" fn proxy_on_http_call_response(
     body: u32,
     trailers: u32,
 ) {
+    let Some((call, root)) = with(|s| s.calls.remove(&token).map(|c| (c, s.root_id))) else {
+        return;
+    };
+    let program = call.program;
     let args = vec![
+        u64::from(ctx == root),
         u64::from(token),
         u64::from(headers),
         u64::from(body),
         u64::from(trailers),
     ];
-    if let Some(program) = with(|s| s.root_calls.remove(&token)) {
-        let effects = run_phase(program, Phase::HttpCallResponse, ctx);
-        root_calls(program, &effects);
-        finish_root_phase(program, Phase::HttpCallResponse, args);
-        return;
-    }
-    let Some(program) = with(|s| s.streams.get(&ctx).and_then(|st| st.program)) else {
-        return;
-    };
-    let effects = run_phase(program, Phase::HttpCallResponse, ctx);
-    let resume = with(|s| {
-        let stream = s.streams.get_mut(&ctx)?;
-        stream.http_calls.retain(|t| *t != token);
-        stream.http_calls.extend(&effects.http_calls);
-        if stream.http_calls.is_empty() {
-            stream.paused.take()
-        } else {
-            None
+    // Act for the stream that made the call, if it is still there, as SDKs do.
+    let stream = call
+        .stream
+        .filter(|st| with(|s| s.streams.contains_key(st)));
+    let acting = match stream {
+        Some(st) => {
+            // SAFETY: a plain hostcall with an integer.
+            let status = unsafe { host::proxy_set_effective_context(st) };
+            note(program, format!("acting for the calling stream: {status}"));
+            st
         }
+        None => ctx,
+    };
+    let effects = run_phase(program, Phase::HttpCallResponse, acting);
+    note_calls(program, stream, &effects);
+    if effects.touched_ticks {
+        restore_ticks();
+    }
+    let resume = stream.and_then(|st| {
+        with(|s| {
+            let waiting = s.calls.values().any(|c| c.stream == Some(st));
+            if waiting {
+                None
+            } else {
+                s.streams.get_mut(&st).and_then(|x| x.paused.take())
+            }
+        })
     });
     with(|s| {
         if let Some(r) = s.reports.get_mut(&program) {
@@ -867,6 +892,7 @@ pub extern "C" fn proxy_on_http_call_response(
                 args,
                 returned: 0,
             });
+            r.pending_root = r.pending_root.saturating_sub(1);
         }
     });
     if let Some(stream_type) = resume {
@@ -957,7 +983,7 @@ pub extern "C" fn proxy_on_delete(ctx: u32) {
         if let Some(r) = s.reports.get_mut(&program) {
             r.push(Record::Callback {
                 phase: Phase::Delete,
-                args: vec![stream.http_calls.len() as u64],
+                args: vec![],
                 returned: 0,
             });
             r.stream_open = false;

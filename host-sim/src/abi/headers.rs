@@ -4,7 +4,7 @@
 //! call response maps only while `proxy_on_http_call_response` runs.
 
 use super::{Reg, C};
-use crate::headers::{decode_pairs, HeaderMap};
+use crate::headers::{guest_pairs, HeaderMap, MapKind};
 use crate::types::{MapType, Status};
 use crate::vm::memory::{copy_out, finish, read, with_slice, write_u32, CallError, HostResult};
 use crate::vm::HostState;
@@ -121,9 +121,15 @@ fn get_pairs(c: &mut C<'_>, t: u32, ptr_ptr: u32, size_ptr: u32) -> HostResult {
 fn set_pairs(c: &mut C<'_>, t: u32, ptr: u32, size: u32) -> HostResult {
     let t = map_type(t)?;
     let data = read(c, ptr, size)?;
-    let pairs = decode_pairs(&data).map_err(|_| Status::BadArgument)?;
+    let pairs = guest_pairs(&data);
+    let kind = map_kind(t);
     let map = mut_map(c.data_mut(), t).ok_or(Status::BadArgument)?;
-    *map = HeaderMap::from_pairs(pairs);
+    // Context::setHeaderMapPairs: every key removed, then each pair added with addCopy.
+    let pairs = pairs.iter().map(|(k, v)| (map_key(t, k).to_vec(), v));
+    *map = match kind {
+        Some(kind) => HeaderMap::from_pairs_as(kind, pairs),
+        None => HeaderMap::from_pairs(pairs),
+    };
     repick_route_after(c.data_mut(), t);
     Ok(())
 }
@@ -135,6 +141,17 @@ fn repick_route_after(st: &mut HostState, t: MapType) {
         if let Some(s) = st.stream_mut() {
             s.effects.request_headers_changed = true;
         }
+    }
+}
+
+/// The stream map a map type names, for its inline headers.
+fn map_kind(t: MapType) -> Option<MapKind> {
+    match t {
+        MapType::RequestHeaders => Some(MapKind::RequestHeaders),
+        MapType::RequestTrailers => Some(MapKind::RequestTrailers),
+        MapType::ResponseHeaders => Some(MapKind::ResponseHeaders),
+        MapType::ResponseTrailers => Some(MapKind::ResponseTrailers),
+        _ => None,
     }
 }
 
@@ -184,7 +201,11 @@ fn modify(
     let map = mut_map(c.data_mut(), t).ok_or(Status::BadArgument)?;
     let key = map_key(t, &key);
     match edit {
-        Edit::Add => map.add(key, &value),
+        // Context::addHeaderMapValue: addCopy, which appends to an inline header that is set.
+        Edit::Add => match map_kind(t) {
+            Some(kind) => map.add_as(kind, key, &value),
+            None => map.add(key, &value),
+        },
         Edit::Replace => map.replace(key, &value),
         Edit::Remove => map.remove(key),
     }

@@ -44,8 +44,11 @@ fn define(c: &mut C<'_>, kind: u32, np: u32, ns: u32, id_ptr: u32) -> HostResult
     let name = String::from_utf8_lossy(&name).into_owned();
     let st = c.data_mut();
     let metric = st.shared.metrics.define(kind, &name);
-    st.next_metric_seq = st.next_metric_seq.wrapping_add(1);
-    let id = st.next_metric_seq.wrapping_mul(ID_STEP) | kind.id_tag();
+    // Each kind counts on its own, in steps of 4 from its tag (Envoy's Wasm::nextCounterMetricId and siblings):
+    // counters 4, 8, ..., gauges 5, 9, ..., histograms 6, 10, ...
+    let seq = &mut st.next_metric_seq[kind.id_tag() as usize % 3];
+    *seq = seq.wrapping_add(1);
+    let id = seq.wrapping_mul(ID_STEP) | kind.id_tag();
     st.metric_ids.insert(id, metric);
     write_u32(c, id_ptr, id).map_err(CallError::from)
 }

@@ -19,6 +19,12 @@ pub(super) fn add(reg: &mut Reg<'_>) -> wasmtime::Result<()> {
 
 fn get(c: &mut C<'_>, pp: u32, ps: u32, vpp: u32, vsp: u32) -> HostResult {
     let value = with_slice(c, pp, ps, |path, st| {
+        // An empty path names no part: Context::getProperty serialises its empty CelValue, which fails.
+        if path.is_empty() {
+            return Err(Status::SerializationFailure);
+        }
+        // The walk stops at the end of the path, so one trailing NUL names nothing more.
+        let path = path.strip_suffix(b"\0").unwrap_or(path);
         let cfg = &st.config;
         let facts = PluginFacts {
             name: &cfg.name,

@@ -73,11 +73,14 @@ fn register(c: &mut C<'_>, np: u32, ns: u32, token_ptr: u32) -> HostResult {
 fn resolve(c: &mut C<'_>, vp: u32, vs: u32, np: u32, ns: u32, token_ptr: u32) -> HostResult {
     let vm_id = read(c, vp, vs)?;
     let name = read(c, np, ns)?;
-    let token = c
-        .data()
-        .shared
-        .queues
-        .resolve(&String::from_utf8_lossy(&vm_id), &name)?;
+    let st = c.data();
+    // An empty vm_id is the caller's own (cpp-host ContextBase::lookupSharedQueue).
+    let vm_id = if vm_id.is_empty() {
+        st.config.vm_id.clone()
+    } else {
+        String::from_utf8_lossy(&vm_id).into_owned()
+    };
+    let token = st.shared.queues.resolve(&vm_id, &name)?;
     write_u32(c, token_ptr, token).map_err(CallError::from)
 }
 

@@ -2,7 +2,7 @@
 //! switch the effective context, and `proxy_done`.
 
 use super::{Reg, C};
-use crate::headers::{decode_pairs, HeaderMap};
+use crate::headers::{guest_pairs, HeaderMap};
 use crate::stream::LocalReply;
 use crate::types::{Status, StreamType};
 use crate::vm::memory::{finish, read, HostResult};
@@ -49,7 +49,9 @@ pub(super) fn add(reg: &mut Reg<'_>) -> wasmtime::Result<()> {
     )?;
     reg.env("proxy_set_effective_context", |mut c: C<'_>, id: u32| {
         let st = c.data_mut();
-        if !st.context_exists(id) {
+        // cpp-host `set_effective_context`: any context the VM has, and id 0 is the VM's own context (which has
+        // no stream; host-sim then acts for the context it called into, where Envoy would act for none).
+        if id != 0 && !st.context_exists(id) {
             return finish(Err(Status::BadArgument.into()));
         }
         st.effective = id;
@@ -111,7 +113,7 @@ fn send_local_response(c: &mut C<'_>, code: u32, p: [u32; 6], grpc: i32) -> Host
     let details = read(c, p[0], p[1])?;
     let body = read(c, p[2], p[3])?;
     let headers = read(c, p[4], p[5])?;
-    let headers = decode_pairs(&headers).map_err(|_| Status::BadArgument)?;
+    let headers = guest_pairs(&headers);
     let st = c.data_mut();
     // Envoy stops iteration after the call returns, whatever the callback answers.
     st.stop_iteration = true;

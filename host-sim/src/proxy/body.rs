@@ -29,7 +29,27 @@ pub(crate) struct StreamChains {
     pub upstream: WasmChain,
 }
 
+/// Which of a stream's two chains.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Side {
+    Downstream,
+    Upstream,
+}
+
 impl StreamChains {
+    pub fn side(&mut self, side: Side) -> &mut WasmChain {
+        match side {
+            Side::Downstream => &mut self.downstream,
+            Side::Upstream => &mut self.upstream,
+        }
+    }
+
+    /// Some filter paused in this headers phase: Envoy buffers the body meanwhile and hands it on in one chunk,
+    /// with end_stream if the end came too (`ActiveStreamFilterBase::commonContinue`).
+    fn paused_in(&self, phase: Phase) -> bool {
+        self.downstream.paused_in(phase) || self.upstream.paused_in(phase)
+    }
+
     /// Runs a body chunk through both chains in Envoy's order: the request through the downstream filters, then
     /// the upstream ones; the response back through the upstream filters, then the downstream ones. Returns the
     /// bytes to forward (`None` while some filter buffers), or the outcome that ends the stream.
@@ -84,6 +104,11 @@ pub(crate) struct FilteredRequest<B> {
     /// Bytes received since the filters last let something through.
     held: usize,
     done: bool,
+    /// The client's body broke off after data that still went through the filters: reported next.
+    failed: Option<BoxError>,
+    /// A filter paused the request headers: what arrived meanwhile goes on as one chunk (see [`StreamChains`]).
+    held_by_pause: bool,
+    gather: Gather,
 }
 
 impl<B> FilteredRequest<B> {
@@ -93,13 +118,17 @@ impl<B> FilteredRequest<B> {
         early_reply: EarlyReply,
         buffer_limit: usize,
     ) -> Self {
+        let held_by_pause = chains.borrow().paused_in(Phase::RequestHeaders);
         FilteredRequest {
             inner,
+            held_by_pause,
             chains,
             early_reply,
             buffer_limit,
             held: 0,
             done: false,
+            failed: None,
+            gather: Gather::default(),
         }
     }
 
@@ -146,26 +175,50 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         loop {
+            if let Some(error) = this.failed.take() {
+                this.done = true;
+                return Poll::Ready(Some(Err(error)));
+            }
             if this.done {
                 return Poll::Ready(None);
             }
-            let result = match Pin::new(&mut this.inner).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
-                // The client went away or broke the framing: the upstream request is abandoned with it.
-                Poll::Ready(Some(Err(error))) => {
-                    this.done = true;
-                    return Poll::Ready(Some(Err(error.into())));
+            let result = if this.gather.is_gathering() {
+                let (data, after) =
+                    match this
+                        .gather
+                        .poll_rest(&mut this.inner, cx, this.buffer_limit)
+                    {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(read) => read,
+                    };
+                let ends = matches!(after, After::Ended);
+                if let After::Failed(error) = after {
+                    this.failed = Some(error.into());
                 }
-                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => {
-                        let ends = this.inner.is_end_stream();
-                        data_then_end(|d, e| this.filter_data(d, e), &data, ends)
+                if std::mem::take(&mut this.held_by_pause) && ends {
+                    this.filter_data(&data, true).map(|out| (out, true))
+                } else {
+                    data_then_end(|d, e| this.filter_data(d, e), &data, ends)
+                }
+            } else {
+                match Pin::new(&mut this.inner).poll_frame(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    // The client went away or broke the framing: the upstream request is abandoned with it.
+                    Poll::Ready(Some(Err(error))) => {
+                        this.done = true;
+                        return Poll::Ready(Some(Err(error.into())));
                     }
-                    // Trailers: the body ends here (see the module's note).
-                    Err(_) => this.filter_data(&[], true).map(|out| (out, true)),
-                },
-                // The body ended without a final data frame.
-                Poll::Ready(None) => this.filter_data(&[], true).map(|out| (out, true)),
+                    Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                        Ok(data) => {
+                            this.gather.start(data);
+                            continue;
+                        }
+                        // Trailers: the body ends here (see the module's note).
+                        Err(_) => this.filter_data(&[], true).map(|out| (out, true)),
+                    },
+                    // The body ended without a final data frame.
+                    Poll::Ready(None) => this.filter_data(&[], true).map(|out| (out, true)),
+                }
             };
             match result {
                 Ok((Some(out), ended)) => {
@@ -189,6 +242,92 @@ where
     fn size_hint(&self) -> SizeHint {
         // The filters may change the body's length.
         SizeHint::default()
+    }
+}
+
+/// How much of an upstream response body is gathered into one chunk at most: Envoy's default connection buffer
+/// limit (`per_connection_buffer_limit_bytes`, 1 MiB), where its read loop stops.
+const UPSTREAM_READ_LIMIT: usize = 1024 * 1024;
+
+/// What followed the data a [`Gather`] took.
+enum After<E> {
+    /// More may come later.
+    Open,
+    /// The body ended (or trailers came, which end it here).
+    Ended,
+    /// The body broke off.
+    Failed(E),
+}
+
+/// A body chunk being put together from the frames that are ready. Envoy reads a socket until it would block (or
+/// its buffer limit) and hands the codec all of it at once (`RawBufferSocket::doRead`), so the filters see what
+/// arrived together as one chunk; hyper's connection task yields it in pieces of its own read size. So the frames
+/// are taken until one round of the event loop brings nothing new.
+#[derive(Default)]
+struct Gather {
+    buf: Option<bytes::BytesMut>,
+    /// Rounds given to the connection task since something last arrived.
+    idle_rounds: u8,
+}
+
+/// Rounds of the event loop without new data after which a chunk is complete: hyper's connection task reads one
+/// buffer per round, and the order in which woken tasks run is the runtime's.
+const IDLE_ROUNDS: u8 = 3;
+
+impl Gather {
+    fn is_gathering(&self) -> bool {
+        self.buf.is_some()
+    }
+
+    fn start(&mut self, first: Bytes) {
+        self.buf = Some(bytes::BytesMut::from(&first[..]));
+        self.idle_rounds = 0;
+    }
+
+    /// Reads on until nothing more is ready (up to `limit` bytes); then the chunk and what followed it.
+    fn poll_rest<B>(
+        &mut self,
+        inner: &mut B,
+        cx: &mut Context<'_>,
+        limit: usize,
+    ) -> Poll<(Bytes, After<B::Error>)>
+    where
+        B: Body<Data = Bytes> + Unpin,
+    {
+        let after = loop {
+            if self.buf.as_ref().map_or(0, |b| b.len()) >= limit {
+                break After::Open;
+            }
+            if inner.is_end_stream() {
+                break After::Ended;
+            }
+            match Pin::new(&mut *inner).poll_frame(cx) {
+                Poll::Pending if self.idle_rounds < IDLE_ROUNDS => {
+                    self.idle_rounds += 1;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                Poll::Pending => break After::Open,
+                Poll::Ready(None) => break After::Ended,
+                Poll::Ready(Some(Err(error))) => break After::Failed(error),
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(more) => {
+                        self.buf
+                            .get_or_insert_with(bytes::BytesMut::new)
+                            .extend_from_slice(&more);
+                        self.idle_rounds = 0;
+                    }
+                    Err(_) => break After::Ended,
+                },
+            }
+        };
+        self.idle_rounds = 0;
+        let chunk = self
+            .buf
+            .take()
+            .map(bytes::BytesMut::freeze)
+            .unwrap_or_default();
+        Poll::Ready((chunk, after))
     }
 }
 
@@ -217,11 +356,69 @@ fn data_then_end<E>(
     })
 }
 
+/// A request body that notes when its last byte went by: a response that starts before then closes an HTTP/1
+/// connection, as Envoy's `ActiveStream::encodeHeaders` does when the last downstream byte was not received.
+pub(crate) struct NotesEnd<B> {
+    inner: B,
+    ended: Rc<std::cell::Cell<bool>>,
+}
+
+impl<B> NotesEnd<B> {
+    pub fn new(inner: B, ended: Rc<std::cell::Cell<bool>>) -> Self {
+        NotesEnd { inner, ended }
+    }
+}
+
+impl<B> Body for NotesEnd<B>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || this.inner.is_end_stream() {
+            this.ended.set(true);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The body of a reset stream: it fails when first polled, and hyper then drops the connection without writing the
+/// response it belongs to.
+pub(crate) struct ResetBody;
+
+impl Body for ResetBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Poll::Ready(Some(Err("a wasm filter closed the stream".into())))
+    }
+}
+
 /// The reply a filter outcome ends the stream with.
 fn reply_for(outcome: Outcome) -> Reply {
     match outcome {
         Outcome::LocalReply(reply) => Reply::Wasm(reply),
         Outcome::Failed(reply) => Reply::Envoy(reply),
+        Outcome::Reset => Reply::Reset,
         // Not produced by body or trailer callbacks; a stream cannot be held here.
         Outcome::Continue { .. } | Outcome::Paused => Reply::Envoy(EnvoyReply::wasm_failed()),
     }
@@ -237,6 +434,11 @@ pub(crate) struct FilteredResponse<B> {
     /// The body was empty from the start: the server may never poll it.
     empty: bool,
     done: bool,
+    /// The upstream broke off after data that still went through the filters: reported next.
+    failed: Option<BoxError>,
+    /// A filter paused the response headers: what arrived meanwhile goes on as one chunk (see [`StreamChains`]).
+    held_by_pause: bool,
+    gather: Gather,
     log: Option<PendingEntry>,
 }
 
@@ -252,14 +454,18 @@ impl<B: Body> FilteredResponse<B> {
             let chains = chains.borrow();
             chains.downstream.is_empty() && chains.upstream.is_empty()
         };
+        let held_by_pause = chains.borrow().paused_in(Phase::ResponseHeaders);
         FilteredResponse {
             empty: inner.is_end_stream(),
             inner,
+            held_by_pause,
             chains,
             headers,
             status,
             passthrough,
             done: false,
+            failed: None,
+            gather: Gather::default(),
             log,
         }
     }
@@ -316,36 +522,62 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         loop {
-            let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Err(error))) => {
-                    let error = error.into();
-                    this.finish(&upstream_reset_details(&error));
-                    return Poll::Ready(Some(Err(error)));
+            if let Some(error) = this.failed.take() {
+                this.finish(&upstream_reset_details(&error));
+                return Poll::Ready(Some(Err(error)));
+            }
+            let result = if this.gather.is_gathering() {
+                let (data, after) =
+                    match this
+                        .gather
+                        .poll_rest(&mut this.inner, cx, UPSTREAM_READ_LIMIT)
+                    {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(read) => read,
+                    };
+                let ends = matches!(after, After::Ended);
+                if let After::Failed(error) = after {
+                    this.failed = Some(error.into());
                 }
-                Poll::Ready(None) if this.passthrough || this.done => {
-                    this.finish("via_upstream");
-                    return Poll::Ready(None);
-                }
-                Poll::Ready(Some(Ok(frame))) if this.passthrough => {
-                    if this.inner.is_end_stream() {
-                        this.finish("via_upstream");
-                    }
-                    return Poll::Ready(Some(Ok(frame)));
-                }
-                Poll::Ready(Some(Ok(frame))) => frame.into_data().ok(),
-                Poll::Ready(None) => None,
-            };
-            // No data frame: the body ended (without a final data frame, or with trailers, which end it here; see
-            // the module's note). Buffering filters get their end-of-stream call.
-            let result = match frame {
-                Some(data) => {
-                    let ends = this.inner.is_end_stream();
+                if std::mem::take(&mut this.held_by_pause) && ends {
+                    this.filter_data(&data, true)
+                        .map(|out| (out.clone(), out.is_some()))
+                } else {
                     data_then_end(|d, e| this.filter_data(d, e), &data, ends)
                 }
-                None => this
-                    .filter_data(&[], true)
-                    .map(|out| (out.clone(), out.is_some())),
+            } else {
+                match Pin::new(&mut this.inner).poll_frame(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some(Err(error))) => {
+                        let error = error.into();
+                        this.finish(&upstream_reset_details(&error));
+                        return Poll::Ready(Some(Err(error)));
+                    }
+                    Poll::Ready(None) if this.passthrough || this.done => {
+                        this.finish("via_upstream");
+                        return Poll::Ready(None);
+                    }
+                    Poll::Ready(Some(Ok(frame))) if this.passthrough => {
+                        if this.inner.is_end_stream() {
+                            this.finish("via_upstream");
+                        }
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
+                    Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                        Ok(data) => {
+                            this.gather.start(data);
+                            continue;
+                        }
+                        // Trailers end the body here (see the module's note).
+                        Err(_) => this
+                            .filter_data(&[], true)
+                            .map(|out| (out.clone(), out.is_some())),
+                    },
+                    // The body ended without a final data frame: buffering filters get their end-of-stream call.
+                    Poll::Ready(None) => this
+                        .filter_data(&[], true)
+                        .map(|out| (out.clone(), out.is_some())),
+                }
             };
             match result {
                 Ok((Some(out), ended)) => {

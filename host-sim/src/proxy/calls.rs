@@ -11,7 +11,7 @@ use hyper::Request;
 
 use crate::config::ClusterKind;
 use crate::dfp::upstream::PoolKey;
-use crate::headers::HeaderMap;
+use crate::headers::{HeaderMap, MapKind};
 use crate::vm::{HttpCallRequest, HttpCallResponse};
 
 use super::http::{local_body, BoxError, UpstreamBody};
@@ -89,6 +89,15 @@ async fn send(worker: &Rc<Worker>, call: &HttpCallRequest) -> Option<HttpCallRes
             builder = builder.header(name, value);
         }
     }
+    // Envoy's async client marks its requests internal (`AsyncStreamImpl::sendHeaders`, send_internal defaults to
+    // true; wasm turns off only x-forwarded-for), and its router announces a timeout it was given.
+    builder = builder.header("x-envoy-internal", "true");
+    if call.timeout_ms > 0 && call.headers.get("x-envoy-expected-rq-timeout-ms").is_none() {
+        builder = builder.header(
+            "x-envoy-expected-rq-timeout-ms",
+            call.timeout_ms.to_string(),
+        );
+    }
     let body: UpstreamBody = local_body(
         Full::new(Bytes::from(call.body.clone())).map_err(|never| -> BoxError { match never {} }),
     );
@@ -98,7 +107,9 @@ async fn send(worker: &Rc<Worker>, call: &HttpCallRequest) -> Option<HttpCallRes
         .get(&key, &addresses, &cluster.connect_options())
         .await
         .ok()?;
+    let started = std::time::Instant::now();
     let response = sender.send_request(request).await.ok()?;
+    let service_time = started.elapsed().as_millis();
     let (parts, body) = response.into_parts();
     let collected = body.collect().await.ok()?;
     let trailers = collected.trailers().cloned();
@@ -107,8 +118,10 @@ async fn send(worker: &Rc<Worker>, call: &HttpCallRequest) -> Option<HttpCallRes
     let mut headers = HeaderMap::new();
     headers.add(":status", parts.status.as_u16().to_string());
     for (name, value) in &parts.headers {
-        headers.add(name.as_str(), value.as_bytes());
+        headers.add_as(MapKind::ResponseHeaders, name.as_str(), value.as_bytes());
     }
+    // The router's `onUpstreamHeaders`, as for any routed response.
+    headers.add("x-envoy-upstream-service-time", service_time.to_string());
     let mut trailer_map = HeaderMap::new();
     for (name, value) in trailers.iter().flatten() {
         trailer_map.add(name.as_str(), value.as_bytes());

@@ -26,11 +26,13 @@ use hyper::{Method, Request, Response};
 use crate::config::{ClusterKind, RouteTarget};
 use crate::dfp::dns_cache::Addresses;
 use crate::dfp::upstream::{ConnectError, PoolKey, PooledBody};
-use crate::headers::HeaderMap;
+use crate::headers::{HeaderMap, MapKind};
 use crate::properties::{Properties, StreamFacts};
 use crate::stream::LocalReply;
 
-use super::body::{EarlyReply, FilteredRequest, FilteredResponse, SharedChains, StreamChains};
+use super::body::{
+    EarlyReply, FilteredRequest, FilteredResponse, NotesEnd, SharedChains, Side, StreamChains,
+};
 use super::local_reply::EnvoyReply;
 use super::route::{self, Selected};
 use super::wasm_chain::{Outcome, Phase, WasmChain};
@@ -112,6 +114,7 @@ pub(crate) async fn handle(
         started: Instant::now(),
         start_time: SystemTime::now(),
         log: RefCell::new(LogState::default()),
+        request_complete: Rc::new(std::cell::Cell::new(request.body().is_end_stream())),
     };
     let connect = request.method() == Method::CONNECT;
     let mut response = exchange.run(request, upgrade).await;
@@ -128,7 +131,10 @@ pub(crate) async fn handle(
         );
         (codec_error || refused, codec_error)
     };
-    if refused || (connect && !(200..300).contains(&status)) {
+    // A response before the whole request arrived ends an HTTP/1 connection (`ActiveStream::encodeHeaders`: the
+    // last downstream byte not received; a direct_response or a filter's reply to a request with a body).
+    let early = !connect && !exchange.request_complete.get();
+    if refused || early || (connect && !(200..300).contains(&status)) {
         response.headers_mut().insert(
             hyper::header::CONNECTION,
             hyper::header::HeaderValue::from_static("close"),
@@ -149,6 +155,8 @@ struct Exchange<'a> {
     started: Instant,
     start_time: SystemTime,
     log: RefCell<LogState>,
+    /// The request's last byte has been received (at once for a request without a body).
+    request_complete: Rc<std::cell::Cell<bool>>,
 }
 
 /// What the access log needs to know about how the request ended.
@@ -385,16 +393,8 @@ impl Exchange<'_> {
         if connect {
             return self.tunnel(downstream, upstream, &target, upgrade).await;
         }
-        self.forward(
-            parts.method,
-            headers,
-            body,
-            downstream,
-            upstream,
-            target,
-            timeout,
-        )
-        .await
+        self.forward(headers, body, downstream, upstream, target, timeout)
+            .await
     }
 
     fn write_access_logs(&self, response: &Response<DownstreamBody>) {
@@ -432,7 +432,7 @@ impl Exchange<'_> {
         let mut log = self.log.borrow_mut();
         log.deferred = true;
         let mut response = response.clone();
-        response.add("server", "host-sim");
+        response.replace("server", SERVER_NAME);
         Some(super::access_log::PendingEntry {
             shared: self.worker.shared.clone(),
             listener: self.connection.listener,
@@ -556,18 +556,58 @@ impl Exchange<'_> {
             Outcome::Continue { clear_route_cache } => Settled::Continue { clear_route_cache },
             Outcome::LocalReply(reply) => Settled::Reply(Reply::Wasm(reply)),
             Outcome::Failed(reply) => Settled::Reply(Reply::Envoy(reply)),
+            Outcome::Reset => Settled::Reply(Reply::Reset),
             Outcome::Paused => loop {
                 chain.dispatch_http_calls(index);
                 let notified = self.worker.wasm_progress.notified();
-                match chain.resumed(index, headers) {
+                match chain.resumed(index, Phase::RequestHeaders, headers) {
                     Some(Outcome::Continue { clear_route_cache }) => {
                         return Settled::Continue { clear_route_cache }
                     }
                     Some(Outcome::LocalReply(reply)) => return Settled::Reply(Reply::Wasm(reply)),
                     Some(Outcome::Failed(reply)) => return Settled::Reply(Reply::Envoy(reply)),
+                    Some(Outcome::Reset) => return Settled::Reply(Reply::Reset),
                     Some(Outcome::Paused) | None => notified.await,
                 }
             },
+        }
+    }
+
+    /// One chain's response-headers phase, waiting out each pause (http calls sent, answers delivered) until the
+    /// filter continues, as Envoy holds the response for a filter that returned StopIteration.
+    async fn response_headers_phase(
+        &self,
+        chains: &SharedChains,
+        side: Side,
+        headers: &mut HeaderMap,
+        end_of_stream: bool,
+    ) -> Outcome {
+        let mut below = usize::MAX;
+        loop {
+            let (outcome, index) = {
+                let mut chains = chains.borrow_mut();
+                chains
+                    .side(side)
+                    .response_headers_below(below, headers, end_of_stream)
+            };
+            if !matches!(outcome, Outcome::Paused) {
+                return outcome;
+            }
+            loop {
+                let notified = self.worker.wasm_progress.notified();
+                let resumed = {
+                    let mut chains = chains.borrow_mut();
+                    let chain = chains.side(side);
+                    chain.dispatch_http_calls(index);
+                    chain.resumed(index, Phase::ResponseHeaders, headers)
+                };
+                match resumed {
+                    Some(Outcome::Continue { .. }) => break,
+                    Some(Outcome::Paused) | None => notified.await,
+                    Some(other) => return other,
+                }
+            }
+            below = index;
         }
     }
 
@@ -579,6 +619,28 @@ impl Exchange<'_> {
         upstream: Option<&mut WasmChain>,
         reply: Reply,
     ) -> Response<DownstreamBody> {
+        self.local_reply_via(downstream, upstream, reply, true)
+    }
+
+    /// A local reply; `through_filters` false sends it straight to the client, as Envoy does for a reply made
+    /// once the response headers are going through the filters (`DownstreamFilterManager::sendLocalReply` →
+    /// `sendDirectLocalReply`): no response callback runs for it.
+    fn local_reply_via(
+        &self,
+        downstream: &mut WasmChain,
+        upstream: Option<&mut WasmChain>,
+        reply: Reply,
+        through_filters: bool,
+    ) -> Response<DownstreamBody> {
+        if matches!(reply, Reply::Reset) {
+            let mut chains: Vec<&mut WasmChain> = upstream.into_iter().collect();
+            chains.push(downstream);
+            for chain in chains {
+                chain.finish_reset(CLOSE_STREAM_DETAILS);
+            }
+            self.log.borrow_mut().details = Some(CLOSE_STREAM_DETAILS.to_string());
+            return reset_response();
+        }
         let (mut headers, mut body, details) = match reply {
             Reply::Wasm(reply) => (
                 reply.response_headers(),
@@ -590,6 +652,7 @@ impl Exchange<'_> {
                 reply.body.clone().into_bytes(),
                 reply.details.clone(),
             ),
+            Reply::Reset => unreachable!("answered above"),
         };
         let end_of_stream = body.is_empty();
         let mut chains: Vec<&mut WasmChain> = Vec::new();
@@ -597,20 +660,46 @@ impl Exchange<'_> {
             chains.push(upstream);
         }
         chains.push(downstream);
+        let mut through_filters = through_filters;
+        let mut details = details;
         for chain in chains.iter_mut() {
+            if !through_filters {
+                break;
+            }
             if let Outcome::LocalReply(second) = chain.response_headers(&mut headers, end_of_stream)
             {
-                // A filter replied while a reply was going out: Envoy sends the second one.
+                // A filter replied while a reply was going out: Envoy sends the second one, straight to the client
+                // (response headers exist now: `sendDirectLocalReply`), with its own body and no more callbacks.
                 headers = second.response_headers();
+                body = second.body.clone();
+                details = second.details.clone();
+                through_filters = false;
             }
         }
-        if !end_of_stream {
+        if through_filters && !status_is_valid(&headers) {
+            // FilterManager::encodeHeaders checks `:status` after the filters, and replies 502 directly.
+            let broken = EnvoyReply::removed_response_status();
+            headers = envoy_reply_headers(&broken);
+            body = broken.body.clone().into_bytes();
+            details = broken.details.clone();
+            through_filters = false;
+        }
+        if !end_of_stream && through_filters {
             // The reply's body goes through the filters' response body callbacks too, as Envoy encodes a local reply
             // through the filter chain. A filter that changes its length without fixing `content-length` gets what
             // Envoy's codec sends: the declared number of bytes.
             for chain in chains.iter_mut() {
-                if let Ok(Some(filtered)) = chain.body(Phase::ResponseHeaders, &body, true) {
-                    body = filtered;
+                match chain.body(Phase::ResponseHeaders, &body, true) {
+                    Ok(Some(filtered)) => body = filtered,
+                    Ok(None) => {}
+                    // A reply or failure once the reply's head is encoded: Envoy can only reset the stream.
+                    Err(_) => {
+                        for chain in chains.iter_mut() {
+                            chain.finish_reset(&details);
+                        }
+                        self.log.borrow_mut().details = Some(details);
+                        return reset_response();
+                    }
                 }
             }
             let declared = headers
@@ -624,6 +713,13 @@ impl Exchange<'_> {
             .get_str(":status")
             .and_then(|s| s.parse::<u16>().ok())
             .unwrap_or(500);
+        // A local reply is encoded like any response: the connection manager drops the hop-by-hop headers a
+        // filter put in it and sets `server` (`ConnectionManagerUtility::mutateResponseHeaders`), before the
+        // access-log phase.
+        for name in RESPONSE_HOP_BY_HOP {
+            headers.remove(name);
+        }
+        headers.replace("server", SERVER_NAME);
         for chain in chains.iter_mut() {
             chain.finish(Some(&headers), Some(status), &details);
         }
@@ -631,10 +727,8 @@ impl Exchange<'_> {
         build_response(&headers, full_body(body))
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
-        method: Method,
         headers: HeaderMap,
         body: Incoming,
         downstream: WasmChain,
@@ -669,21 +763,32 @@ impl Exchange<'_> {
         let request_body: UpstreamBody = if filter_body {
             // The headers go up as they are, `content-length` included, as from Envoy: a filter that changes the
             // body's length removes it in its request-headers callback.
-            local_body(FilteredRequest::new(
-                body,
-                chains.clone(),
-                early_reply.clone(),
-                self.listener.config.buffer_limit,
+            local_body(NotesEnd::new(
+                FilteredRequest::new(
+                    body,
+                    chains.clone(),
+                    early_reply.clone(),
+                    self.listener.config.buffer_limit,
+                ),
+                self.request_complete.clone(),
             ))
         } else {
-            local_body(body.map_err(|error| Box::new(error) as BoxError))
+            local_body(NotesEnd::new(
+                body.map_err(|error| Box::new(error) as BoxError),
+                self.request_complete.clone(),
+            ))
         };
         let reply_on = |reply: Reply| {
             let mut chains = chains.borrow_mut();
             let chains = &mut *chains;
             self.local_reply(&mut chains.downstream, Some(&mut chains.upstream), reply)
         };
-        let upstream_request = match upstream_request(&method, &headers, request_body) {
+        {
+            let mut chains = chains.borrow_mut();
+            chains.downstream.note_final_request_headers(&headers);
+            chains.upstream.note_final_request_headers(&headers);
+        }
+        let upstream_request = match upstream_request(&headers, request_body) {
             Ok(request) => request,
             Err(reply) => return reply_on(Reply::Envoy(reply)),
         };
@@ -736,39 +841,65 @@ impl Exchange<'_> {
         response_headers.add(":status", parts.status.as_u16().to_string());
         // The upstream's head as Envoy's codec hands it to the filters: `server`, `connection` and the rest as sent.
         for (name, value) in &parts.headers {
-            response_headers.add(name.as_str(), value.as_bytes());
+            response_headers.add_as(MapKind::ResponseHeaders, name.as_str(), value.as_bytes());
         }
         let end_of_stream = body.is_end_stream();
-        let outcome = {
-            let mut chains = chains.borrow_mut();
-            let mut outcome = chains
-                .upstream
-                .response_headers(&mut response_headers, end_of_stream);
-            if matches!(outcome, Outcome::Continue { .. }) {
-                // The router between the upstream filters and the downstream ones (`Filter::onUpstreamHeaders`):
-                // it drops the upstream's `keep-alive` (HTTP/1 downstream) and adds its service time.
-                response_headers.remove("keep-alive");
-                response_headers.add(
-                    "x-envoy-upstream-service-time",
-                    self.started.elapsed().as_millis().to_string(),
-                );
-                outcome = chains
-                    .downstream
-                    .response_headers(&mut response_headers, end_of_stream);
+        let mut outcome = self
+            .response_headers_phase(
+                &chains,
+                Side::Upstream,
+                &mut response_headers,
+                end_of_stream,
+            )
+            .await;
+        if matches!(outcome, Outcome::Continue { .. }) {
+            // The router between the upstream filters and the downstream ones (`Filter::onUpstreamHeaders`):
+            // it drops the upstream's `keep-alive` (HTTP/1 downstream) and adds its service time.
+            response_headers.remove("keep-alive");
+            response_headers.add(
+                "x-envoy-upstream-service-time",
+                self.started.elapsed().as_millis().to_string(),
+            );
+            outcome = self
+                .response_headers_phase(
+                    &chains,
+                    Side::Downstream,
+                    &mut response_headers,
+                    end_of_stream,
+                )
+                .await;
+        }
+        let reply = match outcome {
+            Outcome::LocalReply(reply) => Some(Reply::Wasm(reply)),
+            Outcome::Failed(reply) => Some(Reply::Envoy(reply)),
+            Outcome::Reset => Some(Reply::Reset),
+            Outcome::Continue { .. } | Outcome::Paused if !status_is_valid(&response_headers) => {
+                Some(Reply::Envoy(EnvoyReply::removed_response_status()))
             }
-            outcome
+            Outcome::Continue { .. } | Outcome::Paused => None,
         };
-        match outcome {
-            Outcome::LocalReply(reply) => return reply_on(Reply::Wasm(reply)),
-            Outcome::Failed(reply) => return reply_on(Reply::Envoy(reply)),
-            Outcome::Continue { .. } | Outcome::Paused => {}
+        if let Some(reply) = reply {
+            let mut chains = chains.borrow_mut();
+            let chains = &mut *chains;
+            return self.local_reply_via(
+                &mut chains.downstream,
+                Some(&mut chains.upstream),
+                reply,
+                false,
+            );
         }
         // Only when encoding to the client does the connection manager drop the hop-by-hop headers
         // (`ConnectionManagerUtility::mutateResponseHeaders`; `server` is overwritten in `build_response`).
         for name in RESPONSE_HOP_BY_HOP {
             response_headers.remove(name);
         }
-        let status = parts.status.as_u16();
+        // ... and sets `server`, which the filters' access-log phase then sees too.
+        response_headers.replace("server", SERVER_NAME);
+        // A filter may have changed `:status`; what goes to the client is what counts.
+        let status = response_headers
+            .get_str(":status")
+            .and_then(|s| s.parse::<u16>().ok())
+            .unwrap_or_else(|| parts.status.as_u16());
         self.log.borrow_mut().details = Some("via_upstream".to_string());
         let log = self.pending_log(&response_headers, status);
         let pooled = PooledBody::new(body, pool, key, sender);
@@ -844,6 +975,8 @@ enum Settled {
 pub(crate) enum Reply {
     Wasm(LocalReply),
     Envoy(EnvoyReply),
+    /// No reply: the stream is reset (a filter closed it), so the client sees the connection end.
+    Reset,
 }
 
 /// The request as Envoy's HTTP/1 codec presents it to filters: `:authority` (from the absolute URI or `Host`),
@@ -918,7 +1051,8 @@ fn request_header_map(
         {
             continue;
         }
-        headers.add(name.as_str(), value.as_bytes());
+        // The codec adds each line with addViaMove: repeated inline headers join with a comma.
+        headers.add_as(MapKind::RequestHeaders, name.as_str(), value.as_bytes());
     }
     if headers.get("x-forwarded-proto").is_none() {
         headers.add("x-forwarded-proto", "http");
@@ -1050,24 +1184,32 @@ fn host_without_port(authority: &str) -> &str {
 
 /// The HTTP/1.1 request the upstream receives: origin-form path, `Host` from `:authority`, no pseudo-headers.
 fn upstream_request(
-    method: &Method,
     headers: &HeaderMap,
     body: UpstreamBody,
 ) -> Result<Request<UpstreamBody>, EnvoyReply> {
-    let path = headers.get_str(":path").unwrap_or("/");
+    // What the filters left is what goes: `:method` from the map (the upstream codec's
+    // checkRequiredRequestHeaders refuses a request without it, or without `:path`).
+    let method = match headers.get(":method") {
+        None => return Err(EnvoyReply::removed_request_header(":method")),
+        Some(name) => Method::from_bytes(name)
+            .map_err(|_| EnvoyReply::bad_request("invalid_header_after_filters"))?,
+    };
+    let Some(path) = headers.get_str(":path") else {
+        return Err(EnvoyReply::removed_request_header(":path"));
+    };
     let mut builder = Request::builder().method(method.clone()).uri(path);
-    if let Some(authority) = headers.get(":authority") {
-        builder = builder.header(hyper::header::HOST, authority);
-    }
     for (name, value) in headers.iter() {
-        if name.first() == Some(&b':') {
-            continue;
-        }
-        builder = builder.header(name, value);
+        // As Envoy's HTTP/1 encoder: `:a...` (`:authority`) goes as `host`, other pseudo-headers
+        // not at all (StreamEncoderImpl::encodeHeadersBase).
+        builder = match name {
+            [b':', b'a', ..] => builder.header(hyper::header::HOST, value),
+            [b':', ..] => continue,
+            _ => builder.header(name, value),
+        };
     }
     // Envoy's HTTP/1 encoder announces an empty body (`content-length: 0`) for methods that anticipate one.
     let bodiless_method = matches!(
-        *method,
+        method,
         Method::GET | Method::HEAD | Method::DELETE | Method::CONNECT | Method::TRACE
     );
     if body.is_end_stream()
@@ -1077,9 +1219,35 @@ fn upstream_request(
     {
         builder = builder.header(hyper::header::CONTENT_LENGTH, "0");
     }
+    // A body of unknown length goes chunked whatever the method, as Envoy's encoder sends it
+    // (StreamEncoderImpl::encodeHeadersBase); hyper's client would send a GET's body as empty.
+    if !body.is_end_stream()
+        && headers.get("content-length").is_none()
+        && headers.get("transfer-encoding").is_none()
+    {
+        builder = builder.header(hyper::header::TRANSFER_ENCODING, "chunked");
+    }
     builder
         .body(body)
         .map_err(|_| EnvoyReply::bad_request("invalid_header_after_filters"))
+}
+
+/// Whether `:status` is what Envoy's `checkRequiredResponseHeaders` takes: a number (`Utility::getResponseStatusOrNullopt`).
+fn status_is_valid(headers: &HeaderMap) -> bool {
+    headers
+        .get_str(":status")
+        .is_some_and(|s| s.parse::<u64>().is_ok())
+}
+
+/// The `server` header host-sim writes where Envoy writes `envoy` (server_header_transformation OVERWRITE).
+const SERVER_NAME: &str = "host-sim";
+
+/// Envoy's response code details for a stream a filter closed (`CloseStreamDetails` in the wasm context).
+const CLOSE_STREAM_DETAILS: &str = "wasm_close_stream";
+
+/// A response that is never written: its body fails at once, so hyper closes the connection before the head.
+fn reset_response() -> Response<DownstreamBody> {
+    Response::new(local_body(super::body::ResetBody))
 }
 
 /// A body held whole in memory (local replies, a request body the filters have read).
@@ -1112,9 +1280,13 @@ fn build_response(headers: &HeaderMap, body: DownstreamBody) -> Response<Downstr
     *response.status_mut() = status;
     let map = response.headers_mut();
     for (name, value) in headers.iter() {
-        if name.first() == Some(&b':') {
-            continue;
-        }
+        // Envoy's HTTP/1 encoder writes a pseudo-header starting `:a` (`:authority`) as `host` and
+        // drops every other one (StreamEncoderImpl::encodeHeadersBase).
+        let name: &[u8] = match name {
+            [b':', b'a', ..] => b"host",
+            [b':', ..] => continue,
+            _ => name,
+        };
         match (
             hyper::header::HeaderName::from_bytes(name),
             hyper::header::HeaderValue::from_bytes(value),
@@ -1127,7 +1299,7 @@ fn build_response(headers: &HeaderMap, body: DownstreamBody) -> Response<Downstr
     }
     map.insert(
         hyper::header::SERVER,
-        hyper::header::HeaderValue::from_static("host-sim"),
+        hyper::header::HeaderValue::from_static(SERVER_NAME),
     );
     response
 }

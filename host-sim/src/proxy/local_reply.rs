@@ -137,6 +137,28 @@ impl EnvoyReply {
     }
 
     /// The request itself is malformed in a way Envoy's codec or connection manager rejects.
+    /// A request filter removed a header the upstream codec needs (`UpstreamCodecFilter::decodeHeaders`: the
+    /// codec's `checkRequiredRequestHeaders` fails, 503 with its message).
+    pub fn removed_request_header(name: &str) -> Self {
+        let message = format!("missing required header: {name}");
+        let details = format!(
+            "filter_removed_required_request_headers{{{}}}",
+            message.replace(' ', "_")
+        );
+        Self::new(503, message, details)
+    }
+
+    /// A response filter removed or broke `:status` (`FilterManager::encodeHeaders`: `checkRequiredResponseHeaders`
+    /// fails, 502 with its message).
+    pub fn removed_response_status() -> Self {
+        let message = "missing required header: :status".to_string();
+        let details = format!(
+            "filter_removed_required_response_headers{{{}}}",
+            message.replace(' ', "_")
+        );
+        Self::new(502, message, details)
+    }
+
     pub fn bad_request(details: &str) -> Self {
         Self::new(400, "Bad Request", details)
     }

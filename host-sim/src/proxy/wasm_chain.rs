@@ -33,6 +33,9 @@ pub enum Outcome {
     Failed(EnvoyReply),
     /// A filter paused (`StopIteration`) and nothing resumed it: the proxy waits for `proxy_continue_stream`.
     Paused,
+    /// A filter closed the stream (`proxy_close_stream`): Envoy resets it (`Context::closeStream` →
+    /// `resetStream`), so the client gets no response.
+    Reset,
 }
 
 /// Which header map a phase hands to the filters.
@@ -75,6 +78,8 @@ pub struct WasmChain {
     worker: Rc<Worker>,
     members: Vec<Member>,
     finished: bool,
+    /// The headers phases some filter paused in.
+    paused: Vec<Phase>,
 }
 
 impl WasmChain {
@@ -108,11 +113,17 @@ impl WasmChain {
             worker: worker.clone(),
             members,
             finished: false,
+            paused: Vec::new(),
         })
     }
 
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()
+    }
+
+    /// Whether some filter of this chain paused in the `phase` headers callback.
+    pub fn paused_in(&self, phase: Phase) -> bool {
+        self.paused.contains(&phase)
     }
 
     /// Whether a live filter of the chain has a request-body callback: only then must the request body pass through
@@ -149,7 +160,36 @@ impl WasmChain {
         }
     }
 
-    /// `proxy_on_response_headers` of every filter, in reverse order (Envoy's encoder order).
+    /// `proxy_on_response_headers` of the filters before `below` (`usize::MAX`: all), in reverse order (Envoy's
+    /// encoder order). A pause stops there: `Paused` and the paused filter's index, to wait out and resume below.
+    pub fn response_headers_below(
+        &mut self,
+        below: usize,
+        headers: &mut HeaderMap,
+        end_of_stream: bool,
+    ) -> (Outcome, usize) {
+        let mut clear_route_cache = false;
+        for index in (0..self.members.len().min(below)).rev() {
+            if self.members[index].state == MemberState::Failed {
+                continue;
+            }
+            let outcome = self.run_headers(
+                index,
+                Phase::ResponseHeaders,
+                headers,
+                end_of_stream,
+                &mut clear_route_cache,
+            );
+            self.dispatch_http_calls(index);
+            if let Some(outcome) = outcome {
+                return (outcome, index);
+            }
+        }
+        (Outcome::Continue { clear_route_cache }, 0)
+    }
+
+    /// `proxy_on_response_headers` of every filter, in reverse order, for a local reply going out through the
+    /// filters: a pause there is not waited for.
     pub fn response_headers(&mut self, headers: &mut HeaderMap, end_of_stream: bool) -> Outcome {
         let mut clear_route_cache = false;
         for index in (0..self.members.len()).rev() {
@@ -164,8 +204,7 @@ impl WasmChain {
                 end_of_stream,
                 &mut clear_route_cache,
             ) {
-                // A paused response has nobody to resume it in host-sim's synchronous response path: go on, as
-                // Envoy would once the filter continued.
+                // A local reply is not held for a paused filter here: go on, as Envoy would once it continued.
                 if !matches!(outcome, Outcome::Paused) {
                     return outcome;
                 }
@@ -201,7 +240,12 @@ impl WasmChain {
         };
         if let Some(state) = instance.stream_state_mut(stream) {
             match phase {
-                Phase::RequestHeaders => *headers = std::mem::take(&mut state.request_headers),
+                // Envoy's context holds the request headers only during this callback (properties such as
+                // `request.path` are NotFound in response callbacks) and again in the access-log phase.
+                Phase::RequestHeaders => {
+                    state.logged_request_headers = Some(state.request_headers.clone());
+                    *headers = std::mem::take(&mut state.request_headers);
+                }
                 Phase::ResponseHeaders => *headers = std::mem::take(&mut state.response_headers),
             }
         }
@@ -218,6 +262,9 @@ impl WasmChain {
         if let Some(reply) = state.effects.local_reply.take() {
             return Some(Outcome::LocalReply(reply));
         }
+        if state.effects.take_close() {
+            return Some(Outcome::Reset);
+        }
         if state.effects.take_route_cache_clear() {
             *clear_route_cache = true;
         }
@@ -228,7 +275,12 @@ impl WasmChain {
             };
             if !resumed {
                 // Keep the paused filter's view of the headers: it may still change them before continuing.
-                state.request_headers = headers.clone();
+                match phase {
+                    Phase::RequestHeaders => state.request_headers = headers.clone(),
+                    Phase::ResponseHeaders => state.response_headers = headers.clone(),
+                }
+                drop(instance);
+                self.paused.push(phase);
                 return Some(Outcome::Paused);
             }
         }
@@ -237,7 +289,12 @@ impl WasmChain {
 
     /// After a pause: has the filter resumed (`proxy_continue_stream`), replied, or failed meanwhile? The headers
     /// it may have changed while paused are taken back into `headers`.
-    pub fn resumed(&mut self, index: usize, headers: &mut HeaderMap) -> Option<Outcome> {
+    pub fn resumed(
+        &mut self,
+        index: usize,
+        phase: Phase,
+        headers: &mut HeaderMap,
+    ) -> Option<Outcome> {
         let member = self.members.get(index)?;
         if member.state == MemberState::Failed {
             return Some(Outcome::Failed(EnvoyReply::wasm_failed()));
@@ -260,8 +317,18 @@ impl WasmChain {
         if let Some(reply) = state.effects.local_reply.take() {
             return Some(Outcome::LocalReply(reply));
         }
-        if std::mem::take(&mut state.effects.continue_request) {
-            *headers = std::mem::take(&mut state.request_headers);
+        let resumed = match phase {
+            Phase::RequestHeaders => std::mem::take(&mut state.effects.continue_request),
+            Phase::ResponseHeaders => std::mem::take(&mut state.effects.continue_response),
+        };
+        if resumed {
+            *headers = match phase {
+                Phase::RequestHeaders => {
+                    state.logged_request_headers = Some(state.request_headers.clone());
+                    std::mem::take(&mut state.request_headers)
+                }
+                Phase::ResponseHeaders => std::mem::take(&mut state.response_headers),
+            };
             let clear_route_cache = state.effects.take_route_cache_clear();
             return Some(Outcome::Continue { clear_route_cache });
         }
@@ -273,6 +340,11 @@ impl WasmChain {
         if let Some(member) = self.members.get(index) {
             super::calls::dispatch(&self.worker, member.slot);
         }
+    }
+
+    /// The request headers as they go upstream (the router's additions included): what the access-log phase sees.
+    pub fn note_final_request_headers(&mut self, headers: &HeaderMap) {
+        self.for_each_state(|state| state.logged_request_headers = Some(headers.clone()));
     }
 
     /// Sets `xds.cluster_name` on every context of the chain, once the router picked the cluster.
@@ -324,6 +396,9 @@ impl WasmChain {
             let Some(state) = instance.stream_state_mut(stream) else {
                 continue;
             };
+            if state.effects.take_close() {
+                return Err(Outcome::Reset);
+            }
             if let Some(reply) = state.effects.local_reply.take() {
                 return Err(Outcome::LocalReply(reply));
             }
@@ -359,6 +434,22 @@ impl WasmChain {
         code: Option<u16>,
         details: &str,
     ) {
+        self.finish_stream(response_headers, code, details, false);
+    }
+
+    /// [`finish`](Self::finish) for a stream a filter reset: Envoy logs it before it destroys the filters, so
+    /// `proxy_on_log` comes before `proxy_on_done` (measured with the ABI fuzzer).
+    pub fn finish_reset(&mut self, details: &str) {
+        self.finish_stream(None, None, details, true);
+    }
+
+    fn finish_stream(
+        &mut self,
+        response_headers: Option<&HeaderMap>,
+        code: Option<u16>,
+        details: &str,
+        log_first: bool,
+    ) {
         if self.finished {
             return;
         }
@@ -383,7 +474,12 @@ impl WasmChain {
                 }
                 state.properties.set_response_code_details(details);
             }
-            if let Err(error) = instance.finish_stream(stream) {
+            let ended = if log_first {
+                instance.finish_reset_stream(stream)
+            } else {
+                instance.finish_stream(stream)
+            };
+            if let Err(error) = ended {
                 tracing::warn!(plugin = %self.worker.shared.plugins[member.slot].name, %error, "wasm stream end failed");
             }
         }

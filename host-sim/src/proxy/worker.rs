@@ -140,6 +140,7 @@ impl Generation {
         });
         for slot in 0..shared.plugins.len() {
             tokio::task::spawn_local(tick_loop(Rc::downgrade(&worker), slot));
+            tokio::task::spawn_local(async_work_loop(Rc::downgrade(&worker), slot));
         }
         let accepting = listeners
             .into_iter()
@@ -251,6 +252,38 @@ fn http1_settings(
                 .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT),
         );
     builder
+}
+
+/// The plugin's asynchronous work on this worker: an http call is sent as soon as the guest makes it, whatever the
+/// callback (a stream's `on_log`, a root's tick; Envoy's callouts belong to the root context and outlive the
+/// stream), and `proxy_on_queue_ready` runs soon after an enqueue on a queue its VM registered, as Envoy posts it to
+/// the registering VM's dispatcher (cpp-host `SharedQueue::enqueue`). The signals are read again each round: a
+/// reloaded VM has new ones.
+async fn async_work_loop(worker: Weak<Worker>, slot: usize) {
+    loop {
+        let Some((inbox, calls)) = worker.upgrade().map(|worker| {
+            let plugin = worker.plugin(slot).borrow();
+            (plugin.queue_inbox(), plugin.calls_dispatched())
+        }) else {
+            return;
+        };
+        tokio::select! {
+            _ = inbox.arrived() => {}
+            _ = calls.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+        let Some(worker) = worker.upgrade() else {
+            return;
+        };
+        if worker.plugin(slot).borrow().has_queue_ready() {
+            let result = worker.plugin(slot).borrow_mut().deliver_queue_ready();
+            if let Err(error) = result {
+                tracing::warn!(plugin = %worker.shared.plugins[slot].name, %error, "proxy_on_queue_ready failed");
+            }
+        }
+        super::calls::dispatch(&worker, slot);
+        worker.wasm_progress.notify_waiters();
+    }
 }
 
 /// Delivers `proxy_on_tick` at the period the plugin asked for (it may change or stop it at any time), for as long

@@ -12,11 +12,19 @@ use crate::types::Status;
 #[derive(Debug, Default)]
 pub struct QueueInbox {
     ready: Mutex<Vec<(u32, u32)>>,
+    /// Wakes the owning worker's event loop (an enqueue may come from any thread).
+    arrived: tokio::sync::Notify,
 }
 
 impl QueueInbox {
     pub(crate) fn push(&self, root_context: u32, token: u32) {
         lock(&self.ready).push((root_context, token));
+        self.arrived.notify_one();
+    }
+
+    /// Resolves once something was pushed since the last wait (or is waiting already).
+    pub async fn arrived(&self) {
+        self.arrived.notified().await;
     }
 
     pub(crate) fn drain(&self) -> Vec<(u32, u32)> {
@@ -56,7 +64,8 @@ impl SharedQueues {
         Self::default()
     }
 
-    /// Registers (or re-finds) the queue; the first registrant receives the notifications.
+    /// Registers (or re-finds) the queue. The last registrant receives the notifications: cpp-host
+    /// `SharedQueue::registerQueue` keeps the token and items and overwrites the subscriber.
     pub(crate) fn register(
         &self,
         vm_id: &str,
@@ -66,8 +75,12 @@ impl SharedQueues {
     ) -> u32 {
         let mut inner = lock(&self.inner);
         let key = (vm_id.to_string(), name.to_vec());
-        if let Some(token) = inner.by_name.get(&key) {
-            return *token;
+        if let Some(token) = inner.by_name.get(&key).copied() {
+            if let Some(queue) = inner.queues.get_mut(&token) {
+                queue.owner_root = owner_root;
+                queue.owner = owner.clone();
+            }
+            return token;
         }
         inner.next_token = inner.next_token.checked_add(1).unwrap_or(1);
         let token = inner.next_token;

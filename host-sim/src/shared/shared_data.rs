@@ -28,13 +28,14 @@ impl SharedData {
             .ok_or(Status::NotFound)
     }
 
-    /// Stores `value`. A non-zero `cas` must match the current token, else `CasMismatch`
-    /// (also when the key does not exist yet, as the C++ host does).
+    /// Stores `value`. For a key that exists, a non-zero `cas` must match its token, else
+    /// `CasMismatch`; a new key is stored whatever the `cas` (cpp-host `SharedData::set`, found
+    /// by the ABI fuzzer).
     pub fn set(&self, vm_id: &str, key: &[u8], value: &[u8], cas: u32) -> Result<(), Status> {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let slot = (vm_id.to_string(), key.to_vec());
         let current = entries.get(&slot).map(|(_, c)| *c);
-        if cas != 0 && current != Some(cas) {
+        if cas != 0 && current.is_some_and(|c| c != cas) {
             return Err(Status::CasMismatch);
         }
         let next = {
@@ -45,5 +46,24 @@ impl SharedData {
         };
         entries.insert(slot, (value.to_vec(), next));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_key_takes_any_cas_and_an_existing_one_only_its_own() {
+        let data = SharedData::new();
+        data.set("vm", b"k", b"a", 7).expect("a new key: any cas");
+        let (_, cas) = data.get("vm", b"k").expect("stored");
+        assert_eq!(
+            data.set("vm", b"k", b"b", cas + 1),
+            Err(Status::CasMismatch)
+        );
+        data.set("vm", b"k", b"b", cas).expect("its own cas");
+        data.set("vm", b"k", b"c", 0).expect("no cas");
+        assert_eq!(data.get("vm", b"k").map(|(v, _)| v), Ok(b"c".to_vec()));
     }
 }

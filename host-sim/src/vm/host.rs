@@ -70,10 +70,15 @@ pub(crate) struct HostState {
     pub call_response: Option<HttpCallResponse>,
     pub pending_calls: BTreeMap<u32, HttpCallRequest>,
     pub dispatched: Vec<HttpCallRequest>,
+    /// Woken when a call joins `dispatched`: the worker sends it whatever callback made it.
+    pub calls_dispatched: Arc<tokio::sync::Notify>,
+    /// `declare_property` names, per context that declared them.
+    pub declared_properties: std::collections::HashSet<(u32, String)>,
     pub next_call_token: u32,
     pub tick_period_ms: u32,
     pub metric_ids: HashMap<u32, Arc<Metric>>,
-    pub next_metric_seq: u32,
+    /// Per metric kind (counter, gauge, histogram): how many were defined.
+    pub next_metric_seq: [u32; 3],
     pub logs: Vec<LogRecord>,
     /// Warn-or-worse lines logged while the plugin starts, to explain a refusal.
     pub boot_log: Vec<LogRecord>,
@@ -116,10 +121,12 @@ impl HostState {
             call_response: None,
             pending_calls: BTreeMap::new(),
             dispatched: Vec::new(),
+            calls_dispatched: Arc::new(tokio::sync::Notify::new()),
+            declared_properties: std::collections::HashSet::new(),
             next_call_token: 0,
             tick_period_ms: 0,
             metric_ids: HashMap::new(),
-            next_metric_seq: 0,
+            next_metric_seq: [0; 3],
             logs: Vec::new(),
             boot_log: Vec::new(),
             booting: true,

@@ -569,15 +569,24 @@ impl PluginInstance {
     /// Returns the stream's final state. On a failed VM nothing runs in the guest (Envoy does
     /// not call into a failed VM); the stream's state is released all the same.
     pub fn finish_stream(&mut self, s: HttpStream) -> Result<StreamState, CallbackError> {
+        self.end_stream(s, false)
+    }
+
+    /// [`finish_stream`](Self::finish_stream) for a stream that was reset (a filter closed it): Envoy logs such a
+    /// stream before it destroys the filters, so `proxy_on_log` runs before `proxy_on_done`.
+    pub fn finish_reset_stream(&mut self, s: HttpStream) -> Result<StreamState, CallbackError> {
+        self.end_stream(s, true)
+    }
+
+    fn end_stream(&mut self, s: HttpStream, log_first: bool) -> Result<StreamState, CallbackError> {
         if self.failed.is_some() && s.generation == self.generation {
             return self
                 .forget_stream(s.id)
                 .ok_or(CallbackError::UnknownStream(s.id));
         }
         self.check(s)?;
-        if let Some(f) = self.exports.on_done.clone() {
-            self.invoke(s.id, &f, s.id)
-                .map_err(Self::trap("proxy_on_done"))?;
+        if !log_first {
+            self.stream_done(s)?;
         }
         if let Some(a) = self.access(s) {
             *a = Access {
@@ -585,12 +594,23 @@ impl PluginInstance {
                 ..Access::default()
             };
         }
+        // The access-log phase sees the request headers again (Envoy's `Context::log` gets them).
+        if let Some(state) = self.store.data_mut().streams.get_mut(&s.id) {
+            if let Some(logged) = state.logged_request_headers.take() {
+                if state.request_headers.is_empty() {
+                    state.request_headers = logged;
+                }
+            }
+        }
         if let Some(f) = self.exports.on_log.clone() {
             self.invoke(s.id, &f, s.id)
                 .map_err(Self::trap("proxy_on_log"))?;
         }
         if let Some(a) = self.access(s) {
             *a = Access::default();
+        }
+        if log_first {
+            self.stream_done(s)?;
         }
         if let Some(f) = self.exports.on_delete.clone() {
             self.invoke(s.id, &f, s.id)
@@ -600,11 +620,23 @@ impl PluginInstance {
             .ok_or(CallbackError::UnknownStream(s.id))
     }
 
+    fn stream_done(&mut self, s: HttpStream) -> Result<(), CallbackError> {
+        if let Some(f) = self.exports.on_done.clone() {
+            self.invoke(s.id, &f, s.id)
+                .map_err(Self::trap("proxy_on_done"))?;
+        }
+        Ok(())
+    }
+
     /// Drops a stream's state and bookkeeping.
     fn forget_stream(&mut self, id: u32) -> Option<StreamState> {
         self.request_body_buffering.remove(&id);
         self.response_body_buffering.remove(&id);
         let state = self.store.data_mut().streams.remove(&id);
+        self.store
+            .data_mut()
+            .declared_properties
+            .retain(|(context, _)| *context != id);
         if state.is_some() {
             self.factory.shared.live_streams.closed(1);
         }
@@ -713,6 +745,16 @@ impl PluginInstance {
     /// True when some queue registered by this instance has items to announce.
     pub fn has_queue_ready(&self) -> bool {
         !self.store.data().inbox.is_empty()
+    }
+
+    /// Where this instance's queue notifications land; its `arrived()` wakes an event loop.
+    pub fn queue_inbox(&self) -> std::sync::Arc<crate::shared::queues::QueueInbox> {
+        self.store.data().inbox.clone()
+    }
+
+    /// Woken whenever the guest makes an http call (in any callback, root or stream).
+    pub fn calls_dispatched(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.store.data().calls_dispatched.clone()
     }
 
     /// Shuts the root context down: `proxy_on_done(root)`; if it returns true (or the

@@ -84,6 +84,29 @@ fn shape() -> impl Strategy<Value = Shape> {
         })
 }
 
+/// Calls Envoy 1.40 itself does not survive, never generated (host-sim/ABI.md lists them; each measured as a
+/// segmentation fault of the release build).
+pub fn crashes_envoy(step: &Step) -> bool {
+    match step.call {
+        // proxy_send_local_response or proxy_close_stream once the stream is being logged or destroyed.
+        Call::SendLocalResponse | Call::CloseStream => {
+            matches!(step.phase, Phase::Log | Phase::Done)
+        }
+        // proxy_continue_stream(Response) before there is a response to continue.
+        Call::ContinueStream => {
+            step.int(0) == 1
+                && matches!(
+                    step.phase,
+                    Phase::RequestHeaders
+                        | Phase::RequestBody
+                        | Phase::RequestTrailers
+                        | Phase::HttpCallResponse
+                )
+        }
+        _ => false,
+    }
+}
+
 fn step(phase: BoxedStrategy<Phase>) -> impl Strategy<Value = Step> {
     (phase, select(Call::ALL.to_vec()))
         .prop_flat_map(|(phase, call)| {
@@ -101,6 +124,7 @@ fn step(phase: BoxedStrategy<Phase>) -> impl Strategy<Value = Step> {
             bufs,
             bad_pointer,
         })
+        .prop_filter("Envoy crashes on it", |step| !crashes_envoy(step))
 }
 
 type Args = (Vec<u64>, Vec<Vec<u8>>);
@@ -195,7 +219,9 @@ fn args(call: Call) -> BoxedStrategy<Args> {
             .boxed(),
         Call::GrpcCall | Call::GrpcStream => (
             select(vec![0u64, 1000]),
-            select(vec![b"echo".to_vec(), Vec::new()]),
+            // Never empty: an empty service parses as an empty GrpcService proto, which aborts
+            // Envoy 1.40 (PANIC_DUE_TO_PROTO_UNSET in Context::grpcCall); see host-sim/ABI.md.
+            select(vec![b"echo".to_vec(), b"no_such_cluster".to_vec()]),
             select(vec![b"svc.Service".to_vec(), Vec::new()]),
             select(vec![b"Method".to_vec(), Vec::new()]),
             pairs_bytes(),

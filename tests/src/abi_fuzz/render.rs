@@ -57,7 +57,7 @@ impl Masks<'_> {
     fn text(&self, text: &str) -> String {
         let mut out = uuid().replace_all(text, "<uuid>").into_owned();
         for port in self.own_ports {
-            out = out.replace(&port.to_string(), "<port>");
+            out = replace_word(&out, &port.to_string(), "<port>");
         }
         out
     }
@@ -97,7 +97,9 @@ impl Masks<'_> {
             .iter()
             .map(|(k, v)| {
                 let name = String::from_utf8_lossy(k);
-                let value = if VOLATILE_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+                let lower = name.to_ascii_lowercase();
+                // `server` names the proxy (documented: abi_fuzz_server_header_names_host_sim).
+                let value = if VOLATILE_HEADERS.contains(&lower.as_str()) || lower == "server" {
                     "<masked>".to_string()
                 } else {
                     self.bytes(v)
@@ -107,6 +109,26 @@ impl Masks<'_> {
             .collect();
         format!("pairs[{}]", shown.join(", "))
     }
+}
+
+/// Replaces `word` where it stands alone (not inside a longer run of letters and digits, such as
+/// the hex of a program).
+fn replace_word(text: &str, word: &str, with: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut before: Option<char> = None;
+    while let Some(at) = rest.find(word) {
+        let prev = rest[..at].chars().next_back().or(before);
+        let next = rest[at + word.len()..].chars().next();
+        let alone = !prev.is_some_and(|c| c.is_ascii_alphanumeric())
+            && !next.is_some_and(|c| c.is_ascii_alphanumeric());
+        out.push_str(&rest[..at]);
+        out.push_str(if alone { with } else { word });
+        before = word.chars().next_back();
+        rest = &rest[at + word.len()..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn step_data(call: Call, step_path: Option<&[u8]>, data: &[u8], masks: &Masks<'_>) -> String {
@@ -130,6 +152,16 @@ fn step_data(call: Call, step_path: Option<&[u8]>, data: &[u8], masks: &Masks<'_
     }
     if call == Call::GetCurrentTimeNanoseconds {
         return "<clock>".into();
+    }
+    // zlib implementations may encode the same data differently (Envoy links zlib-ng): compare
+    // what the stream decodes to.
+    if call == Call::CallForeignFunction && step_path == Some(b"compress".as_slice()) {
+        use std::io::Read;
+        let mut decoded = Vec::new();
+        return match flate2::read::ZlibDecoder::new(data).read_to_end(&mut decoded) {
+            Ok(_) => format!("zlib({})", masks.bytes(&decoded)),
+            Err(_) => format!("not zlib: {}", masks.bytes(data)),
+        };
     }
     masks.bytes(data)
 }
@@ -262,4 +294,17 @@ fn response_body(r: &Response, masks: &Masks<'_>) -> String {
         }
     }
     masks.bytes(&r.body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replace_word;
+
+    #[test]
+    fn ports_are_masked_only_where_they_stand_alone() {
+        assert_eq!(
+            replace_word("127.0.0.1:5000 a5000 50001 x:5000", "5000", "<p>"),
+            "127.0.0.1:<p> a5000 50001 x:<p>"
+        );
+    }
 }

@@ -10,6 +10,10 @@ use super::run::{Divergence, FuzzResult};
 /// A step's arguments as a reader wants them: references by name, bytes as text or hex.
 pub fn describe_program(d: &Divergence) -> String {
     let mut out = String::new();
+    if !d.startup.steps.is_empty() && d.program.id != d.startup.id {
+        out.push_str("after the startup program:\n");
+        out.push_str(&describe_steps(&d.startup));
+    }
     if let Some(shape) = &d.shape {
         let _ = writeln!(
             out,
@@ -23,7 +27,13 @@ pub fn describe_program(d: &Divergence) -> String {
             shape.trailers
         );
     }
-    for (i, step) in d.program.steps.iter().enumerate() {
+    out.push_str(&describe_steps(&d.program));
+    out
+}
+
+fn describe_steps(program: &abi_fuzz::program::Program) -> String {
+    let mut out = String::new();
+    for (i, step) in program.steps.iter().enumerate() {
         let ints: Vec<String> = step
             .ints
             .iter()
@@ -63,6 +73,13 @@ pub fn describe_divergence(d: &Divergence) -> String {
         d.program.id,
         describe_program(d)
     );
+    if let Some(shape) = &d.shape {
+        let _ = writeln!(
+            out,
+            "  replay: DFP_ABI_FUZZ_REPLAY='{}'",
+            super::run::replay_text(&d.program, shape)
+        );
+    }
     for diff in &d.diffs {
         let _ = writeln!(
             out,

@@ -43,6 +43,53 @@ pub struct Config {
     pub seed: u64,
     /// The proxies restart with a new startup program this many times over the run.
     pub epochs: usize,
+    /// Run only this program (as [`replay_text`] prints it), after an empty startup program.
+    pub replay: Option<String>,
+}
+
+/// A program and its request as one line: `METHOD PATH BODY_LEN TRAILERS HEX` (BODY_LEN `-` for none), what a
+/// divergence report prints and `DFP_ABI_FUZZ_REPLAY` takes.
+pub fn replay_text(program: &Program, shape: &Shape) -> String {
+    format!(
+        "{} {} {} {} {}",
+        shape.method,
+        shape.path,
+        shape
+            .body
+            .as_ref()
+            .map_or("-".to_string(), |b| b.len().to_string()),
+        u8::from(shape.trailers),
+        program::to_hex(&program.encode())
+    )
+}
+
+fn parse_replay(text: &str) -> anyhow::Result<(Program, Shape)> {
+    let parts: Vec<&str> = text.split_whitespace().collect();
+    let [method, path, body, trailers, hex] = parts.as_slice() else {
+        anyhow::bail!(
+            "DFP_ABI_FUZZ_REPLAY: want `METHOD PATH BODY_LEN TRAILERS HEX`, got {text:?}"
+        );
+    };
+    let leak = |s: &str| -> &'static str { Box::leak(s.to_string().into_boxed_str()) };
+    let body = match *body {
+        "-" => None,
+        n => Some(
+            b"hello world body"
+                .iter()
+                .copied()
+                .cycle()
+                .take(n.parse()?)
+                .collect(),
+        ),
+    };
+    let program = Program::decode(&program::from_hex(hex.as_bytes())?)?;
+    let shape = Shape {
+        method: leak(method),
+        path: leak(path),
+        trailers: *trailers == "1",
+        body,
+    };
+    Ok((program, shape))
 }
 
 /// A program on which the proxies differed in a way no entry documents.
@@ -50,6 +97,8 @@ pub struct Config {
 pub struct Divergence {
     /// Index of the program in the run (its position in the seed's sequence).
     pub index: usize,
+    /// The startup program the proxies ran (in `on_vm_start` / `on_configure`) before it.
+    pub startup: Program,
     /// The minimal program found by shrinking (or the original, when not shrunk).
     pub program: Program,
     pub shape: Option<Shape>,
@@ -100,7 +149,8 @@ impl World {
         vars.insert("FUZZ_WASM".into(), self.wasm.to_string_lossy().into_owned());
         vars.insert("STARTUP".into(), program::to_hex(&startup.encode()));
         let yaml = template::render(&self.template, &vars)?;
-        let envoy = Envoy::start_with_workers(&yaml, 1).await?;
+        // The wasm component at info, host-sim's default: guests read it with proxy_get_log_level.
+        let envoy = Envoy::start_with(&yaml, 1, "wasm:info").await?;
         let host_sim = HostSim::start_with_workers(&yaml, 1)?;
         Ok(Proxies { envoy, host_sim })
     }
@@ -229,8 +279,9 @@ fn compare_outcomes(
     }
     let mut unexplained = Vec::new();
     let mut accepted = Vec::new();
+    let case = case_id(program);
     for d in diffs {
-        match world.documented.iter().find(|doc| doc.accepts(CASE_ID, &d)) {
+        match world.documented.iter().find(|doc| doc.accepts(&case, &d)) {
             Some(doc) => accepted.push((doc.id.clone(), d)),
             None => unexplained.push(d),
         }
@@ -246,6 +297,101 @@ async fn run_both(p: &Proxies, program: &Program, shape: Option<&Shape>) -> (Out
         run_on(&p.envoy, program, shape),
         run_on(&p.host_sim, program, shape)
     )
+}
+
+/// The case id differences.yaml entries match: `abi-fuzz`, followed by `/` and the tags of what the program does
+/// that host-sim cannot put on the wire as Envoy does (each tag's entries say why):
+/// - `unwritable-header`: a header name that is not an HTTP token (empty, non-ASCII) into a map that is sent, or a
+///   `:method` / `:path` hyper cannot put on a request line;
+/// - `unwritable-status`: a local reply with a status below 200 or above 999;
+/// - `continue-unpaused`: `proxy_continue_stream` for a stream that did not pause;
+/// - `framing-header`: a filter writes a header hyper frames itself (`transfer-encoding`, `connection`, ...);
+/// - `status-header`: a local reply whose extra headers include `:status`.
+pub fn case_id(program: &Program) -> String {
+    let mut tags = Vec::new();
+    let sent_map = |map: u64| map <= 3;
+    let bad_name = |name: &[u8]| {
+        hyper::header::HeaderName::from_bytes(&name.to_ascii_lowercase()).is_err()
+            && name.first() != Some(&b':')
+    };
+    let pairs_have_bad_name = |bytes: &[u8]| {
+        program::parse_pairs(bytes).is_some_and(|pairs| pairs.iter().any(|(k, _)| bad_name(k)))
+    };
+    // A request line hyper cannot write: a `:method` that is not a token, a `:path` that is not a URI.
+    let bad_request_line = |name: &[u8], value: &[u8]| match name.to_ascii_lowercase().as_slice() {
+        b":method" => hyper::Method::from_bytes(value).is_err(),
+        b":path" => std::str::from_utf8(value)
+            .ok()
+            .and_then(|v| v.parse::<hyper::Uri>().ok())
+            .is_none(),
+        _ => false,
+    };
+    let unwritable_header = program.steps.iter().any(|s| match s.call {
+        Call::AddHeaderMapValue | Call::ReplaceHeaderMapValue => {
+            sent_map(s.int(0))
+                && (bad_name(s.buf(0)) || (s.int(0) == 0 && bad_request_line(s.buf(0), s.buf(1))))
+        }
+        Call::SetHeaderMapPairs => {
+            sent_map(s.int(0))
+                && (pairs_have_bad_name(s.buf(0))
+                    || (s.int(0) == 0
+                        && program::parse_pairs(s.buf(0)).is_some_and(|pairs| {
+                            pairs.iter().any(|(k, v)| bad_request_line(k, v))
+                        })))
+        }
+        Call::SendLocalResponse => pairs_have_bad_name(s.buf(2)),
+        _ => false,
+    });
+    if unwritable_header {
+        tags.push("unwritable-header");
+    }
+    if program
+        .steps
+        .iter()
+        .any(|s| s.call == Call::SendLocalResponse && !(200..=999).contains(&s.int(0)))
+    {
+        tags.push("unwritable-status");
+    }
+    // Headers hyper frames and manages itself, whatever a filter wrote there.
+    let framing = |name: &[u8]| {
+        [
+            &b"transfer-encoding"[..],
+            b"connection",
+            b"upgrade",
+            b"keep-alive",
+            b"proxy-connection",
+            b"te",
+        ]
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h))
+    };
+    let pairs_have = |bytes: &[u8], f: &dyn Fn(&[u8]) -> bool| {
+        program::parse_pairs(bytes).is_some_and(|pairs| pairs.iter().any(|(k, _)| f(k)))
+    };
+    if program.steps.iter().any(|s| match s.call {
+        Call::AddHeaderMapValue | Call::ReplaceHeaderMapValue => {
+            sent_map(s.int(0)) && framing(s.buf(0))
+        }
+        Call::SetHeaderMapPairs => sent_map(s.int(0)) && pairs_have(s.buf(0), &framing),
+        _ => false,
+    }) {
+        tags.push("framing-header");
+    }
+    if program.steps.iter().any(|s| {
+        s.call == Call::SendLocalResponse && pairs_have(s.buf(2), &|k: &[u8]| k == b":status")
+    }) {
+        tags.push("status-header");
+    }
+    if program.steps.iter().any(|s| {
+        s.call == Call::ContinueStream && s.int(0) <= 1 && s.phase != Phase::HttpCallResponse
+    }) {
+        tags.push("continue-unpaused");
+    }
+    if tags.is_empty() {
+        CASE_ID.to_string()
+    } else {
+        format!("{CASE_ID}/{}", tags.join("+"))
+    }
 }
 
 /// Whether either proxy's guest stopped answering (its VM failed): later programs would all
@@ -283,6 +429,33 @@ pub async fn run(config: &Config) -> anyhow::Result<FuzzResult> {
         seed: config.seed,
         ..FuzzResult::default()
     };
+    if let Some(text) = &config.replay {
+        let (program, shape) = parse_replay(text)?;
+        let startup = Program::default();
+        let proxies = world.start_proxies(&startup).await?;
+        let (e, h) = run_both(&proxies, &program, Some(&shape)).await;
+        let unexplained = note_outcome(&world, &mut result, &program, &e, &h);
+        println!(
+            "envoy:    {:#?}\nhost-sim: {:#?}",
+            render::fields(&program, &e),
+            render::fields(&program, &h)
+        );
+        if broken(&e) {
+            report_crash(&proxies.envoy);
+        }
+        if !unexplained.is_empty() {
+            result.divergences.push(Divergence {
+                index: 0,
+                startup,
+                program,
+                shape: Some(shape),
+                diffs: unexplained,
+            });
+        }
+        result.programs = 1;
+        result.elapsed = started.elapsed();
+        return Ok(result);
+    }
     let per_epoch = config.programs.div_ceil(config.epochs.max(1)).max(1);
     let mut next_id: u32 = 1;
     let mut index = 0;
@@ -300,6 +473,7 @@ pub async fn run(config: &Config) -> anyhow::Result<FuzzResult> {
         if !unexplained.is_empty() {
             result.divergences.push(Divergence {
                 index,
+                startup: startup.clone(),
                 program: startup.clone(),
                 shape: None,
                 diffs: unexplained,
@@ -319,6 +493,13 @@ pub async fn run(config: &Config) -> anyhow::Result<FuzzResult> {
             let (e, h) = run_both(&proxies, &program, Some(&case.shape)).await;
             let unexplained = note_outcome(&world, &mut result, &program, &e, &h);
             let mut restart = broken(&e) || broken(&h);
+            if restart {
+                eprintln!(
+                    "abi fuzz: program {index} broke {}: DFP_ABI_FUZZ_REPLAY='{}'",
+                    if broken(&e) { "Envoy" } else { "host-sim" },
+                    replay_text(&program, &case.shape)
+                );
+            }
             if !unexplained.is_empty() {
                 if result.divergences.len() < SHRUNK_DIVERGENCES {
                     if restart {
@@ -327,6 +508,7 @@ pub async fn run(config: &Config) -> anyhow::Result<FuzzResult> {
                     }
                     let found = Divergence {
                         index,
+                        startup: startup.clone(),
                         program: program.clone(),
                         shape: Some(case.shape.clone()),
                         diffs: unexplained,
@@ -363,9 +545,28 @@ async fn restart_proxies(
     old: Proxies,
     startup: &Program,
 ) -> anyhow::Result<Proxies> {
+    report_crash(&old.envoy);
     drop(old);
     result.restarts += 1;
     world.start_proxies(startup).await
+}
+
+/// Says why Envoy stopped answering, if its log says: a crash is a finding of its own (the generator must then
+/// avoid that call, and host-sim/ABI.md name it).
+fn report_crash(envoy: &Envoy) {
+    let crash: Vec<String> = envoy
+        .log()
+        .lines()
+        .filter(|l| l.contains("[critical]") || l.contains("Caught") || l.contains("assert"))
+        .take(12)
+        .map(str::to_string)
+        .collect();
+    if !crash.is_empty() {
+        eprintln!(
+            "abi fuzz: Envoy's log before the restart:\n{}",
+            crash.join("\n")
+        );
+    }
 }
 
 /// Compares one program's outcomes and updates the coverage; returns what is unexplained.
@@ -457,6 +658,7 @@ async fn shrink(
         } else {
             best = Divergence {
                 index: best.index,
+                startup: best.startup.clone(),
                 program,
                 shape: Some(candidate.shape),
                 diffs: compared.unexplained,

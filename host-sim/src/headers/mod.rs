@@ -1,5 +1,9 @@
-//! Header maps as Envoy keeps them (ordered, lower-case keys, repeated keys allowed) and the
-//! proxy-wasm "pairs" wire format used for maps, local-reply headers and map-typed properties.
+//! Header maps as Envoy keeps them (ordered, lower-case keys, repeated keys allowed, inline headers in one
+//! slot) and the proxy-wasm "pairs" wire format used for maps, local-reply headers and map-typed properties.
+
+mod inline;
+
+pub use inline::{is_inline, MapKind};
 
 /// An ordered header map. Keys are stored lower-cased, as Envoy's `LowerCaseString` does;
 /// values are raw bytes (Envoy does not require UTF-8 in values).
@@ -79,6 +83,38 @@ impl HeaderMap {
         }
     }
 
+    /// Envoy's `addCopy` into a map of `kind`: for an inline header that is set already the value is appended to
+    /// it after a `,` (an empty value changes nothing; an empty existing value takes it without the comma), any
+    /// other key gets an entry of its own ([`add`](Self::add)).
+    pub fn add_as(&mut self, kind: MapKind, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        let key = key.as_ref().to_ascii_lowercase();
+        let value = value.as_ref();
+        if is_inline(kind, &key) {
+            if let Some((_, existing)) = self.entries.iter_mut().find(|(k, _)| *k == key) {
+                if !value.is_empty() {
+                    if !existing.is_empty() {
+                        existing.push(b',');
+                    }
+                    existing.extend_from_slice(value);
+                }
+                return;
+            }
+        }
+        self.add(key, value);
+    }
+
+    /// A map of `kind` built from `pairs` with [`add_as`](Self::add_as), as Envoy builds one from a guest's pairs.
+    pub fn from_pairs_as<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+        kind: MapKind,
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.add_as(kind, k.as_ref(), v.as_ref());
+        }
+        map
+    }
+
     /// Replaces every value of `key` with one value (Envoy 1.40's `setCopy`: remove, then
     /// `addCopy`, so the header moves to the end of its block).
     pub fn replace(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
@@ -115,6 +151,12 @@ pub enum PairsError {
     TooManyEntries(u32),
     #[error("pairs buffer entry {0} runs past the end or lacks its NUL terminator")]
     BadEntry(usize),
+}
+
+/// The pairs a guest handed over, as cpp-host's `PairsUtil::toPairs` reads them: a buffer that is not a valid
+/// pairs encoding is no pairs at all (never an error), so the call goes on with an empty list.
+pub fn guest_pairs(buf: &[u8]) -> Pairs {
+    decode_pairs(buf).unwrap_or_default()
 }
 
 /// Encodes pairs: `u32 count`, `count × (u32 key_len, u32 value_len)`, then each key and value
