@@ -417,6 +417,18 @@ fn resolve_in(
     }
 }
 
+/// Envoy's `Grpc::Utility::httpToGrpcStatus`.
+fn http_to_grpc_status(http: u16) -> u32 {
+    match http {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    }
+}
+
 /// Attributes Envoy derives from the stream's headers, unless the proxy set them explicitly.
 fn derived(top: &str, rest: &[&[u8]], s: &StreamState) -> Result<Option<Vec<u8>>, Status> {
     let Ok(name) = std::str::from_utf8(rest[0]) else {
@@ -466,6 +478,27 @@ fn derived(top: &str, rest: &[&[u8]], s: &StreamState) -> Result<Option<Vec<u8>>
             + s.response_trailers.byte_size() as i64)),
         // host-sim sets no response flags (its access log prints `-`).
         ("response", "flags") => Some(int(0)),
+        // CEL's `response.grpc_status` (`Grpc::Common::getGrpcStatus(trailers, headers, info, true)`): the
+        // `grpc-status` trailer or header, else the HTTP status mapped as `Grpc::Utility::httpToGrpcStatus`.
+        ("response", "grpc_status") => {
+            let explicit = s
+                .response_trailers
+                .get_str("grpc-status")
+                .or_else(|| s.response_headers.get_str("grpc-status"))
+                .and_then(|v| v.parse::<i64>().ok());
+            let learned = match s.properties.lookup("response", "code").as_deref() {
+                Some(PropertyValue::Int(code)) => u16::try_from(*code).ok(),
+                _ => None,
+            };
+            let code = learned.or_else(|| {
+                s.response_headers
+                    .get_str(":status")
+                    .and_then(|v| v.parse::<u16>().ok())
+            });
+            explicit
+                .or_else(|| code.map(|c| i64::from(http_to_grpc_status(c))))
+                .map(int)
+        }
         // No retries: the router's one attempt starts when it has the upstream address.
         ("upstream", "request_attempt_count") => Some(int(i64::from(
             s.properties.lookup("upstream", "address").is_some(),

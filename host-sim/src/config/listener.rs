@@ -48,6 +48,9 @@ pub struct HttpConnectionManager {
     pub max_request_headers_kb: u32,
     /// `generate_request_id` (default true): add an `x-request-id` to requests that have none.
     pub generate_request_id: bool,
+    /// `server_name`: the `server` header of every response. Unset, host-sim writes `host-sim` where Envoy
+    /// writes `envoy`.
+    pub server_name: Option<String>,
 }
 
 /// `envoy.access_loggers.file`: a path and a text format of Envoy command operators.
@@ -228,8 +231,10 @@ fn parse_hcm(at: &At<'_>) -> Result<HttpConnectionManager, ConfigError> {
         .map(|g| g.bool())
         .transpose()?
         .unwrap_or(true);
+    let server_name = fields.opt("server_name").map(|n| n.string()).transpose()?;
     fields.finish()?;
     Ok(HttpConnectionManager {
+        server_name,
         stat_prefix,
         route_config,
         http_filters,

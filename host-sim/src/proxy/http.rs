@@ -131,6 +131,11 @@ pub(crate) async fn handle(
         );
         (codec_error || refused, codec_error)
     };
+    // Every response names the proxy (`ConnectionManagerUtility::mutateResponseHeaders`, OVERWRITE).
+    let server = exchange.server_name();
+    if let Ok(value) = hyper::header::HeaderValue::from_str(server) {
+        response.headers_mut().insert(hyper::header::SERVER, value);
+    }
     // A response before the whole request arrived ends an HTTP/1 connection (`ActiveStream::encodeHeaders`: the
     // last downstream byte not received; a direct_response or a filter's reply to a request with a body).
     let early = !connect && !exchange.request_complete.get();
@@ -181,6 +186,16 @@ struct Target {
 }
 
 impl Exchange<'_> {
+    /// The `server` header this listener writes: HCM `server_name`, or host-sim's own name.
+    fn server_name(&self) -> &str {
+        self.listener
+            .config
+            .http
+            .server_name
+            .as_deref()
+            .unwrap_or(SERVER_NAME)
+    }
+
     async fn run(
         &self,
         request: Request<Incoming>,
@@ -432,7 +447,7 @@ impl Exchange<'_> {
         let mut log = self.log.borrow_mut();
         log.deferred = true;
         let mut response = response.clone();
-        response.replace("server", SERVER_NAME);
+        response.replace("server", self.server_name());
         Some(super::access_log::PendingEntry {
             shared: self.worker.shared.clone(),
             listener: self.connection.listener,
@@ -636,7 +651,7 @@ impl Exchange<'_> {
             let mut chains: Vec<&mut WasmChain> = upstream.into_iter().collect();
             chains.push(downstream);
             for chain in chains {
-                chain.finish_reset(CLOSE_STREAM_DETAILS);
+                chain.finish(None, None, CLOSE_STREAM_DETAILS);
             }
             self.log.borrow_mut().details = Some(CLOSE_STREAM_DETAILS.to_string());
             return reset_response();
@@ -662,6 +677,16 @@ impl Exchange<'_> {
         chains.push(downstream);
         let mut through_filters = through_filters;
         let mut details = details;
+        // `sendLocalReply` records the details (and the code goes with the headers) before any encoder filter.
+        let code = headers.get_str(":status").and_then(|s| s.parse::<i64>().ok());
+        for chain in chains.iter_mut() {
+            chain.for_each_state(|state| {
+                state.properties.set_response_code_details(&details);
+                if let Some(code) = code {
+                    state.properties.set_response_code(code);
+                }
+            });
+        }
         for chain in chains.iter_mut() {
             if !through_filters {
                 break;
@@ -695,7 +720,7 @@ impl Exchange<'_> {
                     // A reply or failure once the reply's head is encoded: Envoy can only reset the stream.
                     Err(_) => {
                         for chain in chains.iter_mut() {
-                            chain.finish_reset(&details);
+                            chain.finish(None, None, &details);
                         }
                         self.log.borrow_mut().details = Some(details);
                         return reset_response();
@@ -719,7 +744,7 @@ impl Exchange<'_> {
         for name in RESPONSE_HOP_BY_HOP {
             headers.remove(name);
         }
-        headers.replace("server", SERVER_NAME);
+        headers.replace("server", self.server_name());
         for chain in chains.iter_mut() {
             chain.finish(Some(&headers), Some(status), &details);
         }
@@ -844,6 +869,20 @@ impl Exchange<'_> {
             response_headers.add_as(MapKind::ResponseHeaders, name.as_str(), value.as_bytes());
         }
         let end_of_stream = body.is_end_stream();
+        // The router records the upstream's status and `via_upstream` when the head arrives, before any response
+        // filter runs (`response.code`, `response.code_details` read so in on_response_headers).
+        {
+            let mut chains = chains.borrow_mut();
+            let status = i64::from(parts.status.as_u16());
+            for side in [Side::Upstream, Side::Downstream] {
+                chains.side(side).for_each_state(|state| {
+                    state
+                        .properties
+                        .set_response_code(status)
+                        .set_response_code_details("via_upstream");
+                });
+            }
+        }
         let mut outcome = self
             .response_headers_phase(
                 &chains,
@@ -889,12 +928,12 @@ impl Exchange<'_> {
             );
         }
         // Only when encoding to the client does the connection manager drop the hop-by-hop headers
-        // (`ConnectionManagerUtility::mutateResponseHeaders`; `server` is overwritten in `build_response`).
+        // (`ConnectionManagerUtility::mutateResponseHeaders`).
         for name in RESPONSE_HOP_BY_HOP {
             response_headers.remove(name);
         }
         // ... and sets `server`, which the filters' access-log phase then sees too.
-        response_headers.replace("server", SERVER_NAME);
+        response_headers.replace("server", self.server_name());
         // A filter may have changed `:status`; what goes to the client is what counts.
         let status = response_headers
             .get_str(":status")
@@ -1232,14 +1271,14 @@ fn upstream_request(
         .map_err(|_| EnvoyReply::bad_request("invalid_header_after_filters"))
 }
 
-/// Whether `:status` is what Envoy's `checkRequiredResponseHeaders` takes: a number (`Utility::getResponseStatusOrNullopt`).
+/// Whether the response still has the `:status` Envoy's `checkRequiredResponseHeaders` requires after the filters.
+/// (A present but malformed one, e.g. `200,v` after a filter added a second `:status`, is measured to pass in some
+/// paths and not in others; host-sim checks presence only, and the fuzzer's `status-header` tag documents the rest.)
 fn status_is_valid(headers: &HeaderMap) -> bool {
-    headers
-        .get_str(":status")
-        .is_some_and(|s| s.parse::<u64>().is_ok())
+    headers.get(":status").is_some()
 }
 
-/// The `server` header host-sim writes where Envoy writes `envoy` (server_header_transformation OVERWRITE).
+/// The `server` header host-sim writes without an HCM `server_name`, where Envoy writes `envoy`.
 const SERVER_NAME: &str = "host-sim";
 
 /// Envoy's response code details for a stream a filter closed (`CloseStreamDetails` in the wasm context).
@@ -1297,10 +1336,6 @@ fn build_response(headers: &HeaderMap, body: DownstreamBody) -> Response<Downstr
             _ => tracing::debug!("dropping a response header a filter set with invalid bytes"),
         }
     }
-    map.insert(
-        hyper::header::SERVER,
-        hyper::header::HeaderValue::from_static(SERVER_NAME),
-    );
     response
 }
 

@@ -259,6 +259,14 @@ impl WasmChain {
             }
         };
         let state = instance.stream_state_mut(stream)?;
+        if action.is_stop() {
+            // A filter that stopped keeps its view of the headers (Envoy's context drops its pointer to them
+            // only on Continue, `Context::decodeHeaders`): later callbacks, a local reply's included, read them.
+            match phase {
+                Phase::RequestHeaders => state.request_headers = headers.clone(),
+                Phase::ResponseHeaders => state.response_headers = headers.clone(),
+            }
+        }
         if let Some(reply) = state.effects.local_reply.take() {
             return Some(Outcome::LocalReply(reply));
         }
@@ -434,22 +442,6 @@ impl WasmChain {
         code: Option<u16>,
         details: &str,
     ) {
-        self.finish_stream(response_headers, code, details, false);
-    }
-
-    /// [`finish`](Self::finish) for a stream a filter reset: Envoy logs it before it destroys the filters, so
-    /// `proxy_on_log` comes before `proxy_on_done` (measured with the ABI fuzzer).
-    pub fn finish_reset(&mut self, details: &str) {
-        self.finish_stream(None, None, details, true);
-    }
-
-    fn finish_stream(
-        &mut self,
-        response_headers: Option<&HeaderMap>,
-        code: Option<u16>,
-        details: &str,
-        log_first: bool,
-    ) {
         if self.finished {
             return;
         }
@@ -474,12 +466,7 @@ impl WasmChain {
                 }
                 state.properties.set_response_code_details(details);
             }
-            let ended = if log_first {
-                instance.finish_reset_stream(stream)
-            } else {
-                instance.finish_stream(stream)
-            };
-            if let Err(error) = ended {
+            if let Err(error) = instance.finish_stream(stream) {
                 tracing::warn!(plugin = %self.worker.shared.plugins[member.slot].name, %error, "wasm stream end failed");
             }
         }

@@ -289,6 +289,10 @@ async fn async_work_loop(worker: Weak<Worker>, slot: usize) {
 /// Delivers `proxy_on_tick` at the period the plugin asked for (it may change or stop it at any time), for as long
 /// as anything still uses this generation's worker.
 async fn tick_loop(worker: Weak<Worker>, slot: usize) {
+    // The period is read again at least every 100 ms, so a plugin that shortens or stops a long one (it may set
+    // hours) is followed at once, as Envoy re-arms its timer whenever the period changes.
+    const RECHECK: Duration = Duration::from_millis(100);
+    let mut last_tick = tokio::time::Instant::now();
     loop {
         let Some(period) = worker
             .upgrade()
@@ -296,20 +300,26 @@ async fn tick_loop(worker: Weak<Worker>, slot: usize) {
         else {
             return;
         };
-        match period {
-            None => tokio::time::sleep(Duration::from_millis(100)).await,
-            Some(period) => {
-                tokio::time::sleep(period).await;
-                let Some(worker) = worker.upgrade() else {
-                    return;
-                };
-                let result = worker.plugin(slot).borrow_mut().tick();
-                if let Err(error) = result {
-                    tracing::warn!(plugin = %worker.shared.plugins[slot].name, %error, "proxy_on_tick failed");
-                }
-                super::calls::dispatch(&worker, slot);
-                worker.wasm_progress.notify_waiters();
-            }
+        let Some(period) = period else {
+            last_tick = tokio::time::Instant::now();
+            tokio::time::sleep(RECHECK).await;
+            continue;
+        };
+        let due = last_tick + period;
+        let now = tokio::time::Instant::now();
+        if now < due {
+            tokio::time::sleep((due - now).min(RECHECK)).await;
+            continue;
         }
+        last_tick = now;
+        let Some(worker) = worker.upgrade() else {
+            return;
+        };
+        let result = worker.plugin(slot).borrow_mut().tick();
+        if let Err(error) = result {
+            tracing::warn!(plugin = %worker.shared.plugins[slot].name, %error, "proxy_on_tick failed");
+        }
+        super::calls::dispatch(&worker, slot);
+        worker.wasm_progress.notify_waiters();
     }
 }

@@ -569,29 +569,21 @@ impl PluginInstance {
     /// Returns the stream's final state. On a failed VM nothing runs in the guest (Envoy does
     /// not call into a failed VM); the stream's state is released all the same.
     pub fn finish_stream(&mut self, s: HttpStream) -> Result<StreamState, CallbackError> {
-        self.end_stream(s, false)
-    }
-
-    /// [`finish_stream`](Self::finish_stream) for a stream that was reset (a filter closed it): Envoy logs such a
-    /// stream before it destroys the filters, so `proxy_on_log` runs before `proxy_on_done`.
-    pub fn finish_reset_stream(&mut self, s: HttpStream) -> Result<StreamState, CallbackError> {
-        self.end_stream(s, true)
-    }
-
-    fn end_stream(&mut self, s: HttpStream, log_first: bool) -> Result<StreamState, CallbackError> {
         if self.failed.is_some() && s.generation == self.generation {
             return self
                 .forget_stream(s.id)
                 .ok_or(CallbackError::UnknownStream(s.id));
         }
         self.check(s)?;
-        if !log_first {
-            self.stream_done(s)?;
-        }
+        // Envoy logs a stream, then destroys its filters (`ConnectionManagerImpl::doDeferredStreamDestroy`:
+        // `stream.log(...)`, then `destroyFilters()`): proxy_on_log, then proxy_on_done, then proxy_on_delete.
+        // Whatever a paused filter still held stays open in the log and done phases (Envoy's context keeps its map
+        // pointers until a Continue), besides the access-log view.
+        let held = self.access(s).map(|a| *a).unwrap_or_default();
         if let Some(a) = self.access(s) {
             *a = Access {
                 access_log: true,
-                ..Access::default()
+                ..held
             };
         }
         // The access-log phase sees the request headers again (Envoy's `Context::log` gets them).
@@ -607,11 +599,9 @@ impl PluginInstance {
                 .map_err(Self::trap("proxy_on_log"))?;
         }
         if let Some(a) = self.access(s) {
-            *a = Access::default();
+            *a = held;
         }
-        if log_first {
-            self.stream_done(s)?;
-        }
+        self.stream_done(s)?;
         if let Some(f) = self.exports.on_delete.clone() {
             self.invoke(s.id, &f, s.id)
                 .map_err(Self::trap("proxy_on_delete"))?;

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use abi_fuzz::program::{parse_pairs, Call, Program, Record, POINTER_SET, UNTOUCHED};
+use abi_fuzz::program::{parse_pairs, Call, Phase, Program, Record, POINTER_SET, UNTOUCHED};
 use regex::Regex;
 
 use crate::client::Response;
@@ -98,8 +98,7 @@ impl Masks<'_> {
             .map(|(k, v)| {
                 let name = String::from_utf8_lossy(k);
                 let lower = name.to_ascii_lowercase();
-                // `server` names the proxy (documented: abi_fuzz_server_header_names_host_sim).
-                let value = if VOLATILE_HEADERS.contains(&lower.as_str()) || lower == "server" {
+                let value = if VOLATILE_HEADERS.contains(&lower.as_str()) {
                     "<masked>".to_string()
                 } else {
                     self.bytes(v)
@@ -227,6 +226,18 @@ pub fn fields(program: &Program, outcome: &Outcome) -> Fields {
 
 fn record_field(program: &Program, record: &Record, masks: &Masks<'_>) -> (String, String) {
     match record {
+        // Http-call answers are told apart by their token (args[1]): two calls may be answered in either order.
+        Record::Callback {
+            phase: Phase::HttpCallResponse,
+            args,
+            returned,
+        } => (
+            format!(
+                "callback:on_http_call_response#token{}",
+                args.get(1).copied().unwrap_or_default()
+            ),
+            format!("args={args:?} returned={returned}"),
+        ),
         Record::Callback {
             phase,
             args,

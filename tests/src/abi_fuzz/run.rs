@@ -306,7 +306,10 @@ async fn run_both(p: &Proxies, program: &Program, shape: Option<&Shape>) -> (Out
 /// - `unwritable-status`: a local reply with a status below 200 or above 999;
 /// - `continue-unpaused`: `proxy_continue_stream` for a stream that did not pause;
 /// - `framing-header`: a filter writes a header hyper frames itself (`transfer-encoding`, `connection`, ...);
-/// - `status-header`: a local reply whose extra headers include `:status`.
+/// - `status-header`: a local reply whose extra headers include `:status`;
+/// - `upstream-local-address`: reads `upstream.local_address`;
+/// - `async`: has steps in a root phase or an http-call response (their place among the stream's callbacks is the
+///   event loop's).
 pub fn case_id(program: &Program) -> String {
     let mut tags = Vec::new();
     let sent_map = |map: u64| map <= 3;
@@ -386,6 +389,21 @@ pub fn case_id(program: &Program) -> String {
         s.call == Call::ContinueStream && s.int(0) <= 1 && s.phase != Phase::HttpCallResponse
     }) {
         tags.push("continue-unpaused");
+    }
+    if program
+        .steps
+        .iter()
+        .any(|s| s.call == Call::GetProperty && s.buf(0) == b"upstream\0local_address")
+    {
+        tags.push("upstream-local-address");
+    }
+    if program.steps.iter().any(|s| {
+        matches!(
+            s.phase,
+            Phase::Tick | Phase::QueueReady | Phase::HttpCallResponse
+        ) || s.call == Call::HttpCall
+    }) {
+        tags.push("async");
     }
     if tags.is_empty() {
         CASE_ID.to_string()
