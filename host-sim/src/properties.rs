@@ -363,6 +363,12 @@ pub(crate) fn resolve(
         _ => {}
     }
     if top == "xds" {
+        // Once a host is picked Envoy has its (empty) metadata message, which the wasm serialiser refuses.
+        if rest.first() == Some(&b"upstream_host_metadata".as_slice())
+            && stream.is_some_and(|s| s.properties.lookup("upstream", "address").is_some())
+        {
+            return Err(Status::SerializationFailure);
+        }
         return resolve_in(
             top,
             rest,

@@ -199,6 +199,9 @@ where
         let log = log.clone();
         async move {
             let (parts, body) = req.into_parts();
+            // `x-echo-close`: answer and close the connection, so nothing a client left on it (bytes past a
+            // content-length) reaches the next request.
+            let close = parts.headers.contains_key("x-echo-close");
             // A body that fails mid-way is recorded as what arrived before the failure.
             let body = body
                 .collect()
@@ -229,11 +232,14 @@ where
             };
             let json = serde_json::to_vec(&seen).unwrap_or_default();
             lock(&log.seen).push(seen);
-            let response = Response::builder()
+            let mut response = Response::builder()
                 .status(200)
                 .header("content-type", "application/json")
-                .header("x-echo-server", "1")
-                .body(Full::new(Bytes::from(json)));
+                .header("x-echo-server", "1");
+            if close {
+                response = response.header("connection", "close");
+            }
+            let response = response.body(Full::new(Bytes::from(json)));
             Ok::<_, Infallible>(response.unwrap_or_else(|_| Response::new(Full::default())))
         }
     });

@@ -39,8 +39,9 @@ fn kind_of(id: u32) -> Option<MetricKind> {
 }
 
 fn define(c: &mut C<'_>, kind: u32, np: u32, ns: u32, id_ptr: u32) -> HostResult {
-    let kind = MetricKind::from_raw(kind).ok_or(Status::BadArgument)?;
+    // cpp-host `define_metric` reads the name before Envoy's `defineMetric` looks at the type.
     let name = read(c, np, ns)?;
+    let kind = MetricKind::from_raw(kind).ok_or(Status::BadArgument)?;
     let name = String::from_utf8_lossy(&name).into_owned();
     let st = c.data_mut();
     let metric = st.shared.metrics.define(kind, &name);

@@ -86,9 +86,11 @@ fn continue_stream(st: &mut HostState, t: u32) -> Result<(), Status> {
         StreamType::Response => {
             if let Some(s) = st.stream_mut() {
                 s.effects.continue_response = true;
-                s.access.response_headers = false;
-                s.access.response_body = false;
-                s.access.response_trailers = false;
+                // Context::continueStream clears the request maps for either direction and keeps the response
+                // ones: a continued response's headers stay reachable (measured by the ABI fuzzer).
+                s.access.request_headers = false;
+                s.access.request_body = false;
+                s.access.request_trailers = false;
             }
             Ok(())
         }

@@ -109,6 +109,8 @@ pub(crate) struct FilteredRequest<B> {
     /// A filter paused the request headers: what arrived meanwhile goes on as one chunk (see [`StreamChains`]).
     held_by_pause: bool,
     gather: Gather,
+    /// Set once the request's last byte is in, before the filters hear of the end (see [`NotesEnd`]).
+    complete: Rc<std::cell::Cell<bool>>,
 }
 
 impl<B> FilteredRequest<B> {
@@ -129,11 +131,22 @@ impl<B> FilteredRequest<B> {
             done: false,
             failed: None,
             gather: Gather::default(),
+            complete: Rc::default(),
         }
+    }
+
+    /// Notes the request's end in `complete` as soon as it is known (a reply the end callback makes then finds the
+    /// request complete, as Envoy's codec marks it before `decodeData(buffer, true)`).
+    pub fn noting_end_in(mut self, complete: Rc<std::cell::Cell<bool>>) -> Self {
+        self.complete = complete;
+        self
     }
 
     /// Runs a chunk through the downstream, then the upstream filters; `None` while some filter buffers.
     fn filter_data(&mut self, data: &[u8], end_of_stream: bool) -> Result<Option<Vec<u8>>, Reply> {
+        if end_of_stream {
+            self.complete.set(true);
+        }
         self.held += data.len();
         let passed = {
             let mut chains = self.chains.borrow_mut();

@@ -678,7 +678,9 @@ impl Exchange<'_> {
         let mut through_filters = through_filters;
         let mut details = details;
         // `sendLocalReply` records the details (and the code goes with the headers) before any encoder filter.
-        let code = headers.get_str(":status").and_then(|s| s.parse::<i64>().ok());
+        let code = headers
+            .get_str(":status")
+            .and_then(|s| s.parse::<i64>().ok());
         for chain in chains.iter_mut() {
             chain.for_each_state(|state| {
                 state.properties.set_response_code_details(&details);
@@ -691,8 +693,15 @@ impl Exchange<'_> {
             if !through_filters {
                 break;
             }
-            if let Outcome::LocalReply(second) = chain.response_headers(&mut headers, end_of_stream)
-            {
+            let outcome = chain.response_headers(&mut headers, end_of_stream);
+            if matches!(outcome, Outcome::Reset) {
+                for chain in chains.iter_mut() {
+                    chain.finish(None, None, CLOSE_STREAM_DETAILS);
+                }
+                self.log.borrow_mut().details = Some(CLOSE_STREAM_DETAILS.to_string());
+                return reset_response();
+            }
+            if let Outcome::LocalReply(second) = outcome {
                 // A filter replied while a reply was going out: Envoy sends the second one, straight to the client
                 // (response headers exist now: `sendDirectLocalReply`), with its own body and no more callbacks.
                 headers = second.response_headers();
@@ -788,15 +797,15 @@ impl Exchange<'_> {
         let request_body: UpstreamBody = if filter_body {
             // The headers go up as they are, `content-length` included, as from Envoy: a filter that changes the
             // body's length removes it in its request-headers callback.
-            local_body(NotesEnd::new(
+            local_body(
                 FilteredRequest::new(
                     body,
                     chains.clone(),
                     early_reply.clone(),
                     self.listener.config.buffer_limit,
-                ),
-                self.request_complete.clone(),
-            ))
+                )
+                .noting_end_in(self.request_complete.clone()),
+            )
         } else {
             local_body(NotesEnd::new(
                 body.map_err(|error| Box::new(error) as BoxError),

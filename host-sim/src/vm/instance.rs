@@ -76,20 +76,17 @@ impl Phase {
         }
     }
 
-    /// Iteration continued past this phase: Envoy drops its pointers to the maps (a Continue
-    /// from a body or trailers callback also releases the paused headers).
+    /// Iteration continued past this phase: Envoy drops its pointer to that phase's map or buffer
+    /// (`Context::decodeHeaders` / `encodeHeaders` clear the headers only on their own Continue; a body
+    /// callback's Continue leaves paused headers reachable, measured by the ABI fuzzer).
     fn close(self, a: &mut Access) {
         match self {
-            Phase::RequestHeaders | Phase::RequestBody | Phase::RequestTrailers => {
-                a.request_headers = false;
-                a.request_body = false;
-                a.request_trailers = false;
-            }
-            Phase::ResponseHeaders | Phase::ResponseBody | Phase::ResponseTrailers => {
-                a.response_headers = false;
-                a.response_body = false;
-                a.response_trailers = false;
-            }
+            Phase::RequestHeaders => a.request_headers = false,
+            Phase::RequestBody => a.request_body = false,
+            Phase::RequestTrailers => a.request_trailers = false,
+            Phase::ResponseHeaders => a.response_headers = false,
+            Phase::ResponseBody => a.response_body = false,
+            Phase::ResponseTrailers => a.response_trailers = false,
         }
     }
 }
@@ -586,11 +583,13 @@ impl PluginInstance {
                 ..held
             };
         }
-        // The access-log phase sees the request headers again (Envoy's `Context::log` gets them).
+        // The access-log phase sees the request headers again (Envoy's `Context::log` gets them), and only it.
+        let mut lent = false;
         if let Some(state) = self.store.data_mut().streams.get_mut(&s.id) {
             if let Some(logged) = state.logged_request_headers.take() {
                 if state.request_headers.is_empty() {
                     state.request_headers = logged;
+                    lent = true;
                 }
             }
         }
@@ -600,6 +599,17 @@ impl PluginInstance {
         }
         if let Some(a) = self.access(s) {
             *a = held;
+        }
+        // After the log phase the context holds only what a paused filter kept (Envoy clears its access-log
+        // pointers once `proxy_on_log` returns): `proxy_on_done` reads nothing else.
+        if let Some(state) = self.store.data_mut().streams.get_mut(&s.id) {
+            if lent {
+                state.request_headers = crate::headers::HeaderMap::new();
+            }
+            if !held.response_headers {
+                state.response_headers = crate::headers::HeaderMap::new();
+                state.response_trailers = crate::headers::HeaderMap::new();
+            }
         }
         self.stream_done(s)?;
         if let Some(f) = self.exports.on_delete.clone() {

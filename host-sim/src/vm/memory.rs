@@ -132,8 +132,8 @@ pub(crate) fn copy_out(
     ptr_ptr: u32,
     size_ptr: u32,
 ) -> Result<(), CallError> {
-    check_writable(caller, ptr_ptr, 4)?;
-    check_writable(caller, size_ptr, 4)?;
+    // cpp-host `WasmBase::copyToPointers`: allocate and copy, write the pointer, then the size, each write failing
+    // on its own (a bad size pointer leaves the pointer written; measured by the ABI fuzzer).
     let ptr = if bytes.is_empty() {
         0
     } else {

@@ -55,6 +55,17 @@ pub fn case() -> impl Strategy<Value = Case> {
         prop::collection::vec(step(weighted_phase(STREAM_PHASES)), 1..=6),
     )
         .prop_map(|(shape, steps)| Case { shape, steps })
+        .prop_filter("Envoy crashes on it", |case| {
+            !program_crashes_envoy(&case.steps)
+        })
+}
+
+/// Combinations Envoy 1.40 does not survive (each measured: a segmentation fault or an ENVOY_BUG abort): a
+/// stream closed twice, or closed after a local reply.
+pub fn program_crashes_envoy(steps: &[Step]) -> bool {
+    let closes = steps.iter().filter(|s| s.call == Call::CloseStream).count();
+    let replies = steps.iter().any(|s| s.call == Call::SendLocalResponse);
+    closes > 1 || (closes > 0 && replies)
 }
 
 /// The plugin configuration's program: steps in `on_vm_start` and `on_configure` only.
@@ -102,6 +113,10 @@ pub fn crashes_envoy(step: &Step) -> bool {
                         | Phase::RequestTrailers
                         | Phase::HttpCallResponse
                 )
+        }
+        // The CallData buffer (8) outside a body callback: Envoy's context buffer may point at a body that is gone.
+        Call::GetBufferBytes | Call::SetBufferBytes | Call::GetBufferStatus => {
+            step.int(0) == 8 && !matches!(step.phase, Phase::RequestBody | Phase::ResponseBody)
         }
         _ => false,
     }

@@ -184,7 +184,7 @@ fn scoped(mut steps: Vec<Step>, id: u32) -> Vec<Step> {
 
 fn request_bytes(shape: &Shape, hex: &str) -> Vec<u8> {
     let mut head = format!(
-        "{} {} HTTP/1.1\r\nhost: fuzz.test\r\n{PROGRAM_HEADER}: {hex}\r\n",
+        "{} {} HTTP/1.1\r\nhost: fuzz.test\r\nx-echo-close: 1\r\n{PROGRAM_HEADER}: {hex}\r\n",
         shape.method, shape.path
     );
     let mut out = Vec::new();
@@ -309,7 +309,13 @@ async fn run_both(p: &Proxies, program: &Program, shape: Option<&Shape>) -> (Out
 /// - `status-header`: a local reply whose extra headers include `:status`;
 /// - `upstream-local-address`: reads `upstream.local_address`;
 /// - `async`: has steps in a root phase or an http-call response (their place among the stream's callbacks is the
-///   event loop's).
+///   event loop's);
+/// - `call-data-buffer`: reads or writes buffer type 8 (CallData);
+/// - `request-trailers-map`: writes the request trailers map (which such a write may create);
+/// - `node-property`: reads `node` / `xds.node`;
+/// - `body-pause`: makes an http call from a body callback (which then pauses until it is answered);
+/// - `response-pause`: makes an http call from `on_response_headers` (a local reply's too);
+/// - `request-duration`: reads `request.duration`.
 pub fn case_id(program: &Program) -> String {
     let mut tags = Vec::new();
     let sent_map = |map: u64| map <= 3;
@@ -404,6 +410,48 @@ pub fn case_id(program: &Program) -> String {
         ) || s.call == Call::HttpCall
     }) {
         tags.push("async");
+    }
+    if program.steps.iter().any(|s| {
+        matches!(
+            s.call,
+            Call::GetBufferBytes | Call::GetBufferStatus | Call::SetBufferBytes
+        ) && s.int(0) == 8
+    }) {
+        tags.push("call-data-buffer");
+    }
+    if program.steps.iter().any(|s| {
+        matches!(
+            s.call,
+            Call::AddHeaderMapValue | Call::ReplaceHeaderMapValue | Call::SetHeaderMapPairs
+        ) && s.int(0) == 1
+    }) {
+        tags.push("request-trailers-map");
+    }
+    if program
+        .steps
+        .iter()
+        .any(|s| s.call == Call::GetProperty && matches!(s.buf(0), b"node" | b"xds\0node"))
+    {
+        tags.push("node-property");
+    }
+    if program.steps.iter().any(|s| {
+        s.call == Call::HttpCall && matches!(s.phase, Phase::RequestBody | Phase::ResponseBody)
+    }) {
+        tags.push("body-pause");
+    }
+    if program
+        .steps
+        .iter()
+        .any(|s| s.call == Call::HttpCall && matches!(s.phase, Phase::ResponseHeaders))
+    {
+        tags.push("response-pause");
+    }
+    if program
+        .steps
+        .iter()
+        .any(|s| s.call == Call::GetProperty && s.buf(0) == b"request\0duration")
+    {
+        tags.push("request-duration");
     }
     if tags.is_empty() {
         CASE_ID.to_string()
