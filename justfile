@@ -44,3 +44,7 @@ bench *ARGS:
     CARGO_TARGET_DIR=target/bench cargo build --release --target {{wasm_target}} -p dfp-filter -p empty-filter
     CARGO_TARGET_DIR=target/bench cargo build --profile host-bench -p host-sim -p bench
     target/bench/host-bench/bench run {{ARGS}}
+
+# Differential ABI fuzzing against Envoy: N generated programs from seed SEED (CI runs 2000 from seed 12).
+fuzz-fidelity N="2000" SEED="12":
+    DFP_ABI_FUZZ_PROGRAMS={{N}} DFP_ABI_FUZZ_SEED={{SEED}} cargo test -p tests --test abi_fuzz -- --nocapture

@@ -486,7 +486,7 @@ fn run_step(index: usize, step: &Step, ctx: u32, effects: &mut Effects) -> Recor
     }
 
     if status == OK {
-        let first = (slots[0] & 0xFFFF_FFFF) as u64;
+        let first = slots[0] & 0xFFFF_FFFF;
         with(|s| match step.call {
             Call::RegisterSharedQueue | Call::ResolveSharedQueue => {
                 s.refs[Ref::LastQueue as usize] = first

@@ -516,7 +516,7 @@ pub fn from_hex(text: &[u8]) -> Result<Vec<u8>, DecodeError> {
             _ => Err(DecodeError("not hex")),
         }
     }
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return Err(DecodeError("odd number of hex digits"));
     }
     text.chunks(2)

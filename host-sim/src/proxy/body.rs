@@ -308,11 +308,13 @@ impl Gather {
         B: Body<Data = Bytes> + Unpin,
     {
         let after = loop {
-            if self.buf.as_ref().map_or(0, |b| b.len()) >= limit {
-                break After::Open;
-            }
+            // The end first: a last chunk that fills the limit still carries it (hyper stops polling a body once
+            // its content-length is written).
             if inner.is_end_stream() {
                 break After::Ended;
+            }
+            if self.buf.as_ref().map_or(0, |b| b.len()) >= limit {
+                break After::Open;
             }
             match Pin::new(&mut *inner).poll_frame(cx) {
                 Poll::Pending if self.idle_rounds < IDLE_ROUNDS => {

@@ -601,17 +601,28 @@ impl PluginInstance {
             *a = held;
         }
         // After the log phase the context holds only what a paused filter kept (Envoy clears its access-log
-        // pointers once `proxy_on_log` returns): `proxy_on_done` reads nothing else.
+        // pointers once `proxy_on_log` returns): `proxy_on_done` reads nothing else. The maps are put back after
+        // it, for whoever reads the finished stream.
+        let mut put_aside = None;
         if let Some(state) = self.store.data_mut().streams.get_mut(&s.id) {
             if lent {
                 state.request_headers = crate::headers::HeaderMap::new();
             }
             if !held.response_headers {
-                state.response_headers = crate::headers::HeaderMap::new();
-                state.response_trailers = crate::headers::HeaderMap::new();
+                put_aside = Some((
+                    std::mem::take(&mut state.response_headers),
+                    std::mem::take(&mut state.response_trailers),
+                ));
             }
         }
-        self.stream_done(s)?;
+        let done = self.stream_done(s);
+        if let Some((headers, trailers)) = put_aside {
+            if let Some(state) = self.store.data_mut().streams.get_mut(&s.id) {
+                state.response_headers = headers;
+                state.response_trailers = trailers;
+            }
+        }
+        done?;
         if let Some(f) = self.exports.on_delete.clone() {
             self.invoke(s.id, &f, s.id)
                 .map_err(Self::trap("proxy_on_delete"))?;

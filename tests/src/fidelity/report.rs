@@ -59,6 +59,13 @@ pub fn markdown(result: &RunResult) -> String {
          against the other proxy's answer, field by field. A difference fails the build unless \
          [`tests/fidelity/differences.yaml`](../tests/fidelity/differences.yaml) documents it with its reason.\n"
     );
+    let _ = writeln!(
+        out,
+        "The table holds the cases someone thought of. The hostcall level is covered by differential ABI fuzzing \
+         as well (`tests/tests/abi_fuzz.rs`): generated programs of raw hostcalls in every callback through both \
+         proxies, every status, out-parameter and returned byte compared; its hostcall x callback coverage and the \
+         differences it accepted are in [`abi-coverage.md`](abi-coverage.md).\n"
+    );
     let _ = writeln!(out, "## Summary\n");
     let _ = writeln!(out, "| | cases |\n| --- | ---: |");
     let _ = writeln!(
