@@ -15,19 +15,9 @@ pub(super) fn add(reg: &mut Reg<'_>) -> wasmtime::Result<()> {
     reg.env("proxy_close_stream", |mut c: C<'_>, t: u32| {
         finish(close_stream(c.data_mut(), t).map_err(Into::into))
     })?;
-    // ABI 0.1.0 names the C++ host still offers.
-    reg.env("proxy_continue_request", |mut c: C<'_>| {
-        finish(continue_stream(c.data_mut(), 0).map_err(Into::into))
-    })?;
-    reg.env("proxy_continue_response", |mut c: C<'_>| {
-        finish(continue_stream(c.data_mut(), 1).map_err(Into::into))
-    })?;
-    reg.env("proxy_clear_route_cache", |mut c: C<'_>| {
-        if let Some(s) = c.data_mut().stream_mut() {
-            s.effects.clear_route_cache += 1;
-        }
-        finish(Ok(()))
-    })?;
+    // No ABI 0.1.0 names (proxy_continue_request, proxy_continue_response, proxy_clear_route_cache,
+    // proxy_get_configuration): cpp-host's `registerCallbacks` offers them to 0.1.0 modules only, which host-sim
+    // does not run, so a 0.2.x module importing one is refused at load in both (measured with Envoy 1.40).
     reg.env(
         "proxy_send_local_response",
         |mut c: C<'_>,

@@ -216,10 +216,10 @@ impl Runtime {
     ) -> Result<Arc<PluginFactory>, LoadError> {
         let module = self.compile(bytes)?;
         let abi = check_module(&module)?;
-        if let Some(i) = module
-            .imports()
-            .find(|i| !self.provided.contains(&(i.module(), i.name())))
-        {
+        if let Some(i) = module.imports().find(|i| {
+            !self.provided.contains(&(i.module(), i.name()))
+                || !offered_to(abi, i.module(), i.name())
+        }) {
             return Err(LoadError::UnknownImport {
                 module: i.module().to_string(),
                 name: i.name().to_string(),
@@ -236,6 +236,13 @@ impl Runtime {
             shared,
         }))
     }
+}
+
+/// Whether Envoy links hostcall `module.name` for a module of `abi`: cpp-host's `WasmBase::registerCallbacks`
+/// offers `proxy_get_log_level` to ABI 0.2.1 modules only, so a 0.2.0 module importing it fails to load with a
+/// missing import.
+fn offered_to(abi: AbiVersion, module: &str, name: &str) -> bool {
+    !(module == "env" && name == "proxy_get_log_level" && abi != AbiVersion::V0_2_1)
 }
 
 /// Checks the ABI marker, the memory and the allocator before anything runs.

@@ -221,6 +221,25 @@ fn modules_without_abi_marker_or_exports_are_refused_clearly() {
         other => panic!("{other}"),
     }
 
+    // Envoy offers the ABI 0.1.0 names only to 0.1.0 modules, and proxy_get_log_level only to 0.2.1 ones
+    // (cpp-host `registerCallbacks`; measured: Envoy 1.40 refuses a 0.2.1 module importing
+    // proxy_continue_request with "missing import").
+    for (abi, import) in [
+        ("0_2_1", "proxy_continue_request"),
+        ("0_2_1", "proxy_clear_route_cache"),
+        ("0_2_0", "proxy_get_log_level"),
+    ] {
+        let e = load(&format!(
+            r#"(module (import "env" "{import}" (func (result i32)))
+               (memory (export "memory") 1) (func (export "malloc") (param i32) (result i32) (i32.const 0))
+               (func (export "proxy_abi_version_{abi}")))"#
+        ));
+        assert!(
+            matches!(&e, LoadError::UnknownImport { name, .. } if name == import),
+            "{abi} importing {import}: {e}"
+        );
+    }
+
     let e = load(
         r#"(module (memory (export "memory") 1) (func (export "malloc") (param i32) (result i32) (i32.const 0))
            (func (export "proxy_abi_version_0_2_1"))
