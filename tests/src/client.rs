@@ -34,6 +34,8 @@ pub enum ClientError {
 #[derive(Clone, Debug)]
 pub struct Response {
     pub status: u16,
+    /// The status line's reason phrase, as sent.
+    pub reason: String,
     /// Header names lower-cased, in arrival order.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
@@ -209,7 +211,7 @@ async fn read_head<R: AsyncRead + Unpin>(
     mut buf: Vec<u8>,
 ) -> Result<(Response, Vec<u8>), ClientError> {
     let io = |source| ClientError::Io { addr, source };
-    let (status, headers, head_len) = loop {
+    let (status, reason, headers, head_len) = loop {
         let mut slots = [httparse::EMPTY_HEADER; 128];
         let mut parsed = httparse::Response::new(&mut slots);
         match parsed.parse(&buf) {
@@ -217,6 +219,7 @@ async fn read_head<R: AsyncRead + Unpin>(
                 let status = parsed
                     .code
                     .ok_or_else(|| ClientError::Malformed("no status".into()))?;
+                let reason = parsed.reason.unwrap_or_default().to_string();
                 let headers = parsed
                     .headers
                     .iter()
@@ -227,7 +230,7 @@ async fn read_head<R: AsyncRead + Unpin>(
                         )
                     })
                     .collect::<Vec<_>>();
-                break (status, headers, len);
+                break (status, reason, headers, len);
             }
             Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
             Ok(httparse::Status::Partial) => {
@@ -245,6 +248,7 @@ async fn read_head<R: AsyncRead + Unpin>(
     let rest = buf.split_off(head_len);
     let response = Response {
         status,
+        reason,
         headers,
         body: Vec::new(),
     };

@@ -2,7 +2,7 @@
 //! both scoped by VM id and shared by every instance of the host.
 
 use super::{Reg, C};
-use crate::vm::memory::{check_writable, copy_out, finish, read, write_u32, CallError, HostResult};
+use crate::vm::memory::{copy_out, finish, read, write_u32, CallError, HostResult};
 
 pub(super) fn add(reg: &mut Reg<'_>) -> wasmtime::Result<()> {
     reg.env(
@@ -46,7 +46,8 @@ fn get_data(c: &mut C<'_>, kp: u32, ks: u32, vpp: u32, vsp: u32, cas_ptr: u32) -
     let key = read(c, kp, ks)?;
     let st = c.data();
     let (value, cas) = st.shared.data.get(&st.config.vm_id, &key)?;
-    check_writable(c, cas_ptr, 4)?;
+    // cpp-host `get_shared_data`: the value is copied out first, then the CAS written; a bad CAS pointer fails
+    // after the value's pointers were written.
     copy_out(c, &value, vpp, vsp)?;
     write_u32(c, cas_ptr, cas).map_err(CallError::from)
 }
@@ -61,7 +62,8 @@ fn set_data(c: &mut C<'_>, kp: u32, ks: u32, vp: u32, vs: u32, cas: u32) -> Host
 
 fn register(c: &mut C<'_>, np: u32, ns: u32, token_ptr: u32) -> HostResult {
     let name = read(c, np, ns)?;
-    check_writable(c, token_ptr, 4)?;
+    // cpp-host `register_shared_queue` registers, then writes the token: a bad token pointer fails with the queue
+    // registered and a token spent.
     let st = c.data();
     let token = st
         .shared

@@ -131,6 +131,9 @@ pub(crate) async fn handle(
         );
         (codec_error || refused, codec_error)
     };
+    response
+        .extensions_mut()
+        .insert(super::reason::reason_phrase(status));
     // Every response names the proxy (`ConnectionManagerUtility::mutateResponseHeaders`, OVERWRITE).
     let server = exchange.server_name();
     if let Ok(value) = hyper::header::HeaderValue::from_str(server) {

@@ -13,6 +13,7 @@ mod http;
 mod local_reply;
 mod own_address;
 mod rbac;
+mod reason;
 mod request_id;
 mod route;
 mod running;
@@ -328,5 +329,13 @@ pub fn validate(bootstrap: &Bootstrap, options: &ProxyOptions) -> anyhow::Result
         wasm: &SharedState::new(),
         caches: &HashMap::new(),
     };
-    load(bootstrap, options, runtime.handle(), &carried).map(|_| ())
+    let loaded = load(bootstrap, options, runtime.handle(), &carried)?;
+    // `envoy --mode validate` starts each plugin twice too: the check VM, then the main thread's
+    // (`ThreadLocal::InstanceImpl::SlotImpl::set` runs on the main thread in validation as well).
+    for slot in &loaded.plugins {
+        slot.factory
+            .instantiate()
+            .with_context(|| format!("wasm plugin {:?} failed to start", slot.name))?;
+    }
+    Ok(())
 }

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use crate::config::{Bootstrap, Listener};
 use crate::shared::{MetricsStore, SharedState};
 
+use super::worker::Role;
 use super::{load, worker, Carried, Loaded, ProxyOptions, Shared};
 
 /// A running proxy: its bound addresses, the handle that reloads it, and the one that stops it.
@@ -90,17 +91,32 @@ pub fn start(bootstrap: &Bootstrap, options: &ProxyOptions) -> anyhow::Result<Ru
     }
 
     let (generations, generations_rx) = watch::channel(shared);
+    let concurrency = options.concurrency.max(1);
     let mut workers = Vec::new();
-    for index in 0..options.concurrency.max(1) {
+    // The main thread's VMs start before any worker's, as Envoy creates them inline while it posts the workers'
+    // (`ThreadLocal::InstanceImpl::SlotImpl::set`): their on_vm_start, queue registrations and shared-data writes
+    // come first.
+    let threads = std::iter::once((concurrency, Role::Main))
+        .chain((0..concurrency).map(|index| (index, Role::Worker)));
+    for (index, role) in threads {
         let generations_rx = generations_rx.clone();
         let shutdown_rx = shutdown_rx.clone();
+        let (started, started_rx) = std::sync::mpsc::channel();
+        let name = match role {
+            Role::Main => "host-sim-main-vms".to_string(),
+            Role::Worker => format!("host-sim-worker-{index}"),
+        };
         let handle = std::thread::Builder::new()
-            .name(format!("host-sim-worker-{index}"))
-            .spawn(move || worker::run(index, generations_rx, shutdown_rx))
+            .name(name)
+            .spawn(move || worker::run(index, role, generations_rx, shutdown_rx, started))
             .context("starting a worker thread")?;
+        if role == Role::Main {
+            // An error is logged by the thread; the workers start either way.
+            let _ = started_rx.recv();
+        }
         workers.push(handle);
     }
-    tracing::info!(listeners = ?bound, admin = ?admin, workers = workers.len(), "host-sim is serving");
+    tracing::info!(listeners = ?bound, admin = ?admin, workers = concurrency, "host-sim is serving");
     Ok(RunningProxy {
         listeners: bound,
         admin,

@@ -1,6 +1,11 @@
 //! A worker thread: its own event loop, its own VM instance of every plugin, its own upstream connection pool.
 //! Connections accepted on the shared listen sockets are served here from start to end, as in Envoy.
 //!
+//! The main thread runs the same loop without accepting ([`Role::Main`]): Envoy gives every plugin a VM there too,
+//! created first (`ThreadLocal::InstanceImpl::SlotImpl::set` runs the plugin's initializer inline on the main thread
+//! after posting it to the workers), whose root context starts, configures, ticks, makes http calls and receives
+//! queue notifications like a worker's.
+//!
 //! A configuration generation on a worker is one [`Worker`]. When a reload publishes a new one, the worker
 //! starts it (its VMs, pool and accept loops), stops the old accept loops and tells the old connections to drain:
 //! each finishes the request in flight and closes (hyper's graceful shutdown). Whatever still holds the old
@@ -26,6 +31,15 @@ use super::http::{handle, ConnectionInfo, UpstreamBody};
 #[path = "framing.rs"]
 mod framing;
 use super::Shared;
+
+/// What a thread running [`run`] is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// Envoy's main thread: the plugins' VMs and their root contexts, no connections.
+    Main,
+    /// A worker: the plugins' VMs and the connections it accepts.
+    Worker,
+}
 
 pub(crate) struct Worker {
     pub shared: Arc<Shared>,
@@ -54,11 +68,14 @@ impl Worker {
     }
 }
 
-/// The worker thread's body: serve each configuration generation as it is published, until shutdown.
+/// The thread's body: serve each configuration generation as it is published, until shutdown. `started` is told
+/// once the first generation's VMs have started (or failed to).
 pub(crate) fn run(
     index: usize,
+    role: Role,
     mut generations: watch::Receiver<Arc<Shared>>,
     mut shutdown: watch::Receiver<bool>,
+    started: std::sync::mpsc::Sender<()>,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -66,7 +83,8 @@ pub(crate) fn run(
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            tracing::error!(worker = index, %error, "cannot start the worker's event loop");
+            tracing::error!(worker = index, ?role, %error, "cannot start the thread's event loop");
+            let _ = started.send(());
             return;
         }
     };
@@ -75,18 +93,19 @@ pub(crate) fn run(
         let mut current: Option<Generation> = None;
         loop {
             let shared = generations.borrow_and_update().clone();
-            match Generation::start(index, shared) {
+            match Generation::start(index, role, shared) {
                 Ok(next) => {
                     if let Some(previous) = current.replace(next) {
                         previous.retire();
                     }
                 }
-                // The main thread started every plugin once before publishing, so this is rare; the worker keeps
-                // serving what it has rather than serving nothing.
+                // Every plugin was started once before publishing, so this is rare; the thread keeps serving what it
+                // has rather than serving nothing.
                 Err(error) => {
-                    tracing::error!(worker = index, %error, "cannot start the new configuration on this worker")
+                    tracing::error!(worker = index, ?role, %error, "cannot start the new configuration on this thread")
                 }
             }
+            let _ = started.send(());
             tokio::select! {
                 changed = generations.changed() => {
                     if changed.is_err() {
@@ -106,7 +125,7 @@ struct Generation {
 }
 
 impl Generation {
-    fn start(index: usize, shared: Arc<Shared>) -> anyhow::Result<Generation> {
+    fn start(index: usize, role: Role, shared: Arc<Shared>) -> anyhow::Result<Generation> {
         let mut plugins = Vec::with_capacity(shared.plugins.len());
         for slot in &shared.plugins {
             let instance = slot
@@ -119,8 +138,11 @@ impl Generation {
                 slot.reload_backoff,
             )));
         }
-        let listeners = shared
-            .sockets
+        let sockets = match role {
+            Role::Main => &[][..],
+            Role::Worker => &shared.sockets[..],
+        };
+        let listeners = sockets
             .iter()
             .map(|socket| {
                 socket

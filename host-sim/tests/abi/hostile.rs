@@ -283,6 +283,16 @@ fn out_of_range_pointers_return_invalid_memory_access() {
         call(&mut h, root, "proxy_register_shared_queue", &[DATA, 1, OOB]),
         INVALID_MEMORY
     );
+    // cpp-host registers before it writes the token: the failed call spent token 1 on its queue, so another
+    // queue gets token 2.
+    assert_eq!(
+        call(&mut h, root, "proxy_register_shared_queue", &[DATA, 2, 64]),
+        0
+    );
+    assert_eq!(
+        h.instance().read_guest_memory(64, 4),
+        Some(2u32.to_le_bytes().to_vec())
+    );
     assert_eq!(
         call(&mut h, root, "proxy_get_shared_data", &[OOB, 1, 64, 68, 72]),
         INVALID_MEMORY

@@ -4,7 +4,7 @@
 //! Field names (what `tests/fidelity/differences.yaml` entries for case `abi-fuzz` match):
 //! `step:<call>@<phase>#<index>.<n>` (the n-th run of step `index`), `callback:<phase>#<n>`,
 //! `note#<n>`, `order` (only when both saw the same records in another order), `report`
-//! (complete, incomplete or the fetch error), `response.status`, `response.header:<name>`,
+//! (complete, incomplete or the fetch error), `response.status`, `response.reason`, `response.header:<name>`,
 //! `response.body`.
 
 use std::collections::BTreeMap;
@@ -165,13 +165,10 @@ fn step_data(call: Call, step_path: Option<&[u8]>, data: &[u8], masks: &Masks<'_
     masks.bytes(data)
 }
 
-fn out_text(call: Call, k: usize, v: u64) -> String {
+fn out_text(call: Call, v: u64) -> String {
     match v {
         UNTOUCHED => "untouched".into(),
         _ if call == Call::GetCurrentTimeNanoseconds => "<clock>".into(),
-        // CAS tokens count every set in the process, the main-thread VM's too (differences.yaml:
-        // abi_fuzz_queue_tokens_count_the_main_thread_vm): only whether one was written is compared.
-        _ if call == Call::GetSharedData && k == 2 => "<cas>".into(),
         _ => v.to_string(),
     }
 }
@@ -185,6 +182,7 @@ pub fn fields(program: &Program, outcome: &Outcome) -> Fields {
     match &outcome.response {
         Ok(r) => {
             f.insert("response.status".into(), r.status.to_string());
+            f.insert("response.reason".into(), r.reason.clone());
             for (name, value) in &r.headers {
                 if VOLATILE_HEADERS.contains(&name.as_str()) {
                     continue;
@@ -265,7 +263,7 @@ fn record_field(program: &Program, record: &Record, masks: &Masks<'_>) -> (Strin
                 .enumerate()
                 .map(|(k, v)| match *v {
                     POINTER_SET if data.get(k).is_some() => "ptr".into(),
-                    _ => out_text(*call, k, *v),
+                    _ => out_text(*call, *v),
                 })
                 .collect();
             let data: Vec<String> = data

@@ -91,6 +91,7 @@ mod tests {
         Observation {
             response: Some(Response {
                 status,
+                reason: String::new(),
                 headers: vec![("x-dfp-denied".into(), "host_denied".into())],
                 body: br#"{"reason":"host_denied"}"#.to_vec(),
             }),

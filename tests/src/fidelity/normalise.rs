@@ -77,6 +77,7 @@ impl Normaliser<'_> {
         }
         if let Some(response) = &obs.response {
             f.insert("status".into(), response.status.to_string());
+            f.insert("reason".into(), response.reason.clone());
             f.insert(
                 "header-order".into(),
                 order(&response.headers, &DROPPED_RESPONSE_HEADERS),
@@ -320,6 +321,7 @@ mod tests {
     fn response(headers: &[(&str, &str)], body: &str) -> Response {
         Response {
             status: 200,
+            reason: "OK".into(),
             headers: headers
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
