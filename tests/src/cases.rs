@@ -104,6 +104,18 @@ pub struct CaseRequest {
     /// CONNECT only: bytes to send through the tunnel once it is up.
     #[serde(default)]
     pub tunnel: Option<String>,
+    /// Wait this many milliseconds before sending: for state a plugin builds on its own timers.
+    #[serde(default)]
+    pub after_ms: u64,
+}
+
+impl CaseRequest {
+    /// Sleeps for `after_ms`, if any.
+    pub async fn wait_before_sending(&self) {
+        if self.after_ms > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(self.after_ms)).await;
+        }
+    }
 }
 
 fn default_method() -> String {
@@ -275,6 +287,7 @@ pub async fn run_case(target: &Target, case: &Case) -> anyhow::Result<()> {
         read_counters(target.admin, &case.expect.counters).await?
     };
 
+    case.request.wait_before_sending().await;
     let response = match case.request.form {
         Form::Connect => run_connect(target.listener, case).await?,
         _ => {

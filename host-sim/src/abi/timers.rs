@@ -10,8 +10,10 @@ pub(super) fn add(reg: &mut Reg<'_>) -> wasmtime::Result<()> {
     reg.env(
         "proxy_set_tick_period_milliseconds",
         |mut c: C<'_>, period: u32| {
-            // Envoy keeps one timer per root context; any context may set it.
+            // Envoy keeps one timer per root context; any context may set it, and every call re-arms it to fire
+            // one period from now (`Wasm::setTimerPeriod`).
             c.data_mut().tick_period_ms = period;
+            c.data().tick_period_set.notify_one();
             finish(Ok(()))
         },
     )?;

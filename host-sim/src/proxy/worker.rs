@@ -308,40 +308,45 @@ async fn async_work_loop(worker: Weak<Worker>, slot: usize) {
     }
 }
 
-/// Delivers `proxy_on_tick` at the period the plugin asked for (it may change or stop it at any time), for as long
-/// as anything still uses this generation's worker.
+/// Delivers `proxy_on_tick` at the period the plugin asked for, for as long as anything still uses this generation's
+/// worker. As Envoy's timer (`Wasm::setTimerPeriod`, `Wasm::tickHandler`): each time the guest sets the period the
+/// next tick is one period from then, and after a tick the next is one period after it returned.
 async fn tick_loop(worker: Weak<Worker>, slot: usize) {
-    // The period is read again at least every 100 ms, so a plugin that shortens or stops a long one (it may set
-    // hours) is followed at once, as Envoy re-arms its timer whenever the period changes.
+    // The period is also read again every 100 ms: a reloaded VM has a new signal to wait on.
     const RECHECK: Duration = Duration::from_millis(100);
-    let mut last_tick = tokio::time::Instant::now();
+    let mut armed_at = tokio::time::Instant::now();
     loop {
-        let Some(period) = worker
-            .upgrade()
-            .map(|worker| worker.plugin(slot).borrow().tick_period())
-        else {
+        let Some((period, period_set)) = worker.upgrade().map(|worker| {
+            let plugin = worker.plugin(slot).borrow();
+            (plugin.tick_period(), plugin.tick_period_set())
+        }) else {
             return;
         };
-        let Some(period) = period else {
-            last_tick = tokio::time::Instant::now();
-            tokio::time::sleep(RECHECK).await;
-            continue;
+        let wait = match period {
+            None => RECHECK,
+            Some(period) => {
+                let due = armed_at + period;
+                let now = tokio::time::Instant::now();
+                if now >= due {
+                    let Some(worker) = worker.upgrade() else {
+                        return;
+                    };
+                    let result = worker.plugin(slot).borrow_mut().tick();
+                    if let Err(error) = result {
+                        tracing::warn!(plugin = %worker.shared.plugins[slot].name, %error, "proxy_on_tick failed");
+                    }
+                    armed_at = tokio::time::Instant::now();
+                    super::calls::dispatch(&worker, slot);
+                    worker.wasm_progress.notify_waiters();
+                    continue;
+                }
+                (due - now).min(RECHECK)
+            }
         };
-        let due = last_tick + period;
-        let now = tokio::time::Instant::now();
-        if now < due {
-            tokio::time::sleep((due - now).min(RECHECK)).await;
-            continue;
+        tokio::select! {
+            // Set (again) by the guest, perhaps from the tick itself: re-armed from now.
+            _ = period_set.notified() => armed_at = tokio::time::Instant::now(),
+            _ = tokio::time::sleep(wait) => {}
         }
-        last_tick = now;
-        let Some(worker) = worker.upgrade() else {
-            return;
-        };
-        let result = worker.plugin(slot).borrow_mut().tick();
-        if let Err(error) = result {
-            tracing::warn!(plugin = %worker.shared.plugins[slot].name, %error, "proxy_on_tick failed");
-        }
-        super::calls::dispatch(&worker, slot);
-        worker.wasm_progress.notify_waiters();
     }
 }

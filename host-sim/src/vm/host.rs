@@ -76,6 +76,8 @@ pub(crate) struct HostState {
     pub declared_properties: std::collections::HashSet<(u32, String)>,
     pub next_call_token: u32,
     pub tick_period_ms: u32,
+    /// Woken by every `proxy_set_tick_period_milliseconds`: Envoy re-arms the timer from that moment.
+    pub tick_period_set: Arc<tokio::sync::Notify>,
     pub metric_ids: HashMap<u32, Arc<Metric>>,
     /// Per metric kind (counter, gauge, histogram): how many were defined.
     pub next_metric_seq: [u32; 3],
@@ -125,6 +127,7 @@ impl HostState {
             declared_properties: std::collections::HashSet::new(),
             next_call_token: 0,
             tick_period_ms: 0,
+            tick_period_set: Arc::new(tokio::sync::Notify::new()),
             metric_ids: HashMap::new(),
             next_metric_seq: [0; 3],
             logs: Vec::new(),

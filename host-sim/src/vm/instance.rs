@@ -768,6 +768,11 @@ impl PluginInstance {
         self.store.data().calls_dispatched.clone()
     }
 
+    /// Woken whenever the guest sets its tick period.
+    pub fn tick_period_set(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.store.data().tick_period_set.clone()
+    }
+
     /// Shuts the root context down: `proxy_on_done(root)`; if it returns true (or the
     /// guest called `proxy_done`), `proxy_on_delete(root)`. Returns whether the root is done.
     pub fn shutdown(&mut self) -> Result<bool, CallbackError> {

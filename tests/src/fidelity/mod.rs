@@ -9,6 +9,7 @@
 //! | `patch` | a variant's changes to the rendered bootstrap, by path |
 //! | `scripted` | the scripted upstream (echo, reset, close, delay, respond, truncate) and a refusing port |
 //! | `fixtures` | the extra fixtures: scripted upstream, TLS servers with other certificates, the ABI probe |
+//! | `modules` | modules this repository did not write: the SDK-style Rust guest, the AssemblyScript ones (npm) |
 //! | `observe` | one case against one proxy: everything observable about it |
 //! | `expect` | a case's expectations on one observation |
 //! | `normalise` | an observation as fields, with only what must differ masked |
@@ -22,6 +23,7 @@ pub mod differences;
 pub mod expect;
 pub mod fixtures;
 pub mod model;
+pub mod modules;
 pub mod normalise;
 pub mod observe;
 pub mod patch;

@@ -37,6 +37,19 @@ pub struct FidelityVariant {
     /// gives it: the address policy in the filter's syntax; absent: the stage denies nothing.
     #[serde(default)]
     pub resolved: Option<Value>,
+    /// A module this repository did not write, for templates that load one (`MODULE_WASM`,
+    /// `MODULE_ROOT_ID`; see [`super::modules`]).
+    #[serde(default)]
+    pub module: Option<ModuleSpec>,
+}
+
+/// Which third-party module a variant runs, and the root context to start in it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModuleSpec {
+    /// The module's name in [`super::modules::module_wasm`].
+    pub wasm: String,
+    pub root_id: String,
 }
 
 /// One request, the world it meets, and what must come of it.

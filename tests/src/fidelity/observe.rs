@@ -62,6 +62,7 @@ pub async fn observe(endpoint: &Endpoint, fixtures: &Fixtures, case: &Case) -> O
         BTreeMap::new()
     };
 
+    case.request.wait_before_sending().await;
     match case.request.form {
         Form::Connect => connect(endpoint.listener, case, &mut obs).await,
         _ => match cases::request_bytes(case) {

@@ -73,6 +73,7 @@ impl Table {
                 template: None,
                 patch: Vec::new(),
                 resolved: shipped.resolved,
+                module: None,
             },
         );
         let cases = model::load_cases(
@@ -371,6 +372,11 @@ fn render(
     if let Some(rules) = &variant.resolved {
         vars.insert("RESOLVED_RULES".into(), rules.to_string());
     }
+    if let Some(module) = &variant.module {
+        let wasm = super::modules::module_wasm(&module.wasm)?;
+        vars.insert("MODULE_WASM".into(), wasm.to_string_lossy().into_owned());
+        vars.insert("MODULE_ROOT_ID".into(), module.root_id.clone());
+    }
     let yaml = template::render(template_text, &vars)?;
     Ok(patch::apply(&yaml, &variant.patch)?)
 }
@@ -400,6 +406,11 @@ async fn run_variant(
     );
     let template_text = std::fs::read_to_string(&template_path)
         .map_err(|e| anyhow::anyhow!("reading {}: {e}", template_path.display()))?;
+    if let Some(module) = &variant.module {
+        // Built (cargo, npm) once per process, off the runtime's threads; rendering then finds it.
+        let name = module.wasm.clone();
+        tokio::task::spawn_blocking(move || super::modules::module_wasm(&name)).await??;
+    }
     let (envoy, host_sim) = tokio::join!(
         start(ProxyKind::Envoy, &template_text, vars, variant),
         start(ProxyKind::HostSim, &template_text, vars, variant)
