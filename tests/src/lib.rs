@@ -4,6 +4,7 @@
 pub mod abi_fuzz;
 pub mod cases;
 pub mod client;
+pub mod config_parity;
 pub mod crd_schema;
 pub mod dns;
 pub mod envoy;

@@ -136,7 +136,10 @@ fn parse_kind(fields: &mut Fields<'_>) -> Result<(ClusterKind, bool), ConfigErro
     let lb_policy = fields.opt("lb_policy").map(|p| p.string()).transpose()?;
     if let Some(cluster_type) = fields.opt("cluster_type") {
         let mut type_fields = cluster_type.map()?;
-        type_fields.cosmetic("name");
+        // TypedExtensionConfig.name: `min_len: 1`.
+        if let Some(name) = type_fields.opt("name") {
+            name.non_empty_string()?;
+        }
         let typed = type_fields.req("typed_config")?;
         type_fields.finish()?;
         let (_, mut config) = typed_config(&typed, &[DFP_CLUSTER_TYPE])?;
@@ -168,13 +171,25 @@ fn parse_kind(fields: &mut Fields<'_>) -> Result<(ClusterKind, bool), ConfigErro
             )));
         }
     }
-    let assignment = fields.req("load_assignment")?;
+    // Envoy loads a STATIC cluster without a load_assignment or endpoints (it has no hosts, and its requests get
+    // `no healthy upstream`): every level is optional.
+    let mut endpoints = Vec::new();
+    let Some(assignment) = fields.opt("load_assignment") else {
+        return Ok((ClusterKind::Static { endpoints }, false));
+    };
     let mut assignment_fields = assignment.map()?;
     assignment_fields.cosmetic("cluster_name");
-    let mut endpoints = Vec::new();
-    for locality in assignment_fields.req("endpoints")?.list()? {
+    let localities = assignment_fields
+        .opt("endpoints")
+        .map(|e| e.list())
+        .transpose()?;
+    for locality in localities.unwrap_or_default() {
         let mut locality_fields = locality.map()?;
-        for lb_endpoint in locality_fields.req("lb_endpoints")?.list()? {
+        let lb_endpoints = locality_fields
+            .opt("lb_endpoints")
+            .map(|e| e.list())
+            .transpose()?;
+        for lb_endpoint in lb_endpoints.unwrap_or_default() {
             let mut lb_fields = lb_endpoint.map()?;
             let endpoint = lb_fields.req("endpoint")?;
             lb_fields.finish()?;
@@ -185,9 +200,6 @@ fn parse_kind(fields: &mut Fields<'_>) -> Result<(ClusterKind, bool), ConfigErro
         locality_fields.finish()?;
     }
     assignment_fields.finish()?;
-    if endpoints.is_empty() {
-        return Err(assignment.error("a STATIC cluster needs at least one endpoint"));
-    }
     Ok((ClusterKind::Static { endpoints }, false))
 }
 

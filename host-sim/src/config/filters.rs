@@ -101,7 +101,7 @@ pub(crate) fn parse_http_filters(
 
 fn parse_http_filter(at: &At<'_>, stage: FilterStage) -> Result<HttpFilter, ConfigError> {
     let mut fields = at.map()?;
-    let name = fields.req("name")?.string()?;
+    let name = fields.req("name")?.non_empty_string()?;
     let typed = fields.req("typed_config")?;
     if let Some(disabled) = fields.opt("disabled") {
         if disabled.bool()? {
@@ -189,7 +189,9 @@ fn parse_plugin(at: &At<'_>, filter_name: &str) -> Result<WasmPlugin, ConfigErro
         .map(|v| v.string())
         .transpose()?
         .unwrap_or_default();
+    // An empty runtime is Envoy's default one (measured: `runtime: ""` loads in Envoy 1.40).
     let runtime = vm_fields.req("runtime")?.enum_name(&[
+        "",
         "envoy.wasm.runtime.v8",
         "envoy.wasm.runtime.wasmtime",
         "envoy.wasm.runtime.wamr",

@@ -166,11 +166,16 @@ pub(crate) fn parse_listener(index: usize, at: &At<'_>) -> Result<Listener, Conf
         return Err(chains_at.error("host-sim supports exactly one filter chain per listener"));
     };
     let mut chain_fields = chain.map()?;
-    let filters_at = chain_fields.req("filters")?;
+    // A chain without `filters` is a chain of none, which Envoy loads (its connections are closed at once).
+    let filters_at = chain_fields.opt("filters");
     chain_fields.finish()?;
-    let filters = filters_at.list()?;
+    let filters = filters_at
+        .as_ref()
+        .map(|f| f.list())
+        .transpose()?
+        .unwrap_or_default();
     let [filter] = filters.as_slice() else {
-        return Err(filters_at.error(
+        return Err(filters_at.as_ref().unwrap_or(chain).error(
             "host-sim supports exactly one network filter: envoy.filters.network.http_connection_manager",
         ));
     };
@@ -190,7 +195,7 @@ pub(crate) fn parse_listener(index: usize, at: &At<'_>) -> Result<Listener, Conf
 
 fn parse_hcm(at: &At<'_>) -> Result<HttpConnectionManager, ConfigError> {
     let (_, mut fields) = typed_config(at, &[HCM_TYPE])?;
-    let stat_prefix = fields.req("stat_prefix")?.string()?;
+    let stat_prefix = fields.req("stat_prefix")?.non_empty_string()?;
     if let Some(codec) = fields.opt("codec_type") {
         // host-sim speaks HTTP/1.1 downstream; AUTO and HTTP1 both accept it.
         codec.enum_name(&["AUTO", "HTTP1"])?;
@@ -329,11 +334,22 @@ fn parse_route_config(at: &At<'_>) -> Result<RouteConfig, ConfigError> {
 
 fn parse_virtual_host(at: &At<'_>) -> Result<VirtualHost, ConfigError> {
     let mut fields = at.map()?;
-    let name = fields.req("name")?.string()?;
+    let name = fields.req("name")?.non_empty_string()?;
     let domains_at = fields.req("domains")?;
     let mut domains = Vec::new();
-    for domain in domains_at.list()? {
+    let listed = domains_at.list()?;
+    // VirtualHost.domains: `min_items: 1`.
+    if listed.is_empty() {
+        return Err(domains_at.error("a virtual host needs at least one domain"));
+    }
+    for domain in listed {
         let text = domain.string()?.to_ascii_lowercase();
+        // `RouteMatcher`: "Only unique values for domains are permitted" (and one `*`).
+        if domains.contains(&text) {
+            return Err(domain.error(format!(
+                "{text:?} is listed twice; Envoy permits each domain once"
+            )));
+        }
         let wildcards = text.matches('*').count();
         let valid = text == "*"
             || wildcards == 0

@@ -72,6 +72,15 @@ impl<'a> At<'a> {
         }
     }
 
+    /// A string Envoy's proto requires non-empty (`validate.rules` `min_len: 1`).
+    pub(crate) fn non_empty_string(&self) -> Result<String, ConfigError> {
+        let text = self.string()?;
+        if text.is_empty() {
+            return Err(self.error("must not be empty"));
+        }
+        Ok(text)
+    }
+
     pub(crate) fn bool(&self) -> Result<bool, ConfigError> {
         match self.value {
             Value::Bool(b) => Ok(*b),

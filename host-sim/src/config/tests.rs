@@ -282,6 +282,57 @@ fn unsupported_fields_are_errors_naming_their_path() {
     }
 }
 
+/// Proto constraints Envoy checks on fields host-sim implements (found by the configuration corpus, tests/tests/config_parity.rs).
+#[test]
+fn envoys_proto_constraints_are_checked() {
+    let cases = [
+        (
+            valid().replacen("stat_prefix: dfp", "stat_prefix: \"\"", 1),
+            "stat_prefix: must not be empty",
+        ),
+        (
+            valid().replacen("domains: [\"*\"]", "domains: []", 1),
+            "domains: a virtual host needs at least one domain",
+        ),
+        (
+            valid().replacen("domains: [\"*\"]", "domains: [\"*\", \"*\"]", 1),
+            "domains[1]: \"*\" is listed twice",
+        ),
+        (
+            valid().replacen("- name: envoy.filters.http.router", "- name: \"\"", 1),
+            "http_filters[2].name: must not be empty",
+        ),
+    ];
+    for (yaml, expected) in cases {
+        let error = error_of(&yaml);
+        assert!(
+            error.contains(expected),
+            "expected {expected:?} in {error:?}"
+        );
+    }
+}
+
+/// Envoy loads what it has defaults for: a STATIC cluster with no endpoints, a chain's empty runtime name.
+#[test]
+fn what_envoy_defaults_loads() {
+    let no_endpoints = valid().replacen("    load_assignment:", "    x_load_assignment:", 1);
+    let start = no_endpoints
+        .find("    x_load_assignment:")
+        .expect("the cluster's assignment");
+    let end = no_endpoints[start..]
+        .find("\n  - ")
+        .map_or(no_endpoints.len(), |i| start + i + 1);
+    let no_endpoints = format!("{}{}", &no_endpoints[..start], &no_endpoints[end..]);
+    let bootstrap =
+        Bootstrap::from_yaml(&no_endpoints).expect("a STATIC cluster without endpoints loads");
+    assert!(bootstrap
+        .clusters
+        .iter()
+        .any(|c| matches!(&c.kind, ClusterKind::Static { endpoints } if endpoints.is_empty())));
+    let empty_runtime = valid().replacen("runtime: envoy.wasm.runtime.v8", "runtime: \"\"", 1);
+    Bootstrap::from_yaml(&empty_runtime).expect("an empty runtime is Envoy's default");
+}
+
 #[test]
 fn filter_chains_must_end_in_their_terminal_filter() {
     let yaml = valid().replacen(

@@ -2,7 +2,6 @@
 //! deliver the answer (or the failure: no headers, no body) with `proxy_on_http_call_response`, as Envoy does.
 
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -56,8 +55,7 @@ async fn send(worker: &Rc<Worker>, call: &HttpCallRequest) -> Option<HttpCallRes
         .to_string();
     let addresses: crate::dfp::dns_cache::Addresses = match &cluster.config.kind {
         ClusterKind::Static { endpoints } => {
-            let next = cluster.next_endpoint.fetch_add(1, Ordering::Relaxed);
-            std::sync::Arc::from([endpoints[next % endpoints.len()]])
+            std::sync::Arc::from([cluster.next_static_endpoint(endpoints)?])
         }
         ClusterKind::DynamicForwardProxy { .. } => {
             let cache = cluster.dns_cache.as_ref()?;

@@ -15,7 +15,6 @@ use std::cell::RefCell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -522,10 +521,12 @@ impl Exchange<'_> {
                 let _ = headers;
                 resolved.ok_or_else(EnvoyReply::no_healthy_upstream)?
             }
-            ClusterKind::Static { endpoints } => {
-                let next = cluster.next_endpoint.fetch_add(1, Ordering::Relaxed);
-                Addresses::from([endpoints[next % endpoints.len()]])
-            }
+            ClusterKind::Static { endpoints } => Addresses::from(
+                cluster
+                    .next_static_endpoint(endpoints)
+                    .into_iter()
+                    .collect::<Vec<_>>(),
+            ),
         };
         let address = *addresses
             .first()

@@ -106,6 +106,15 @@ pub(crate) struct ClusterRuntime {
 }
 
 impl ClusterRuntime {
+    /// A STATIC cluster's next endpoint, round robin; none for a cluster without endpoints (Envoy loads it, and
+    /// answers its requests `no healthy upstream`).
+    pub fn next_static_endpoint(&self, endpoints: &[SocketAddr]) -> Option<SocketAddr> {
+        let next = self
+            .next_endpoint
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        endpoints.get(next.checked_rem(endpoints.len())?).copied()
+    }
+
     pub fn connect_options(&self) -> ConnectOptions<'_> {
         ConnectOptions {
             timeout: self.config.connect_timeout,
@@ -154,6 +163,8 @@ struct Carried<'a> {
     stats: &'a Arc<MetricsStore>,
     wasm: &'a SharedState,
     caches: &'a HashMap<String, DnsCache>,
+    /// The wasm engine and its compiled modules: a reload gets a new one, validations share one.
+    engine: &'a Runtime,
 }
 
 fn load(
@@ -162,8 +173,12 @@ fn load(
     main: &tokio::runtime::Handle,
     carried: &Carried<'_>,
 ) -> anyhow::Result<Loaded> {
-    let Carried { stats, wasm, .. } = *carried;
-    let runtime = Runtime::new().context("starting the wasm engine")?;
+    let Carried {
+        stats,
+        wasm,
+        engine: runtime,
+        ..
+    } = *carried;
 
     let mut caches: HashMap<String, DnsCache> = HashMap::new();
     let mut cache_for = |config: &crate::config::DnsCacheConfig| -> anyhow::Result<DnsCache> {
@@ -324,10 +339,18 @@ pub fn validate(bootstrap: &Bootstrap, options: &ProxyOptions) -> anyhow::Result
         .enable_all()
         .build()
         .context("starting a runtime for validation")?;
+    // One engine for every validation in the process, so a module is compiled once however many configurations
+    // name it (the configuration corpus validates hundreds).
+    static ENGINE: std::sync::OnceLock<Result<Runtime, String>> = std::sync::OnceLock::new();
+    let engine = ENGINE
+        .get_or_init(|| Runtime::new().map_err(|e| format!("{e:#}")))
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("starting the wasm engine: {e}"))?;
     let carried = Carried {
         stats: &Arc::new(MetricsStore::new()),
         wasm: &SharedState::new(),
         caches: &HashMap::new(),
+        engine,
     };
     let loaded = load(bootstrap, options, runtime.handle(), &carried)?;
     // `envoy --mode validate` starts each plugin twice too: the check VM, then the main thread's

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 use crate::config::{Bootstrap, Listener};
 use crate::shared::{MetricsStore, SharedState};
+use crate::vm::Runtime;
 
 use super::worker::Role;
 use super::{load, worker, Carried, Loaded, ProxyOptions, Shared};
@@ -59,6 +60,7 @@ pub fn start(bootstrap: &Bootstrap, options: &ProxyOptions) -> anyhow::Result<Ru
             stats: &stats,
             wasm: &wasm,
             caches: &HashMap::new(),
+            engine: &Runtime::new().context("starting the wasm engine")?,
         },
     )?;
 
@@ -156,6 +158,7 @@ impl RunningProxy {
                 stats: &self.stats,
                 wasm: &self.wasm,
                 caches: &current.caches,
+                engine: &Runtime::new().context("starting the wasm engine")?,
             },
         )?;
         let sockets = bootstrap
