@@ -761,3 +761,73 @@ fn run_serves_a_module_without_yaml() {
     assert!(!wrong.status.success());
     assert!(wrong.stderr.contains("--upstream"), "{}", wrong.stderr);
 }
+
+/// A root context that logs when it ends (`proxy_on_done`, then `proxy_on_delete`).
+const ROOT_LOGS_ITS_END: &str = r#"(module
+  (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "root done")
+  (data (i32.const 32) "root deleted")
+  (global $heap (mut i32) (i32.const 1024))
+  (func (export "malloc") (param $size i32) (result i32)
+    (local $at i32)
+    (local.set $at (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (local.get $size)))
+    (local.get $at))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_done") (param i32) (result i32)
+    (drop (call $log (i32.const 2) (i32.const 16) (i32.const 9)))
+    (i32.const 1))
+  (func (export "proxy_on_delete") (param i32)
+    (drop (call $log (i32.const 2) (i32.const 32) (i32.const 12)))))
+"#;
+
+/// SIGTERM ends every VM's root context as Envoy's shutdown does (cpp-host `WasmBase::startShutdown`):
+/// `proxy_on_done`, then `proxy_on_delete`, on the main thread's VM and each worker's.
+#[test]
+fn sigterm_ends_the_root_context_of_every_vm() {
+    let dir = tempfile_dir::Dir::new("cli-shutdown");
+    let module = dir.write("root.wat", ROOT_LOGS_ITS_END);
+    let running = Running::start(
+        dir.path(),
+        &[
+            "--concurrency",
+            "2",
+            "run",
+            &module,
+            "--upstream",
+            "127.0.0.1:9",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ],
+    );
+    running.wait_stderr("host-sim is serving", 1);
+    let stderr = running.stderr.clone();
+    assert!(running.terminate().success(), "host-sim exits cleanly");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = stderr.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let (done, deleted) = (
+            text.matches("root done").count(),
+            text.matches("root deleted").count(),
+        );
+        if done == 3 && deleted == 3 {
+            let first_deleted = text.find("root deleted").expect("deleted");
+            assert!(
+                text.find("root done").expect("done") < first_deleted,
+                "{text}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline && done <= 3,
+            "expected 3 VMs (main thread, 2 workers) to end with done then deleted:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

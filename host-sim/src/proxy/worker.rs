@@ -55,6 +55,22 @@ pub(crate) struct Worker {
     draining: watch::Sender<bool>,
 }
 
+/// A generation's VMs end with it, on its thread: each root context gets `proxy_on_done`, then `proxy_on_delete` once
+/// it is done (cpp-host `WasmBase::startShutdown`, run when Envoy destroys a VM's last handle: at exit, and after a
+/// reload once the old configuration's last stream ended).
+impl Drop for Worker {
+    fn drop(&mut self) {
+        for (slot, plugin) in self.plugins.iter().enumerate() {
+            if plugin.borrow().failure().is_some() {
+                continue;
+            }
+            if let Err(error) = plugin.borrow_mut().shutdown() {
+                tracing::warn!(plugin = %self.shared.plugins[slot].name, %error, "shutting the plugin's VM down failed");
+            }
+        }
+    }
+}
+
 impl Worker {
     pub fn plugin(&self, slot: usize) -> &RefCell<PluginHandle> {
         &self.plugins[slot]
