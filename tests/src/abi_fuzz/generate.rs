@@ -65,7 +65,21 @@ pub fn case() -> impl Strategy<Value = Case> {
 pub fn program_crashes_envoy(steps: &[Step]) -> bool {
     let closes = steps.iter().filter(|s| s.call == Call::CloseStream).count();
     let replies = steps.iter().any(|s| s.call == Call::SendLocalResponse);
-    closes > 1 || (closes > 0 && replies)
+    // Two local replies from one response callback (measured: on_response_headers of an upstream response).
+    let replies_in_one_response_phase = [
+        Phase::ResponseHeaders,
+        Phase::ResponseBody,
+        Phase::ResponseTrailers,
+    ]
+    .iter()
+    .any(|phase| {
+        steps
+            .iter()
+            .filter(|s| s.call == Call::SendLocalResponse && s.phase == *phase)
+            .count()
+            > 1
+    });
+    closes > 1 || (closes > 0 && replies) || replies_in_one_response_phase
 }
 
 /// The plugin configuration's program: steps in `on_vm_start` and `on_configure` only.
