@@ -509,6 +509,13 @@ fn derived(top: &str, rest: &[&[u8]], s: &StreamState) -> Result<Option<Vec<u8>>
         ("upstream", "request_attempt_count") => Some(int(i64::from(
             s.properties.lookup("upstream", "address").is_some(),
         ))),
+        // `UpstreamTransportFailureReason` (expr/context.cc): a string, empty unless the transport failed, once the
+        // router has upstream info. host-sim records no failure reasons, so it is empty whenever a host was picked.
+        ("upstream", "transport_failure_reason") => s
+            .properties
+            .lookup("upstream", "address")
+            .is_some()
+            .then(Vec::new),
         _ => None,
     };
     Ok(value)
@@ -700,6 +707,7 @@ mod tests {
         "response\0size",
         "response\0flags",
         "upstream\0request_attempt_count",
+        "upstream\0transport_failure_reason",
         "source",
         "source\0address\0more",
         "source\0",

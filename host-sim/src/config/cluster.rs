@@ -67,12 +67,17 @@ pub struct UpstreamOptions {
 
 pub(crate) fn parse_cluster(at: &At<'_>) -> Result<Cluster, ConfigError> {
     let mut fields = at.map()?;
-    let name = fields.req("name")?.string()?;
-    let connect_timeout = fields
-        .opt("connect_timeout")
+    let name = fields.req("name")?.non_empty_string()?;
+    let connect_timeout_at = fields.opt("connect_timeout");
+    let connect_timeout = connect_timeout_at
+        .as_ref()
         .map(|t| t.duration())
         .transpose()?
         .unwrap_or(Duration::from_secs(5));
+    // Cluster.connect_timeout: `gt: {}`.
+    if let (Some(at), true) = (&connect_timeout_at, connect_timeout.is_zero()) {
+        return Err(at.error("must be greater than 0s"));
+    }
     let (kind, allow_insecure) = parse_kind(&mut fields)?;
     let tls = match fields.opt("transport_socket") {
         Some(socket) => parse_transport_socket(&socket)?,
@@ -136,10 +141,8 @@ fn parse_kind(fields: &mut Fields<'_>) -> Result<(ClusterKind, bool), ConfigErro
     let lb_policy = fields.opt("lb_policy").map(|p| p.string()).transpose()?;
     if let Some(cluster_type) = fields.opt("cluster_type") {
         let mut type_fields = cluster_type.map()?;
-        // TypedExtensionConfig.name: `min_len: 1`.
-        if let Some(name) = type_fields.opt("name") {
-            name.non_empty_string()?;
-        }
+        // CustomClusterType.name: `min_len: 1`.
+        type_fields.required_label("name")?;
         let typed = type_fields.req("typed_config")?;
         type_fields.finish()?;
         let (_, mut config) = typed_config(&typed, &[DFP_CLUSTER_TYPE])?;
@@ -150,20 +153,22 @@ fn parse_kind(fields: &mut Fields<'_>) -> Result<(ClusterKind, bool), ConfigErro
             .transpose()?
             .unwrap_or(false);
         config.finish()?;
-        if let Some(policy) = lb_policy.as_deref() {
-            if policy != "CLUSTER_PROVIDED" {
-                return Err(fields.error(format!(
-                    "lb_policy {policy:?}: a dynamic forward proxy cluster needs CLUSTER_PROVIDED"
-                )));
-            }
+        // The cluster provides its load balancer, and Envoy's cluster manager insists the config says so.
+        if lb_policy.as_deref() != Some("CLUSTER_PROVIDED") {
+            return Err(fields.error(format!(
+                "lb_policy {:?}: a dynamic forward proxy cluster needs CLUSTER_PROVIDED",
+                lb_policy.as_deref().unwrap_or("(absent: ROUND_ROBIN)")
+            )));
         }
         return Ok((
             ClusterKind::DynamicForwardProxy { dns_cache },
             allow_insecure,
         ));
     }
-    let kind = fields.req("type")?;
-    kind.enum_name(&["STATIC"])?;
+    // `type` defaults to STATIC (the enum's 0).
+    if let Some(kind) = fields.opt("type") {
+        kind.enum_name(&["STATIC"])?;
+    }
     if let Some(policy) = lb_policy.as_deref() {
         if policy != "ROUND_ROBIN" {
             return Err(fields.error(format!(
@@ -178,7 +183,8 @@ fn parse_kind(fields: &mut Fields<'_>) -> Result<(ClusterKind, bool), ConfigErro
         return Ok((ClusterKind::Static { endpoints }, false));
     };
     let mut assignment_fields = assignment.map()?;
-    assignment_fields.cosmetic("cluster_name");
+    // ClusterLoadAssignment.cluster_name: `min_len: 1`.
+    assignment_fields.required_label("cluster_name")?;
     let localities = assignment_fields
         .opt("endpoints")
         .map(|e| e.list())
@@ -205,7 +211,8 @@ fn parse_kind(fields: &mut Fields<'_>) -> Result<(ClusterKind, bool), ConfigErro
 
 fn parse_transport_socket(at: &At<'_>) -> Result<Option<TlsContext>, ConfigError> {
     let mut fields = at.map()?;
-    fields.cosmetic("name");
+    // TransportSocket.name: `min_len: 1`.
+    fields.required_label("name")?;
     let typed = fields.req("typed_config")?;
     fields.finish()?;
     let (type_name, mut config) = typed_config(&typed, &[TLS_TYPE, RAW_BUFFER_TYPE])?;

@@ -33,6 +33,9 @@ pub struct DnsCacheConfig {
     pub max_pending_requests: u32,
     /// `resolved_address_filter`: addresses of an answer that match are dropped before the host sees them.
     pub resolved_address_filter: Option<AddressFilter>,
+    /// The configuration as written: Envoy compares the messages, not their effect, when two places name one
+    /// cache (`DnsCacheManagerImpl::getCache`), so a field left out differs from the same default written out.
+    pub as_written: String,
 }
 
 /// `type.matcher.v3.AddressMatcher` (Envoy's `Matcher::AddressMatcher::match`): an address in any of `ranges`
@@ -63,8 +66,10 @@ pub enum LookupFamily {
 }
 
 pub(crate) fn parse_dns_cache(at: &At<'_>) -> Result<DnsCacheConfig, ConfigError> {
+    let as_written = serde_yaml_ng::to_string(at.value).unwrap_or_default();
     let mut fields = at.map()?;
-    let name = fields.req("name")?.string()?;
+    // DnsCacheConfig.name: `min_len: 1`.
+    let name = fields.req("name")?.non_empty_string()?;
     let lookup_family = match fields.opt("dns_lookup_family") {
         Some(family) => match family
             .enum_name(&["AUTO", "V4_ONLY", "V6_ONLY", "V4_PREFERRED", "ALL"])?
@@ -133,6 +138,7 @@ pub(crate) fn parse_dns_cache(at: &At<'_>) -> Result<DnsCacheConfig, ConfigError
         query_timeout,
         max_pending_requests,
         resolved_address_filter,
+        as_written,
     })
 }
 

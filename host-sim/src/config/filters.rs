@@ -189,14 +189,18 @@ fn parse_plugin(at: &At<'_>, filter_name: &str) -> Result<WasmPlugin, ConfigErro
         .map(|v| v.string())
         .transpose()?
         .unwrap_or_default();
-    // An empty runtime is Envoy's default one (measured: `runtime: ""` loads in Envoy 1.40).
-    let runtime = vm_fields.req("runtime")?.enum_name(&[
-        "",
-        "envoy.wasm.runtime.v8",
-        "envoy.wasm.runtime.wasmtime",
-        "envoy.wasm.runtime.wamr",
-        "envoy.wasm.runtime.null",
-    ])?;
+    // An empty or absent runtime is Envoy's default one (measured: both load in Envoy 1.40).
+    let runtime_at = vm_fields.opt("runtime");
+    let runtime = match &runtime_at {
+        None => String::new(),
+        Some(at) => at.enum_name(&[
+            "",
+            "envoy.wasm.runtime.v8",
+            "envoy.wasm.runtime.wasmtime",
+            "envoy.wasm.runtime.wamr",
+            "envoy.wasm.runtime.null",
+        ])?,
+    };
     if runtime == "envoy.wasm.runtime.null" {
         return Err(vm_fields.error(
             "the null runtime runs plugins compiled into Envoy; host-sim needs a .wasm file",

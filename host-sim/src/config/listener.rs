@@ -180,7 +180,7 @@ pub(crate) fn parse_listener(index: usize, at: &At<'_>) -> Result<Listener, Conf
         ));
     };
     let mut filter_fields = filter.map()?;
-    filter_fields.cosmetic("name");
+    filter_fields.required_label("name")?;
     let typed = filter_fields.req("typed_config")?;
     filter_fields.finish()?;
     let http = parse_hcm(&typed)?;
@@ -261,7 +261,7 @@ pub const DEFAULT_ACCESS_LOG_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %RE
 
 fn parse_access_log(at: &At<'_>) -> Result<AccessLog, ConfigError> {
     let mut fields = at.map()?;
-    fields.cosmetic("name");
+    fields.optional_label("name")?;
     let typed = fields.req("typed_config")?;
     fields.finish()?;
     let (_, mut config) = typed_config(&typed, &[FILE_ACCESS_LOG_TYPE])?;
@@ -300,7 +300,12 @@ fn header_list(at: Option<At<'_>>) -> Result<Vec<String>, ConfigError> {
 /// HCM-level `upgrade_configs`: only CONNECT is implemented.
 fn parse_upgrade_types(at: &At<'_>) -> Result<bool, ConfigError> {
     let mut connect = false;
-    for upgrade in at.list()? {
+    let upgrades = at.list()?;
+    // `ConnectionManagerConfig`: "multiple upgrade configs with the same name".
+    if upgrades.len() > 1 {
+        return Err(at.error("an upgrade type may be configured once"));
+    }
+    for upgrade in upgrades {
         let mut fields = upgrade.map()?;
         let kind = fields.req("upgrade_type")?;
         if !kind.string()?.eq_ignore_ascii_case("CONNECT") {
@@ -326,6 +331,18 @@ fn parse_route_config(at: &At<'_>) -> Result<RouteConfig, ConfigError> {
         .map(parse_virtual_host)
         .collect::<Result<Vec<_>, _>>()?;
     fields.finish()?;
+    // `RouteMatcher`: a domain (and `*`) may belong to one virtual host only.
+    let mut seen = std::collections::HashSet::new();
+    for host in &virtual_hosts {
+        for domain in &host.domains {
+            if !seen.insert(domain.as_str()) {
+                return Err(at.error(format!(
+                    "domain {domain:?} is in more than one virtual host; Envoy permits each domain once per route \
+                     configuration"
+                )));
+            }
+        }
+    }
     Ok(RouteConfig {
         name,
         virtual_hosts,

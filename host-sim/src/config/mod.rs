@@ -167,12 +167,21 @@ fn parse_bootstrap(root: &At<'_>) -> Result<Bootstrap, ConfigError> {
     let admin = fields
         .opt("admin")
         .map(|admin| parse_admin(&admin))
-        .transpose()?;
+        .transpose()?
+        .flatten();
     // Cosmetic: node identity and layered runtime only label the process.
     fields.cosmetic("node");
     fields.cosmetic("layered_runtime");
-    let resources = fields.req("static_resources")?;
+    // Without static_resources there is nothing to serve, which Envoy loads too.
+    let resources = fields.opt("static_resources");
     fields.finish()?;
+    let Some(resources) = resources else {
+        return Ok(Bootstrap {
+            admin,
+            listeners: Vec::new(),
+            clusters: Vec::new(),
+        });
+    };
 
     let mut resources = resources.map()?;
     let listeners = match resources.opt("listeners") {
@@ -200,9 +209,13 @@ fn parse_bootstrap(root: &At<'_>) -> Result<Bootstrap, ConfigError> {
     })
 }
 
-fn parse_admin(admin: &At<'_>) -> Result<SocketAddr, ConfigError> {
+/// The admin listener's address; an `admin` without one has no listener (Envoy loads it so).
+fn parse_admin(admin: &At<'_>) -> Result<Option<SocketAddr>, ConfigError> {
     let mut fields = admin.map()?;
-    let address = parse_address(&fields.req("address")?)?;
+    let address = fields
+        .opt("address")
+        .map(|a| parse_address(&a))
+        .transpose()?;
     // Cosmetic: where Envoy writes its admin access log.
     fields.cosmetic("access_log_path");
     fields.cosmetic("access_log");

@@ -203,6 +203,16 @@ impl<'a> Fields<'a> {
     }
 
     /// A field accepted and ignored because it does not change what host-sim does (listed in docs/host-sim.md).
+    /// A label Envoy requires (`min_len: 1`): a non-empty string, otherwise unused.
+    pub(crate) fn required_label(&mut self, name: &str) -> Result<(), ConfigError> {
+        self.req(name)?.non_empty_string().map(|_| ())
+    }
+
+    /// A label Envoy allows absent but types as a string: checked, otherwise unused.
+    pub(crate) fn optional_label(&mut self, name: &str) -> Result<(), ConfigError> {
+        self.opt(name).map(|n| n.string()).transpose().map(|_| ())
+    }
+
     pub(crate) fn cosmetic(&mut self, name: &str) {
         let _ = self.opt(name);
     }

@@ -122,6 +122,27 @@ impl HeaderMap {
         self.add(key, value);
     }
 
+    /// Sets `key` to `value` where it stands (its first entry; later ones removed), or appends it: Envoy's
+    /// `setReferenceKey` on an inline header such as `date`.
+    pub fn set_in_place(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        let key = key.as_ref();
+        match self
+            .entries
+            .iter()
+            .position(|(k, _)| k.eq_ignore_ascii_case(key))
+        {
+            Some(first) => {
+                self.entries[first].1 = value.as_ref().to_vec();
+                let mut index = 0;
+                self.entries.retain(|(k, _)| {
+                    index += 1;
+                    index - 1 == first || !k.eq_ignore_ascii_case(key)
+                });
+            }
+            None => self.add(key, value),
+        }
+    }
+
     /// Removes every value of `key`.
     pub fn remove(&mut self, key: impl AsRef<[u8]>) {
         let key = key.as_ref();

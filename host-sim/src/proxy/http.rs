@@ -757,7 +757,14 @@ impl Exchange<'_> {
         for name in RESPONSE_HOP_BY_HOP {
             headers.remove(name);
         }
+        // `ActiveStream::encodeHeaders` also stamps `date` (the date provider), which the access-log phase sees.
+        headers.set_in_place("date", httpdate::fmt_http_date(SystemTime::now()));
         headers.replace("server", self.server_name());
+        // A reply before the request's last byte ends the connection, and says so before the access-log phase
+        // (`ActiveStream::encodeHeaders`).
+        if !self.request_complete.get() {
+            headers.replace("connection", "close");
+        }
         for chain in chains.iter_mut() {
             chain.finish(Some(&headers), Some(status), &details);
         }
@@ -945,7 +952,8 @@ impl Exchange<'_> {
         for name in RESPONSE_HOP_BY_HOP {
             response_headers.remove(name);
         }
-        // ... and sets `server`, which the filters' access-log phase then sees too.
+        // ... and sets `date` and `server`, which the filters' access-log phase then sees too.
+        response_headers.set_in_place("date", httpdate::fmt_http_date(SystemTime::now()));
         response_headers.replace("server", self.server_name());
         // A filter may have changed `:status`; what goes to the client is what counts.
         let status = response_headers
