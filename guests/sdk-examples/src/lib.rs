@@ -3,6 +3,7 @@
 //!
 //! - `/headers`: logs the request headers, adds a request header and two response headers.
 //! - `/body`: upper-cases the request body and prefixes the response body.
+//! - `/replace-start`: replaces the request body's first two bytes with `ZZ` (`set_http_request_body(0, 2, ..)`).
 //! - `/config`: answers locally with a header whose value is the plugin configuration.
 //! - `/auth`: asks cluster `echo` (`GET /auth`, forwarding `x-user`), then resumes or answers 403.
 //! - `/shared`: answers with the tick count the root writes and a CAS-incremented request counter.
@@ -188,6 +189,7 @@ impl RootContext for ExamplesRoot {
 enum Route {
     Headers,
     Body,
+    ReplaceStart,
     Config,
     Auth,
     Shared,
@@ -202,6 +204,7 @@ impl Route {
         match path {
             "/headers" => Route::Headers,
             "/body" => Route::Body,
+            "/replace-start" => Route::ReplaceStart,
             "/config" => Route::Config,
             "/auth" => Route::Auth,
             "/shared" => Route::Shared,
@@ -365,11 +368,19 @@ impl HttpContext for ExamplesHttp {
             Route::Shared => self.shared_reply(),
             Route::Queue => self.queue_request(&path),
             Route::QueueLast => self.queue_last_reply(),
-            Route::Body | Route::Pass => Action::Continue,
+            Route::Body | Route::ReplaceStart | Route::Pass => Action::Continue,
         }
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.route == Route::ReplaceStart {
+            if !end_of_stream {
+                return Action::Pause;
+            }
+            // Envoy drains `size` bytes at start 0 and prepends, whatever the body's length.
+            self.set_http_request_body(0, 2, b"ZZ");
+            return Action::Continue;
+        }
         if self.route != Route::Body {
             return Action::Continue;
         }

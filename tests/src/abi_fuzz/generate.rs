@@ -136,13 +136,45 @@ pub fn crashes_envoy(step: &Step) -> bool {
     }
 }
 
+/// The call a step makes. A body callback edits its own body a quarter of the time, at starts and sizes inside it:
+/// drawn uniformly from every call, such edits were too rare for 2,000 programs to meet the rules at start 0
+/// (measured: a host with the old "replace only when size covers the body" rule went unnoticed).
+fn call_in(phase: Phase) -> BoxedStrategy<(Call, Option<Args>)> {
+    let any = select(Call::ALL.to_vec()).prop_map(|c| (c, None));
+    let own_body = match phase {
+        Phase::RequestBody => 0u64,
+        Phase::ResponseBody => 1,
+        _ => return any.boxed(),
+    };
+    let edit = (
+        select(vec![Call::SetBufferBytes, Call::GetBufferBytes]),
+        select(vec![0u64, 0, 0, 1, 5, 15, 16, 17, 20_000]),
+        select(vec![0u64, 1, 2, 5, 15, 16, 17, 20_000, 0xFFFF_FFFF]),
+        body_bytes(),
+    )
+        .prop_map(move |(call, start, size, bytes)| {
+            let bufs = if call == Call::SetBufferBytes {
+                vec![bytes]
+            } else {
+                Vec::new()
+            };
+            (call, Some((vec![own_body, start, size], bufs)))
+        });
+    prop_oneof![3 => any, 1 => edit].boxed()
+}
+
 fn step(phase: BoxedStrategy<Phase>) -> impl Strategy<Value = Step> {
-    (phase, select(Call::ALL.to_vec()))
-        .prop_flat_map(|(phase, call)| {
+    phase
+        .prop_flat_map(|phase| (Just(phase), call_in(phase)))
+        .prop_flat_map(|(phase, (call, chosen))| {
+            let args = match chosen {
+                Some(args) => Just(args).boxed(),
+                None => args(call),
+            };
             (
                 Just(phase),
                 Just(call),
-                args(call),
+                args,
                 prop_oneof![19 => Just(0u8), 1 => select(vec![1u8, 2, 3, 0x81, 0x82, 0x83])],
             )
         })

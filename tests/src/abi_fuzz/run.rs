@@ -305,7 +305,11 @@ async fn run_both(p: &Proxies, program: &Program, shape: Option<&Shape>) -> (Out
 ///   `:method` / `:path` hyper cannot put on a request line;
 /// - `unwritable-status`: a local reply with a status below 200 or above 999;
 /// - `continue-unpaused`: `proxy_continue_stream` for a stream that did not pause;
-/// - `framing-header`: a filter writes a header hyper frames itself (`transfer-encoding`, `connection`, ...);
+/// - `framing-header`: a filter writes a header hyper frames itself (`transfer-encoding`, `content-length`,
+///   `connection`, ...);
+/// - `response-body-edit`: writes the response body in its body callback (its length may no longer be the
+///   upstream's `content-length`);
+/// - `response-status-write`: writes `:status` into the response headers (adding to it makes `200,v`);
 /// - `status-header`: a local reply whose extra headers include `:status`;
 /// - `upstream-local-address`: reads `upstream.local_address`;
 /// - `async`: has steps in a root phase or an http-call response (their place among the stream's callbacks is the
@@ -365,6 +369,7 @@ pub fn case_id(program: &Program) -> String {
     let framing = |name: &[u8]| {
         [
             &b"transfer-encoding"[..],
+            b"content-length",
             b"connection",
             b"upgrade",
             b"keep-alive",
@@ -385,6 +390,24 @@ pub fn case_id(program: &Program) -> String {
         _ => false,
     }) {
         tags.push("framing-header");
+    }
+    if program
+        .steps
+        .iter()
+        .any(|s| s.call == Call::SetBufferBytes && s.int(0) == 1 && s.phase == Phase::ResponseBody)
+    {
+        tags.push("response-body-edit");
+    }
+    let is_status = |k: &[u8]| k == b":status";
+    if program.steps.iter().any(|s| {
+        s.int(0) == 2
+            && match s.call {
+                Call::AddHeaderMapValue | Call::ReplaceHeaderMapValue => is_status(s.buf(0)),
+                Call::SetHeaderMapPairs => pairs_have(s.buf(0), &is_status),
+                _ => false,
+            }
+    }) {
+        tags.push("response-status-write");
     }
     if program.steps.iter().any(|s| {
         s.call == Call::SendLocalResponse && pairs_have(s.buf(2), &|k: &[u8]| k == b":status")

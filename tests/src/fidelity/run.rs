@@ -94,13 +94,15 @@ impl Table {
                 "variant {name:?} has no cases"
             );
         }
-        // The ABI fuzzer's entries are its own (it counts their use in docs/abi-coverage.md).
+        // The ABI fuzzer's and the configuration corpus's entries are theirs (the fuzzer counts their use in
+        // docs/abi-coverage.md).
         let differences = differences::load(&fidelity_dir().join("differences.yaml"))?
             .into_iter()
             .filter(|d| {
-                !d.cases
-                    .iter()
-                    .all(|c| c.starts_with(crate::abi_fuzz::run::CASE_ID))
+                !d.cases.iter().all(|c| {
+                    c.starts_with(crate::abi_fuzz::run::CASE_ID)
+                        || c.starts_with(crate::config_parity::CASE_ID)
+                })
             })
             .collect();
         Ok(Table {
