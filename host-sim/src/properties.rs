@@ -124,9 +124,14 @@ impl StreamFacts {
             // empty (an empty string, an empty protobuf Struct).
             ("connection", "requested_server_name")
             | ("xds", "filter_chain_name")
-            | ("xds", "listener_metadata" | "cluster_metadata")
+            | ("xds", "listener_metadata")
             | ("xds", "route_metadata" | "virtual_host_metadata") => Some(PropertyValue::from("")),
             ("xds", "cluster_name") => name(self.cluster_name.as_deref()),
+            // Only with a cluster (Envoy's `XDSWrapper` ClusterMetadata reads `upstreamClusterInfo()`, which a
+            // direct_response route never sets).
+            ("xds", "cluster_metadata") => {
+                self.cluster_name.as_ref().map(|_| PropertyValue::from(""))
+            }
             ("xds", "listener_direction") => Some(PropertyValue::Int(self.listener_direction)),
             _ => None,
         }
@@ -147,6 +152,10 @@ impl Learned {
     fn lookup(&self, group: &str, leaf: &str) -> Option<PropertyValue> {
         match (group, leaf) {
             ("xds", "cluster_name") => self.cluster_name.as_deref().map(PropertyValue::from),
+            // Empty metadata once there is a cluster (see `StreamFacts::lookup`).
+            ("xds", "cluster_metadata") => {
+                self.cluster_name.as_ref().map(|_| PropertyValue::from(""))
+            }
             ("upstream", "address") => self
                 .upstream
                 .map(|addr| PropertyValue::String(addr.to_string())),
@@ -747,6 +756,17 @@ mod tests {
             ..f.clone()
         });
         assert_eq!(unrouted.get("xds.route_name"), None);
+        // No cluster (a direct_response route): no cluster metadata either, until the router picks one.
+        let mut clusterless = Properties::from_facts(StreamFacts {
+            cluster_name: None,
+            ..f.clone()
+        });
+        assert_eq!(clusterless.get("xds.cluster_metadata"), None);
+        clusterless.set_cluster_name(Arc::from("picked"));
+        assert_eq!(
+            clusterless.get("xds.cluster_metadata").map(Cow::into_owned),
+            Some(PropertyValue::from(""))
+        );
 
         // What the proxy learns later reads as if it had been set by name.
         let upstream: SocketAddr = "192.0.2.9:8443".parse().expect("address");
