@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -40,6 +40,9 @@ pub struct Seen {
     /// Every header in arrival order, names lower-cased.
     pub headers: Vec<(String, String)>,
     pub body: String,
+    /// The request's trailers, in arrival order (names lower-cased).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trailers: Vec<(String, String)>,
 }
 
 impl Seen {
@@ -156,6 +159,54 @@ impl Drop for EchoServer {
     }
 }
 
+/// The trailer an echo asked for `x-echo-trailers` ends its answer with.
+pub const ECHO_TRAILER: &str = "x-echo-trailer";
+
+fn pairs(map: &hyper::HeaderMap) -> Vec<(String, String)> {
+    map.iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// A response body of frames given in advance (data, then trailers).
+#[derive(Default)]
+struct Frames(std::collections::VecDeque<Frame<Bytes>>);
+
+impl hyper::body::Body for Frames {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(Ok))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Exact without trailers, so hyper writes a `content-length`; trailers need chunked framing.
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        if self.0.iter().any(Frame::is_trailers) {
+            return hyper::body::SizeHint::default();
+        }
+        let length = self
+            .0
+            .iter()
+            .filter_map(Frame::data_ref)
+            .map(|d| d.len() as u64)
+            .sum();
+        hyper::body::SizeHint::with_exact(length)
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -202,12 +253,17 @@ where
             // `x-echo-close`: answer and close the connection, so nothing a client left on it (bytes past a
             // content-length) reaches the next request.
             let close = parts.headers.contains_key("x-echo-close");
+            // `x-echo-trailers` (with `te: trailers`, without which hyper writes none): the answer ends with a
+            // trailer, declared in `trailer`.
+            let send_trailers = parts.headers.contains_key("x-echo-trailers");
             // A body that fails mid-way is recorded as what arrived before the failure.
-            let body = body
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
+            let (body, trailers) = match body.collect().await {
+                Ok(collected) => {
+                    let trailers = collected.trailers().map(pairs).unwrap_or_default();
+                    (collected.to_bytes(), trailers)
+                }
+                Err(_) => (Bytes::new(), Vec::new()),
+            };
             let seen = Seen {
                 server: name,
                 tls,
@@ -218,17 +274,9 @@ where
                     .headers
                     .get(hyper::header::HOST)
                     .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
-                headers: parts
-                    .headers
-                    .iter()
-                    .map(|(k, v)| {
-                        (
-                            k.as_str().to_string(),
-                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                        )
-                    })
-                    .collect(),
+                headers: pairs(&parts.headers),
                 body: String::from_utf8_lossy(&body).into_owned(),
+                trailers,
             };
             let json = serde_json::to_vec(&seen).unwrap_or_default();
             lock(&log.seen).push(seen);
@@ -239,8 +287,15 @@ where
             if close {
                 response = response.header("connection", "close");
             }
-            let response = response.body(Full::new(Bytes::from(json)));
-            Ok::<_, Infallible>(response.unwrap_or_else(|_| Response::new(Full::default())))
+            let mut frames = vec![Frame::data(Bytes::from(json))];
+            if send_trailers {
+                response = response.header("trailer", ECHO_TRAILER);
+                let mut trailer = hyper::HeaderMap::new();
+                trailer.insert(ECHO_TRAILER, hyper::header::HeaderValue::from_static("t"));
+                frames.push(Frame::trailers(trailer));
+            }
+            let response = response.body(Frames(frames.into()));
+            Ok::<_, Infallible>(response.unwrap_or_else(|_| Response::new(Frames::default())))
         }
     });
     // Connection errors (a client that hangs up) only end this connection.

@@ -227,6 +227,9 @@ struct State {
     calls: HashMap<u32, PendingCall>,
     infra_queue: Option<u32>,
     refs: [u64; 6],
+    /// The references as the startup program left them: each program starts from these, so what one program
+    /// registered or defined does not leak into the next (and a replayed program sees what it saw).
+    startup_refs: [u64; 6],
     startup: Program,
 }
 
@@ -614,6 +617,7 @@ fn start_program(ctx: u32, hex: &[u8]) -> Result<u32, String> {
         };
         s.reports.insert(id, report);
         s.programs.insert(id, program);
+        s.refs = s.startup_refs;
         s.streams.entry(ctx).or_default().program = Some(id);
         if ticks {
             s.awaiting_tick.push(id);
@@ -811,6 +815,7 @@ fn root_startup(root: u32, phase: Phase, size: u32) -> u32 {
                 returned: 1,
             });
         }
+        s.startup_refs = s.refs;
     });
     1
 }

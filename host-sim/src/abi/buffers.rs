@@ -78,11 +78,13 @@ fn get_bytes(
 
 fn set_bytes(c: &mut C<'_>, t: u32, start: u32, size: u32, ptr: u32, len: u32) -> HostResult {
     let t = BufferType::from_raw(t).ok_or(Status::BadArgument)?;
-    let data = read(c, ptr, len)?;
-    let st = c.data_mut();
-    if buffer(st, t).is_none() {
+    // cpp-host `set_buffer_bytes`: the buffer is looked up before the guest's bytes are read, so a missing buffer
+    // is NotFound even with a bad pointer (found by the ABI fuzzer).
+    if buffer(c.data(), t).is_none() {
         return Err(Status::NotFound.into());
     }
+    let data = read(c, ptr, len)?;
+    let st = c.data_mut();
     let body = match (t, st.stream_mut()) {
         (BufferType::HttpRequestBody, Some(s)) if s.access.request_body => &mut s.request_body,
         (BufferType::HttpResponseBody, Some(s)) if s.access.response_body => &mut s.response_body,

@@ -59,7 +59,13 @@ fn map_type(t: u32) -> Result<MapType, Status> {
 pub(crate) fn const_map(st: &HostState, t: MapType) -> Option<&HeaderMap> {
     match t {
         MapType::HttpCallResponseHeaders => st.call_response.as_ref().map(|r| &r.headers),
-        MapType::HttpCallResponseTrailers => st.call_response.as_ref().map(|r| &r.trailers),
+        // A response without trailers has no trailers map (`Context::getConstMap`: `(*response)->trailers()` is
+        // null), so reading it is BadArgument, not NotFound (found by the ABI fuzzer).
+        MapType::HttpCallResponseTrailers => st
+            .call_response
+            .as_ref()
+            .map(|r| &r.trailers)
+            .filter(|t| !t.is_empty()),
         MapType::GrpcReceiveInitialMetadata | MapType::GrpcReceiveTrailingMetadata => None,
         _ => {
             let s = st.stream()?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::dns_cache::{parse_dns_cache, DnsCacheConfig};
 use super::filters::{parse_http_filters, FilterStage, HttpFilter};
 use super::node::{At, Fields};
-use super::{parse_address, typed_config, ConfigError};
+use super::{parse_address, parse_http1_options, typed_config, ConfigError};
 
 const DFP_CLUSTER_TYPE: &str = "envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig";
 const TLS_TYPE: &str = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
@@ -63,6 +63,10 @@ pub struct UpstreamOptions {
     pub auto_san_validation: bool,
     /// Upstream HTTP filters; empty when none are configured (Envoy then uses the codec directly).
     pub http_filters: Vec<HttpFilter>,
+    /// `explicit_http_config.http_protocol_options.enable_trailers`: the HTTP/1 codec reads the response's trailers
+    /// and writes the request's; without it both are dropped (`ConnectionImpl::onHeaderFieldImpl`,
+    /// `StreamEncoderImpl::encodeTrailersBase`).
+    pub enable_trailers: bool,
 }
 
 pub(crate) fn parse_cluster(at: &At<'_>) -> Result<Cluster, ConfigError> {
@@ -303,8 +307,8 @@ fn parse_protocol_options(at: &At<'_>) -> Result<Option<UpstreamOptions>, Config
     if let Some(explicit) = config.opt("explicit_http_config") {
         let mut explicit_fields = explicit.map()?;
         let http1 = explicit_fields.req("http_protocol_options")?;
-        http1.map()?.finish()?;
         explicit_fields.finish()?;
+        result.enable_trailers = parse_http1_options(&http1)?;
     }
     if let Some(filters) = config.opt("http_filters") {
         result.http_filters = parse_http_filters(&filters, FilterStage::Upstream)?;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::filters::{parse_http_filters, FilterStage, HttpFilter};
 use super::node::At;
-use super::{parse_address, typed_config, ConfigError};
+use super::{parse_address, parse_http1_options, typed_config, ConfigError};
 
 const HCM_TYPE: &str =
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
@@ -51,6 +51,9 @@ pub struct HttpConnectionManager {
     /// `server_name`: the `server` header of every response. Unset, host-sim writes `host-sim` where Envoy
     /// writes `envoy`.
     pub server_name: Option<String>,
+    /// `http_protocol_options.enable_trailers`: the downstream HTTP/1 codec reads a request's trailers (the filters'
+    /// trailer callbacks run) and writes a response's; without it both are dropped.
+    pub enable_trailers: bool,
 }
 
 /// `envoy.access_loggers.file`: a path and a text format of Envoy command operators.
@@ -231,12 +234,21 @@ fn parse_hcm(at: &At<'_>) -> Result<HttpConnectionManager, ConfigError> {
     };
     // HTTP/2 options only matter for h2 downstreams, which host-sim does not serve; allow_connect is implied.
     fields.cosmetic("http2_protocol_options");
+    // How long Envoy waits for the client to close after it closed its side (default 1 s): host-sim closes at
+    // once, as Envoy with `0s`. Only the moment the client sees the close differs.
+    if let Some(timeout) = fields.opt("delayed_close_timeout") {
+        timeout.duration()?;
+    }
     let generate_request_id = fields
         .opt("generate_request_id")
         .map(|g| g.bool())
         .transpose()?
         .unwrap_or(true);
     let server_name = fields.opt("server_name").map(|n| n.string()).transpose()?;
+    let enable_trailers = match fields.opt("http_protocol_options") {
+        Some(options) => parse_http1_options(&options)?,
+        None => false,
+    };
     fields.finish()?;
     Ok(HttpConnectionManager {
         server_name,
@@ -248,6 +260,7 @@ fn parse_hcm(at: &At<'_>) -> Result<HttpConnectionManager, ConfigError> {
         request_headers_timeout,
         max_request_headers_kb,
         generate_request_id,
+        enable_trailers,
     })
 }
 

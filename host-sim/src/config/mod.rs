@@ -291,5 +291,18 @@ pub(crate) fn typed_config<'a>(
     Ok((type_name, fields))
 }
 
+/// An `Http1ProtocolOptions` (a cluster's, or a connection manager's `http_protocol_options`): host-sim takes
+/// `enable_trailers` (default false) and refuses the other fields by name.
+pub(crate) fn parse_http1_options(at: &At<'_>) -> Result<bool, ConfigError> {
+    let mut fields = at.map()?;
+    let enable_trailers = fields
+        .opt("enable_trailers")
+        .map(|b| b.bool())
+        .transpose()?
+        .unwrap_or(false);
+    fields.finish()?;
+    Ok(enable_trailers)
+}
+
 #[cfg(test)]
 mod tests;

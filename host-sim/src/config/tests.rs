@@ -389,3 +389,37 @@ fn generate_request_id_defaults_to_true_and_is_read() {
         error_of(&wrong)
     );
 }
+
+#[test]
+fn enable_trailers_is_read_per_codec_and_other_http1_options_are_refused() {
+    let default = Bootstrap::from_yaml(FULL).expect("valid bootstrap");
+    assert!(!default.listeners[0].http.enable_trailers);
+    assert!(default.clusters.iter().all(|c| !c.upstream.enable_trailers));
+    let on = FULL
+        .replacen(
+            "stat_prefix: dfp",
+            "stat_prefix: dfp\n          http_protocol_options: { enable_trailers: true }",
+            1,
+        )
+        .replacen(
+            "explicit_http_config: { http_protocol_options: {} }",
+            "explicit_http_config: { http_protocol_options: { enable_trailers: true } }",
+            1,
+        );
+    let bootstrap = Bootstrap::from_yaml(&on).expect("valid bootstrap");
+    assert!(bootstrap.listeners[0].http.enable_trailers);
+    assert!(bootstrap
+        .clusters
+        .iter()
+        .any(|c| c.upstream.enable_trailers));
+    let other = valid().replacen(
+        "stat_prefix: dfp",
+        "stat_prefix: dfp\n          http_protocol_options: { accept_http_10: true }",
+        1,
+    );
+    let error = error_of(&other);
+    assert!(
+        error.contains("http_protocol_options.accept_http_10"),
+        "{error}"
+    );
+}

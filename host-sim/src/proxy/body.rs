@@ -4,8 +4,12 @@
 //! reverse. When the response body ends (or the client goes away, or the upstream breaks off) every wasm context is
 //! finished and the access log written with how the stream ended, as in Envoy's access-log phase.
 //!
-//! HTTP/1 trailers end a filtered body and go no further, and no trailer callback runs: Envoy's HTTP/1 codec
-//! drops them unless `http_protocol_options.enable_trailers` is set, which host-sim does not accept.
+//! HTTP/1 trailers are read only where Envoy's codec reads them, with `enable_trailers` in the codec's
+//! `http_protocol_options` (the connection manager's for a request, the cluster's for a response;
+//! `ConnectionImpl::onHeaderFieldImpl` ignores them otherwise). Read, they end the body: the body callbacks see
+//! end_of_stream false and the trailers callbacks follow (`ServerConnectionImpl::onMessageCompleteBase` calls
+//! `decodeTrailers` instead of `decodeData(buffer, true)`). They go on only where the next codec writes them
+//! (`StreamEncoderImpl::encodeTrailersBase`); otherwise, and when not read, they end the body and go no further.
 
 use std::cell::RefCell;
 use std::pin::Pin;
@@ -15,7 +19,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 
-use crate::headers::HeaderMap;
+use crate::headers::{HeaderMap, MapKind};
 
 use super::access_log::PendingEntry;
 use super::http::{BoxError, Reply};
@@ -34,6 +38,14 @@ pub(crate) struct StreamChains {
 pub(crate) enum Side {
     Downstream,
     Upstream,
+}
+
+/// Which codecs read and write trailers, from their `enable_trailers`: `read` for the side the body comes from,
+/// `write` for the side it goes to.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct TrailerCodecs {
+    pub read: bool,
+    pub write: bool,
 }
 
 impl StreamChains {
@@ -71,6 +83,25 @@ impl StreamChains {
             }
         }
         Ok(Some(data))
+    }
+
+    /// Runs trailers through both chains in the order of [`StreamChains::body`]; `body` is what the chains still
+    /// have to see ahead of them. Returns the body to forward before the trailers.
+    fn trailers(
+        &mut self,
+        phase: Phase,
+        body: Vec<u8>,
+        trailers: &mut HeaderMap,
+    ) -> Result<Vec<u8>, Outcome> {
+        let chains = match phase {
+            Phase::RequestHeaders => [&mut self.downstream, &mut self.upstream],
+            Phase::ResponseHeaders => [&mut self.upstream, &mut self.downstream],
+        };
+        let mut data = body;
+        for chain in chains {
+            data = chain.trailers(phase, data, trailers)?;
+        }
+        Ok(data)
     }
 
     /// Counts body bytes for the `request.size` / `response.size` properties of every context of the stream.
@@ -111,6 +142,9 @@ pub(crate) struct FilteredRequest<B> {
     gather: Gather,
     /// Set once the request's last byte is in, before the filters hear of the end (see [`NotesEnd`]).
     complete: Rc<std::cell::Cell<bool>>,
+    trailer_codecs: TrailerCodecs,
+    /// Trailers that go upstream once the body before them is out.
+    pending_trailers: Option<hyper::HeaderMap>,
 }
 
 impl<B> FilteredRequest<B> {
@@ -132,7 +166,46 @@ impl<B> FilteredRequest<B> {
             failed: None,
             gather: Gather::default(),
             complete: Rc::default(),
+            trailer_codecs: TrailerCodecs::default(),
+            pending_trailers: None,
         }
+    }
+
+    /// Reads (and forwards) the request's trailers as the two codecs' `enable_trailers` say.
+    pub fn with_trailers(mut self, codecs: TrailerCodecs) -> Self {
+        self.trailer_codecs = codecs;
+        self
+    }
+
+    /// The request ends with trailers: the body before them with end_of_stream false, then the trailers callbacks;
+    /// what the filters release goes up, then the trailers if the upstream codec writes them.
+    fn filter_trailers(
+        &mut self,
+        data: &[u8],
+        trailers: &hyper::HeaderMap,
+    ) -> Result<Option<Vec<u8>>, Reply> {
+        let mut out = if data.is_empty() {
+            Vec::new()
+        } else {
+            self.filter_data(data, false)?.unwrap_or_default()
+        };
+        self.complete.set(true);
+        let mut map = trailers_from_hyper(MapKind::RequestTrailers, trailers);
+        let released = self
+            .chains
+            .borrow_mut()
+            .trailers(Phase::RequestHeaders, Vec::new(), &mut map)
+            .map_err(reply_for)?;
+        out.extend_from_slice(&released);
+        if self.trailer_codecs.write {
+            self.pending_trailers = Some(trailers_to_hyper(&map));
+        }
+        Ok(Some(out))
+    }
+
+    /// Trailers the downstream codec reads (`enable_trailers`; an empty trailer section is none).
+    fn read_trailers(&self, trailers: Option<hyper::HeaderMap>) -> Option<hyper::HeaderMap> {
+        trailers.filter(|t| self.trailer_codecs.read && !t.is_empty())
     }
 
     /// Notes the request's end in `complete` as soon as it is known (a reply the end callback makes then finds the
@@ -174,6 +247,25 @@ impl<B> FilteredRequest<B> {
     }
 }
 
+impl<B> FilteredRequest<B> {
+    /// Whether the body ended after a gathered chunk, and the trailers that ended it if they are read; a failure is
+    /// kept to report after the chunk.
+    fn split_after<E: Into<BoxError>>(
+        &mut self,
+        after: After<E>,
+    ) -> (bool, Option<hyper::HeaderMap>) {
+        match after {
+            After::Open => (false, None),
+            After::Ended => (true, None),
+            After::Trailers(trailers) => (true, self.read_trailers(Some(trailers))),
+            After::Failed(error) => {
+                self.failed = Some(error.into());
+                (false, None)
+            }
+        }
+    }
+}
+
 impl<B> Body for FilteredRequest<B>
 where
     B: Body<Data = Bytes> + Unpin,
@@ -193,7 +285,7 @@ where
                 return Poll::Ready(Some(Err(error)));
             }
             if this.done {
-                return Poll::Ready(None);
+                return Poll::Ready(this.pending_trailers.take().map(|t| Ok(Frame::trailers(t))));
             }
             let result = if this.gather.is_gathering() {
                 let (data, after) =
@@ -204,11 +296,11 @@ where
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(read) => read,
                     };
-                let ends = matches!(after, After::Ended);
-                if let After::Failed(error) = after {
-                    this.failed = Some(error.into());
-                }
-                if std::mem::take(&mut this.held_by_pause) && ends {
+                let (ends, trailers) = this.split_after(after);
+                if let Some(trailers) = trailers {
+                    this.filter_trailers(&data, &trailers)
+                        .map(|out| (out, true))
+                } else if std::mem::take(&mut this.held_by_pause) && ends {
                     this.filter_data(&data, true).map(|out| (out, true))
                 } else {
                     data_then_end(|d, e| this.filter_data(d, e), &data, ends)
@@ -226,8 +318,13 @@ where
                             this.gather.start(data);
                             continue;
                         }
-                        // Trailers: the body ends here (see the module's note).
-                        Err(_) => this.filter_data(&[], true).map(|out| (out, true)),
+                        // Trailers end the body (see the module's note).
+                        Err(frame) => match this.read_trailers(frame.into_trailers().ok()) {
+                            Some(trailers) => {
+                                this.filter_trailers(&[], &trailers).map(|out| (out, true))
+                            }
+                            None => this.filter_data(&[], true).map(|out| (out, true)),
+                        },
                     },
                     // The body ended without a final data frame.
                     Poll::Ready(None) => this.filter_data(&[], true).map(|out| (out, true)),
@@ -249,7 +346,8 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done
+        // hyper stops polling at the end: trailers still to come keep it open.
+        self.done && self.pending_trailers.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -266,8 +364,10 @@ const UPSTREAM_READ_LIMIT: usize = 1024 * 1024;
 enum After<E> {
     /// More may come later.
     Open,
-    /// The body ended (or trailers came, which end it here).
+    /// The body ended.
     Ended,
+    /// Trailers came, which end the body.
+    Trailers(hyper::HeaderMap),
     /// The body broke off.
     Failed(E),
 }
@@ -332,7 +432,10 @@ impl Gather {
                             .extend_from_slice(&more);
                         self.idle_rounds = 0;
                     }
-                    Err(_) => break After::Ended,
+                    Err(frame) => match frame.into_trailers() {
+                        Ok(trailers) => break After::Trailers(trailers),
+                        Err(_) => break After::Ended,
+                    },
                 },
             }
         };
@@ -373,14 +476,20 @@ fn data_then_end<E>(
 
 /// A request body that notes when its last byte went by: a response that starts before then closes an HTTP/1
 /// connection, as Envoy's `ActiveStream::encodeHeaders` does when the last downstream byte was not received.
+/// Trailers go on only when both codecs take them (see the module's note).
 pub(crate) struct NotesEnd<B> {
     inner: B,
     ended: Rc<std::cell::Cell<bool>>,
+    pass_trailers: bool,
 }
 
 impl<B> NotesEnd<B> {
-    pub fn new(inner: B, ended: Rc<std::cell::Cell<bool>>) -> Self {
-        NotesEnd { inner, ended }
+    pub fn new(inner: B, ended: Rc<std::cell::Cell<bool>>, codecs: TrailerCodecs) -> Self {
+        NotesEnd {
+            inner,
+            ended,
+            pass_trailers: codecs.read && codecs.write,
+        }
     }
 }
 
@@ -396,7 +505,12 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let mut polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if frame.is_trailers() && !this.pass_trailers {
+                polled = Poll::Ready(None);
+            }
+        }
         // An error (the client broke off, or a filter ended the request early) is no end of the request.
         let ended = match &polled {
             Poll::Ready(None) => true,
@@ -461,6 +575,9 @@ pub(crate) struct FilteredResponse<B> {
     held_by_pause: bool,
     gather: Gather,
     log: Option<PendingEntry>,
+    trailer_codecs: TrailerCodecs,
+    /// Trailers that go to the client once the body before them is out.
+    pending_trailers: Option<hyper::HeaderMap>,
 }
 
 impl<B: Body> FilteredResponse<B> {
@@ -488,7 +605,15 @@ impl<B: Body> FilteredResponse<B> {
             failed: None,
             gather: Gather::default(),
             log,
+            trailer_codecs: TrailerCodecs::default(),
+            pending_trailers: None,
         }
+    }
+
+    /// Reads (and forwards) the response's trailers as the two codecs' `enable_trailers` say.
+    pub fn with_trailers(mut self, codecs: TrailerCodecs) -> Self {
+        self.trailer_codecs = codecs;
+        self
     }
 }
 
@@ -526,6 +651,55 @@ impl<B> FilteredResponse<B> {
     }
 }
 
+impl<B> FilteredResponse<B> {
+    /// Trailers the upstream codec reads (`enable_trailers`; an empty trailer section is none).
+    fn read_trailers(&self, trailers: Option<hyper::HeaderMap>) -> Option<hyper::HeaderMap> {
+        trailers.filter(|t| self.trailer_codecs.read && !t.is_empty())
+    }
+
+    /// The response ends with trailers: the body before them with end_of_stream false, then the trailers
+    /// callbacks; what the filters release goes to the client, then the trailers if the downstream codec writes
+    /// them.
+    fn filter_trailers(
+        &mut self,
+        data: &[u8],
+        trailers: &hyper::HeaderMap,
+    ) -> Result<Option<Vec<u8>>, BoxError> {
+        let mut out = if data.is_empty() {
+            Vec::new()
+        } else {
+            self.filter_data(data, false)?.unwrap_or_default()
+        };
+        let mut map = trailers_from_hyper(MapKind::ResponseTrailers, trailers);
+        let mut chains = self.chains.borrow_mut();
+        let released = chains
+            .trailers(Phase::ResponseHeaders, Vec::new(), &mut map)
+            .map_err(|_| AFTER_RESPONSE_STARTED)?;
+        chains.count(Phase::ResponseHeaders, released.len());
+        out.extend_from_slice(&released);
+        if self.trailer_codecs.write {
+            self.pending_trailers = Some(trailers_to_hyper(&map));
+        }
+        Ok(Some(out))
+    }
+
+    /// As [`FilteredRequest::split_after`].
+    fn split_after<E: Into<BoxError>>(
+        &mut self,
+        after: After<E>,
+    ) -> (bool, Option<hyper::HeaderMap>) {
+        match after {
+            After::Open => (false, None),
+            After::Ended => (true, None),
+            After::Trailers(trailers) => (true, self.read_trailers(Some(trailers))),
+            After::Failed(error) => {
+                self.failed = Some(error.into());
+                (false, None)
+            }
+        }
+    }
+}
+
 /// Headers are gone already: a reply or failure now can only reset the stream, as in Envoy.
 const AFTER_RESPONSE_STARTED: &str = "a wasm filter failed or replied after the response started";
 
@@ -547,6 +721,11 @@ where
                 this.finish(&upstream_reset_details(&error));
                 return Poll::Ready(Some(Err(error)));
             }
+            if this.done {
+                if let Some(trailers) = this.pending_trailers.take() {
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                }
+            }
             let result = if this.gather.is_gathering() {
                 let (data, after) =
                     match this
@@ -556,11 +735,11 @@ where
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(read) => read,
                     };
-                let ends = matches!(after, After::Ended);
-                if let After::Failed(error) = after {
-                    this.failed = Some(error.into());
-                }
-                if std::mem::take(&mut this.held_by_pause) && ends {
+                let (ends, trailers) = this.split_after(after);
+                if let Some(trailers) = trailers {
+                    this.filter_trailers(&data, &trailers)
+                        .map(|out| (out, true))
+                } else if std::mem::take(&mut this.held_by_pause) && ends {
                     this.filter_data(&data, true)
                         .map(|out| (out.clone(), out.is_some()))
                 } else {
@@ -578,8 +757,17 @@ where
                         this.finish("via_upstream");
                         return Poll::Ready(None);
                     }
+                    // Trailers go through untouched only when both codecs take them; otherwise they end the body.
+                    Poll::Ready(Some(Ok(frame)))
+                        if this.passthrough
+                            && frame.is_trailers()
+                            && !(this.trailer_codecs.read && this.trailer_codecs.write) =>
+                    {
+                        this.finish("via_upstream");
+                        return Poll::Ready(None);
+                    }
                     Poll::Ready(Some(Ok(frame))) if this.passthrough => {
-                        if this.inner.is_end_stream() {
+                        if this.inner.is_end_stream() || frame.is_trailers() {
                             this.finish("via_upstream");
                         }
                         return Poll::Ready(Some(Ok(frame)));
@@ -589,10 +777,15 @@ where
                             this.gather.start(data);
                             continue;
                         }
-                        // Trailers end the body here (see the module's note).
-                        Err(_) => this
-                            .filter_data(&[], true)
-                            .map(|out| (out.clone(), out.is_some())),
+                        // Trailers end the body (see the module's note).
+                        Err(frame) => match this.read_trailers(frame.into_trailers().ok()) {
+                            Some(trailers) => {
+                                this.filter_trailers(&[], &trailers).map(|out| (out, true))
+                            }
+                            None => this
+                                .filter_data(&[], true)
+                                .map(|out| (out.clone(), out.is_some())),
+                        },
                     },
                     // The body ended without a final data frame: buffering filters get their end-of-stream call.
                     Poll::Ready(None) => this
@@ -609,7 +802,9 @@ where
                         continue;
                     }
                     if out.is_empty() {
-                        return Poll::Ready(None);
+                        return Poll::Ready(
+                            this.pending_trailers.take().map(|t| Ok(Frame::trailers(t))),
+                        );
                     }
                     return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
                 }
@@ -672,4 +867,30 @@ fn upstream_reset_details(error: &BoxError) -> String {
         "connection_termination"
     };
     format!("upstream_reset_after_response_started{{{reason}}}")
+}
+
+/// Trailers as the filters see them (`kind` decides which names are inline, as for headers).
+fn trailers_from_hyper(kind: MapKind, trailers: &hyper::HeaderMap) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in trailers {
+        map.add_as(kind, name.as_str(), value.as_bytes());
+    }
+    map
+}
+
+/// Trailers as hyper writes them; a name or value a filter set that is not valid on the wire is left out.
+fn trailers_to_hyper(trailers: &HeaderMap) -> hyper::HeaderMap {
+    let mut map = hyper::HeaderMap::new();
+    for (name, value) in trailers.iter() {
+        match (
+            hyper::header::HeaderName::from_bytes(name),
+            hyper::header::HeaderValue::from_bytes(value),
+        ) {
+            (Ok(name), Ok(value)) => {
+                map.append(name, value);
+            }
+            _ => tracing::debug!("dropping a trailer a filter set with invalid bytes"),
+        }
+    }
+    map
 }

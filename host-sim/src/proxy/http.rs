@@ -31,6 +31,7 @@ use crate::stream::LocalReply;
 
 use super::body::{
     EarlyReply, FilteredRequest, FilteredResponse, NotesEnd, SharedChains, Side, StreamChains,
+    TrailerCodecs,
 };
 use super::local_reply::EnvoyReply;
 use super::route::{self, Selected};
@@ -87,7 +88,9 @@ const RESPONSE_HOP_BY_HOP: &[&str] = &[
 ];
 
 /// Hop-by-hop headers: never forwarded (RFC 9110 §7.6.1, and what Envoy's codecs drop). `Proxy-Authorization` is
-/// not among them: Envoy forwards it unless the route or a filter removes it (measured, `faults_security.rs`).
+/// not among them: Envoy forwards it unless the route or a filter removes it (measured, `faults_security.rs`); nor
+/// is `Trailer`, which `ConnectionManagerUtility::mutateRequestHeaders` leaves (the filters see it, the upstream
+/// gets it; found by the ABI fuzzer).
 const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
@@ -95,7 +98,6 @@ const HOP_BY_HOP: &[&str] = &[
     "transfer-encoding",
     "upgrade",
     "te",
-    "trailer",
     "proxy-authenticate",
 ];
 
@@ -797,9 +799,20 @@ impl Exchange<'_> {
             address: target.address,
             tls_name,
         };
-        // A request without a body gets no body callback, as in Envoy (its headers carried end of stream).
+        let request_trailers = TrailerCodecs {
+            read: self.listener.config.http.enable_trailers,
+            write: cluster.config.upstream.enable_trailers,
+        };
+        let response_trailers = TrailerCodecs {
+            read: cluster.config.upstream.enable_trailers,
+            write: self.listener.config.http.enable_trailers,
+        };
+        // A request without a body gets no body callback, as in Envoy (its headers carried end of stream). Trailers
+        // the codec reads go through the filters' trailer callbacks.
         let filter_body = !body.is_end_stream()
-            && (downstream.filters_request_body() || upstream.filters_request_body());
+            && (downstream.filters_request_body()
+                || upstream.filters_request_body()
+                || request_trailers.read && !(downstream.is_empty() && upstream.is_empty()));
         let chains: SharedChains = Rc::new(RefCell::new(StreamChains {
             downstream,
             upstream,
@@ -815,12 +828,14 @@ impl Exchange<'_> {
                     early_reply.clone(),
                     self.listener.config.buffer_limit,
                 )
-                .noting_end_in(self.request_complete.clone()),
+                .noting_end_in(self.request_complete.clone())
+                .with_trailers(request_trailers),
             )
         } else {
             local_body(NotesEnd::new(
                 body.map_err(|error| Box::new(error) as BoxError),
                 self.request_complete.clone(),
+                request_trailers,
             ))
         };
         let reply_on = |reply: Reply| {
@@ -940,6 +955,13 @@ impl Exchange<'_> {
         if let Some(reply) = reply {
             let mut chains = chains.borrow_mut();
             let chains = &mut *chains;
+            if matches!(reply, Reply::Reset) {
+                // `Context::closeStream` resets after the callback: the contexts end still pointing at the
+                // upstream's head, which on_done and on_log read (found by the ABI fuzzer).
+                for chain in [&mut chains.upstream, &mut chains.downstream] {
+                    chain.finish(Some(&response_headers), None, CLOSE_STREAM_DETAILS);
+                }
+            }
             return self.local_reply_via(
                 &mut chains.downstream,
                 Some(&mut chains.upstream),
@@ -963,7 +985,8 @@ impl Exchange<'_> {
         self.log.borrow_mut().details = Some("via_upstream".to_string());
         let log = self.pending_log(&response_headers, status);
         let pooled = PooledBody::new(body, pool, key, sender);
-        let body = FilteredResponse::new(pooled, chains, response_headers.clone(), status, log);
+        let body = FilteredResponse::new(pooled, chains, response_headers.clone(), status, log)
+            .with_trailers(response_trailers);
         build_response(&response_headers, local_body(body))
     }
 
@@ -1311,6 +1334,25 @@ fn reset_response() -> Response<DownstreamBody> {
 }
 
 /// A body held whole in memory (local replies, a request body the filters have read).
+/// A body whose length hyper does not learn (see [`build_response`]).
+struct LengthForgotten(LocalBody);
+
+impl Body for LengthForgotten {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        self.0.as_mut().poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+}
+
 fn full_body(bytes: impl Into<Bytes>) -> LocalBody {
     local_body(Full::new(bytes.into()).map_err(|never| match never {}))
 }
@@ -1331,6 +1373,16 @@ fn plain_reply(reply: &EnvoyReply) -> Response<DownstreamBody> {
 
 /// A hyper response from a header map (`:status` plus regular headers); invalid entries a filter wrote are dropped.
 fn build_response(headers: &HeaderMap, body: DownstreamBody) -> Response<DownstreamBody> {
+    // A filter may leave a `content-length` that is not the body's: Envoy's HTTP/1 encoder writes the header as it
+    // is and the body as it is. hyper trusts a body of known length over the header (and asserts they agree in a
+    // debug build), so the length is forgotten and hyper frames by the header, as Envoy's codec does.
+    let claimed = headers
+        .get_str("content-length")
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let body = match (body.size_hint().exact(), claimed) {
+        (Some(exact), Some(claimed)) if exact != claimed => local_body(LengthForgotten(body)),
+        _ => body,
+    };
     let status = headers
         .get_str(":status")
         .and_then(|s| s.parse::<u16>().ok())

@@ -259,9 +259,11 @@ impl WasmChain {
             }
         };
         let state = instance.stream_state_mut(stream)?;
-        if action.is_stop() {
+        let closing = state.effects.close_request || state.effects.close_response;
+        if action.is_stop() || closing {
             // A filter that stopped keeps its view of the headers (Envoy's context drops its pointer to them
             // only on Continue, `Context::decodeHeaders`): later callbacks, a local reply's included, read them.
+            // So does one that closed the stream (see `filter_call`).
             match phase {
                 Phase::RequestHeaders => state.request_headers = headers.clone(),
                 Phase::ResponseHeaders => state.response_headers = headers.clone(),
@@ -419,6 +421,88 @@ impl WasmChain {
             };
         }
         Ok(Some(data))
+    }
+
+    /// The trailers callback of every filter (request: in order; response: reverse), once trailers ended the body.
+    /// `body` is what the filters before the first one let through ahead of the trailers. Each filter's body
+    /// callback first gets what earlier filters released (end_of_stream false: trailers follow), then its trailers;
+    /// when it goes on, the body it held goes to the next filter: Envoy's `commonContinue` hands on the buffered
+    /// data (`doData`) before the trailers (`doTrailers`). A trailers callback that pauses is not waited for
+    /// (docs/host-sim.md). Returns the body that leaves the last filter, the trailers changed in place.
+    pub fn trailers(
+        &mut self,
+        phase: Phase,
+        body: Vec<u8>,
+        trailers: &mut HeaderMap,
+    ) -> Result<Vec<u8>, Outcome> {
+        let count = self.members.len();
+        let mut released = body;
+        for step in 0..count {
+            let index = match phase {
+                Phase::RequestHeaders => step,
+                Phase::ResponseHeaders => count - 1 - step,
+            };
+            if self.members[index].state == MemberState::Failed {
+                return Err(Outcome::Failed(EnvoyReply::wasm_failed()));
+            }
+            let Some(stream) = self.members[index].live() else {
+                continue;
+            };
+            let slot = self.members[index].slot;
+            let mut instance = self.worker.plugin(slot).borrow_mut();
+            let fed = if released.is_empty() {
+                Ok(Action::Continue)
+            } else {
+                match phase {
+                    Phase::RequestHeaders => instance.on_request_body(stream, &released, false),
+                    Phase::ResponseHeaders => instance.on_response_body(stream, &released, false),
+                }
+            };
+            let result = fed.and_then(|_| {
+                if let Some(state) = instance.stream_state_mut(stream) {
+                    match phase {
+                        Phase::RequestHeaders => state.request_trailers = std::mem::take(trailers),
+                        Phase::ResponseHeaders => {
+                            state.response_trailers = std::mem::take(trailers)
+                        }
+                    }
+                }
+                let result = match phase {
+                    Phase::RequestHeaders => instance.on_request_trailers(stream),
+                    Phase::ResponseHeaders => instance.on_response_trailers(stream),
+                };
+                if let Some(state) = instance.stream_state_mut(stream) {
+                    *trailers = match phase {
+                        Phase::RequestHeaders => state.request_trailers.clone(),
+                        Phase::ResponseHeaders => state.response_trailers.clone(),
+                    };
+                }
+                result
+            });
+            if let Err(error) = result {
+                tracing::warn!(plugin = %self.worker.shared.plugins[slot].name, %error, "wasm trailers callback failed");
+                drop(instance);
+                let trapped_here = matches!(error, CallbackError::Trap { .. });
+                match self.fail_member(index, trapped_here) {
+                    None => continue,
+                    Some(outcome) => return Err(outcome),
+                }
+            }
+            let Some(state) = instance.stream_state_mut(stream) else {
+                continue;
+            };
+            if state.effects.take_close() {
+                return Err(Outcome::Reset);
+            }
+            if let Some(reply) = state.effects.local_reply.take() {
+                return Err(Outcome::LocalReply(reply));
+            }
+            released = match phase {
+                Phase::RequestHeaders => std::mem::take(&mut state.request_body),
+                Phase::ResponseHeaders => std::mem::take(&mut state.response_body),
+            };
+        }
+        Ok(released)
     }
 
     /// Lets the caller inspect or fill each live stream's state (e.g. trailers, final response properties).

@@ -387,7 +387,13 @@ impl PluginInstance {
                 }
             }
         };
-        if !action.is_stop() {
+        // A stream closed in the callback is reset as the call returns (`Context::closeStream` defers
+        // `resetStream` to after the VM call), which logs and destroys it at once: the context never gets to drop
+        // this phase's map, so on_log and on_done still read it (found by the ABI fuzzer).
+        let closing = self
+            .stream_state(s)
+            .is_some_and(|st| st.effects.close_request || st.effects.close_response);
+        if !action.is_stop() && !closing {
             if let Some(a) = self.access(s) {
                 phase.close(a);
             }

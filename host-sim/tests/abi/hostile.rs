@@ -176,6 +176,7 @@ fn call(h: &mut Harness, ctx: u32, name: &str, args: &[u32]) -> u32 {
 
 const INVALID_MEMORY: u32 = Status::InvalidMemoryAccess as u32;
 const BAD_ARGUMENT: u32 = Status::BadArgument as u32;
+const NOT_FOUND: u32 = Status::NotFound as u32;
 
 #[test]
 fn modules_without_abi_marker_or_exports_are_refused_clearly() {
@@ -459,6 +460,23 @@ fn bad_enum_values_return_bad_argument_and_malformed_pairs_read_as_none() {
             "proxy_add_header_map_value",
             &[0, DATA, 1, DATA, 1]
         ),
+        BAD_ARGUMENT
+    );
+}
+
+#[test]
+fn a_missing_buffer_is_not_found_before_the_guest_memory_is_read() {
+    let mut h = harness();
+    let root = h.instance().root_context_id();
+    // cpp-host `set_buffer_bytes` looks the buffer up first: no http call response here, so NotFound even
+    // though the data pointer is outside memory (found by the ABI fuzzer).
+    assert_eq!(
+        call(&mut h, root, "proxy_set_buffer_bytes", &[4, 0, 0, OOB, 5]),
+        NOT_FOUND
+    );
+    // An unknown buffer type is refused before anything else.
+    assert_eq!(
+        call(&mut h, root, "proxy_set_buffer_bytes", &[99, 0, 0, OOB, 5]),
         BAD_ARGUMENT
     );
 }

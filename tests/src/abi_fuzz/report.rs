@@ -17,14 +17,15 @@ pub fn describe_program(d: &Divergence) -> String {
     if let Some(shape) = &d.shape {
         let _ = writeln!(
             out,
-            "request: {} {} body={} trailers={}",
+            "request: {} {} body={} trailers={} response_trailers={}",
             shape.method,
             shape.path,
             shape
                 .body
                 .as_ref()
                 .map_or("none".to_string(), |b| format!("{} bytes", b.len())),
-            shape.trailers
+            shape.trailers,
+            shape.response_trailers
         );
     }
     out.push_str(&describe_steps(&d.program));

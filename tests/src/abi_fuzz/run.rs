@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use abi_fuzz::program::{
-    self, Call, Phase, Program, Record, Step, COMPLETE_HEADER, FETCH_HEADER, PROGRAM_HEADER,
+    self, Call, Phase, Program, Record, Ref, Step, COMPLETE_HEADER, FETCH_HEADER, PROGRAM_HEADER,
     STARTUP_PROGRAM,
 };
 use proptest::strategy::{Strategy, ValueTree};
@@ -29,9 +29,15 @@ use crate::wasm;
 /// The case id differences.yaml entries use for the fuzzer.
 pub const CASE_ID: &str = "abi-fuzz";
 
-/// How long a report may take to complete (ticks, queues, http calls) after the response.
-const REPORT_WAIT: Duration = Duration::from_secs(3);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a report may take to complete (ticks, queues, http calls) after the response: they complete within
+/// milliseconds, or never (a stream's calls cancelled with it).
+const REPORT_WAIT: Duration = Duration::from_secs(1);
+/// How long a response may take. Envoy answers within milliseconds or never: a filter that resized the body under
+/// its `content-length` leaves the client waiting for bytes that do not come (one such program in 200 or so; at
+/// 10 s these were most of a run's time).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// A long run says how far it got this often (programs).
+const PROGRESS_EVERY: usize = 2500;
 /// Shrinking stops after this many candidate runs per divergence.
 const SHRINK_RUNS: usize = 80;
 /// Divergences shrunk per run; later ones are counted, not shrunk.
@@ -47,8 +53,9 @@ pub struct Config {
     pub replay: Option<String>,
 }
 
-/// A program and its request as one line: `METHOD PATH BODY_LEN TRAILERS HEX` (BODY_LEN `-` for none), what a
-/// divergence report prints and `DFP_ABI_FUZZ_REPLAY` takes.
+/// A program and its request as one line: `METHOD PATH BODY_LEN TRAILERS HEX` (BODY_LEN `-` for none; TRAILERS
+/// 1 for request trailers, plus 2 for response trailers), what a divergence report prints and
+/// `DFP_ABI_FUZZ_REPLAY` takes.
 pub fn replay_text(program: &Program, shape: &Shape) -> String {
     format!(
         "{} {} {} {} {}",
@@ -58,7 +65,7 @@ pub fn replay_text(program: &Program, shape: &Shape) -> String {
             .body
             .as_ref()
             .map_or("-".to_string(), |b| b.len().to_string()),
-        u8::from(shape.trailers),
+        u8::from(shape.trailers) | (u8::from(shape.response_trailers) << 1),
         program::to_hex(&program.encode())
     )
 }
@@ -83,10 +90,12 @@ fn parse_replay(text: &str) -> anyhow::Result<(Program, Shape)> {
         ),
     };
     let program = Program::decode(&program::from_hex(hex.as_bytes())?)?;
+    let trailers: u8 = trailers.parse()?;
     let shape = Shape {
         method: leak(method),
         path: leak(path),
-        trailers: *trailers == "1",
+        trailers: trailers & 1 != 0,
+        response_trailers: trailers & 2 != 0,
         body,
     };
     Ok((program, shape))
@@ -187,6 +196,10 @@ fn request_bytes(shape: &Shape, hex: &str) -> Vec<u8> {
         "{} {} HTTP/1.1\r\nhost: fuzz.test\r\nx-echo-close: 1\r\n{PROGRAM_HEADER}: {hex}\r\n",
         shape.method, shape.path
     );
+    if shape.response_trailers {
+        // hyper writes trailers only to a client that said it takes them.
+        head.push_str("te: trailers\r\nx-echo-trailers: 1\r\n");
+    }
     let mut out = Vec::new();
     match (&shape.body, shape.trailers) {
         (None, _) => {
@@ -199,7 +212,8 @@ fn request_bytes(shape: &Shape, hex: &str) -> Vec<u8> {
             out.extend_from_slice(body);
         }
         (Some(body), true) => {
-            head.push_str("transfer-encoding: chunked\r\n\r\n");
+            // Declared in `trailer`, as a sender should (RFC 9110 6.6.2): hyper writes no undeclared trailer.
+            head.push_str("transfer-encoding: chunked\r\ntrailer: x-trailer\r\n\r\n");
             out.extend_from_slice(head.as_bytes());
             if !body.is_empty() {
                 out.extend_from_slice(format!("{:x}\r\n", body.len()).as_bytes());
@@ -309,15 +323,18 @@ async fn run_both(p: &Proxies, program: &Program, shape: Option<&Shape>) -> (Out
 ///   `connection`, ...);
 /// - `response-body-edit`: writes the response body in its body callback (its length may no longer be the
 ///   upstream's `content-length`);
+/// - `request-body-edit`: the same for the request body and the client's `content-length`;
 /// - `response-status-write`: writes `:status` into the response headers (adding to it makes `200,v`);
 /// - `status-header`: a local reply whose extra headers include `:status`;
 /// - `upstream-local-address`: reads `upstream.local_address`;
 /// - `async`: has steps in a root phase or an http-call response (their place among the stream's callbacks is the
 ///   event loop's);
+/// - `async-ref`: a step names a handle (queue, metric, call) that a step of an asynchronous phase sets;
 /// - `call-data-buffer`: reads or writes buffer type 8 (CallData);
 /// - `request-trailers-map`: writes the request trailers map (which such a write may create);
 /// - `node-property`: reads `node` / `xds.node`;
-/// - `body-pause`: makes an http call from a body callback (which then pauses until it is answered);
+/// - `body-pause`: makes an http call from a body or trailers callback (which then pauses until it is answered);
+/// - `trailers-write`: writes a trailers map (request or response), which goes on the wire;
 /// - `response-pause`: makes an http call from `on_response_headers` (a local reply's too);
 /// - `request-duration`: reads `request.duration`.
 pub fn case_id(program: &Program) -> String {
@@ -340,6 +357,10 @@ pub fn case_id(program: &Program) -> String {
         _ => false,
     };
     let unwritable_header = program.steps.iter().any(|s| match s.call {
+        // Adding to `:method` joins the values with a comma, which no method token holds.
+        Call::AddHeaderMapValue if s.int(0) == 0 && s.buf(0).eq_ignore_ascii_case(b":method") => {
+            true
+        }
         Call::AddHeaderMapValue | Call::ReplaceHeaderMapValue => {
             sent_map(s.int(0))
                 && (bad_name(s.buf(0)) || (s.int(0) == 0 && bad_request_line(s.buf(0), s.buf(1))))
@@ -398,6 +419,13 @@ pub fn case_id(program: &Program) -> String {
     {
         tags.push("response-body-edit");
     }
+    if program
+        .steps
+        .iter()
+        .any(|s| s.call == Call::SetBufferBytes && s.int(0) == 0 && s.phase == Phase::RequestBody)
+    {
+        tags.push("request-body-edit");
+    }
     let is_status = |k: &[u8]| k == b":status";
     if program.steps.iter().any(|s| {
         s.int(0) == 2
@@ -434,6 +462,35 @@ pub fn case_id(program: &Program) -> String {
     }) {
         tags.push("async");
     }
+    // A handle set by an asynchronous step (a root phase's, or an http call answer's) and named by another: which
+    // handle the other step gets depends on which ran first.
+    let is_async = |phase: Phase| {
+        matches!(
+            phase,
+            Phase::Tick | Phase::QueueReady | Phase::HttpCallResponse
+        )
+    };
+    let sets_ref = |call: Call| match call {
+        Call::RegisterSharedQueue | Call::ResolveSharedQueue => Some(Ref::LastQueue),
+        Call::DefineMetric => Some(Ref::LastMetric),
+        Call::HttpCall => Some(Ref::LastHttpCall),
+        Call::GrpcCall | Call::GrpcStream => Some(Ref::LastGrpc),
+        _ => None,
+    };
+    let async_refs: Vec<Ref> = program
+        .steps
+        .iter()
+        .filter(|s| is_async(s.phase))
+        .filter_map(|s| sets_ref(s.call))
+        .collect();
+    if program.steps.iter().any(|s| {
+        s.ints
+            .iter()
+            .filter_map(|&v| Ref::from_arg(v))
+            .any(|r| async_refs.contains(&r))
+    }) {
+        tags.push("async-ref");
+    }
     if program.steps.iter().any(|s| {
         matches!(
             s.call,
@@ -458,9 +515,27 @@ pub fn case_id(program: &Program) -> String {
         tags.push("node-property");
     }
     if program.steps.iter().any(|s| {
-        s.call == Call::HttpCall && matches!(s.phase, Phase::RequestBody | Phase::ResponseBody)
+        s.call == Call::HttpCall
+            && matches!(
+                s.phase,
+                Phase::RequestBody
+                    | Phase::ResponseBody
+                    | Phase::RequestTrailers
+                    | Phase::ResponseTrailers
+            )
     }) {
         tags.push("body-pause");
+    }
+    if program.steps.iter().any(|s| {
+        matches!(
+            s.call,
+            Call::AddHeaderMapValue
+                | Call::ReplaceHeaderMapValue
+                | Call::SetHeaderMapPairs
+                | Call::RemoveHeaderMapValue
+        ) && matches!(s.int(0), 1 | 3)
+    }) {
+        tags.push("trailers-write");
     }
     if program
         .steps
@@ -622,6 +697,14 @@ pub async fn run(config: &Config) -> anyhow::Result<FuzzResult> {
             }
             index += 1;
             result.programs = index;
+            if index % PROGRESS_EVERY == 0 {
+                eprintln!(
+                    "abi fuzz: {index} of {} programs, {} divergent, {:.0}s",
+                    config.programs,
+                    result.divergences.len() + result.more_divergent,
+                    started.elapsed().as_secs_f64()
+                );
+            }
         }
     }
     result.elapsed = started.elapsed();

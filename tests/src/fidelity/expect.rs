@@ -128,6 +128,7 @@ mod tests {
             authority: None,
             headers: vec![],
             body: String::new(),
+            trailers: vec![],
         };
         let failures = check(&f, &f.tagged("~E"), &obs(403, "403 - x", vec![seen]));
         assert_eq!(failures.len(), 1, "{failures:?}");

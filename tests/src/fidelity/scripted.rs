@@ -139,6 +139,7 @@ async fn handle(
             })
             .collect(),
         body: String::from_utf8_lossy(&body).into_owned(),
+        trailers: Vec::new(),
     };
     let behaviour = seen
         .header(CASE_ID_HEADER)
