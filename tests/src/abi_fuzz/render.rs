@@ -78,12 +78,18 @@ impl Masks<'_> {
         }
         match std::str::from_utf8(bytes) {
             Ok(t) if t.chars().all(|c| !c.is_control() || c == '\n' || c == '\0') => {
-                let shown = if t.len() > 300 {
-                    format!("{}...({} bytes)", &t[..t.floor_char_boundary(300)], t.len())
+                // Masked before it is cut: a cut through a request id would leave it unmasked.
+                let masked = self.text(t);
+                let shown = if masked.len() > 300 {
+                    format!(
+                        "{}...({} bytes)",
+                        &masked[..masked.floor_char_boundary(300)],
+                        t.len()
+                    )
                 } else {
-                    t.to_string()
+                    masked
                 };
-                format!("{:?}", self.text(&shown))
+                format!("{shown:?}")
             }
             _ => format!(
                 "hex:{}",
