@@ -215,6 +215,10 @@ struct PendingCall {
     program: u32,
     /// The stream context that made it; `None` for a root phase.
     stream: Option<u32>,
+    /// Made by the program's own `on_http_call_response` steps: its answer is recorded but runs no steps, or a
+    /// program that calls from there would call for ever (measured: one such program drove the call counter to
+    /// 150,000 in an epoch, at each host's own pace).
+    from_response: bool,
 }
 
 #[derive(Default)]
@@ -864,9 +868,20 @@ pub extern "C" fn proxy_on_queue_ready(root: u32, token: u32) {
 /// Remembers whose the calls a callback's steps made are; each is one more thing its report
 /// waits for.
 fn note_calls(program: u32, stream: Option<u32>, effects: &Effects) {
+    note_calls_from(program, stream, effects, false);
+}
+
+fn note_calls_from(program: u32, stream: Option<u32>, effects: &Effects, from_response: bool) {
     with(|s| {
         for token in &effects.http_calls {
-            s.calls.insert(*token, PendingCall { program, stream });
+            s.calls.insert(
+                *token,
+                PendingCall {
+                    program,
+                    stream,
+                    from_response,
+                },
+            );
             if let Some(r) = s.reports.get_mut(&program) {
                 r.pending_root += 1;
             }
@@ -926,8 +941,12 @@ pub extern "C" fn proxy_on_http_call_response(
         }
         None => ctx,
     };
-    let effects = run_phase(program, Phase::HttpCallResponse, acting);
-    note_calls(program, stream, &effects);
+    let effects = if call.from_response {
+        Effects::default()
+    } else {
+        run_phase(program, Phase::HttpCallResponse, acting)
+    };
+    note_calls_from(program, stream, &effects, true);
     if effects.touched_ticks {
         restore_ticks();
     }
