@@ -274,6 +274,18 @@ impl Running {
         }
     }
 
+    /// Waits for host-sim to exit on its own (a configuration it refuses).
+    fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "host-sim did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Names of the worker threads (Linux `/proc`, where a thread name is cut to 15 bytes).
     fn worker_threads(&self) -> usize {
         let tasks = format!("/proc/{}/task", self.child.id());
@@ -830,4 +842,62 @@ fn sigterm_ends_the_root_context_of_every_vm() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A wasm service (`bootstrap_extensions`) runs its root context without streams: a singleton on the main thread
+/// only, otherwise on the main thread and each worker, as Envoy's `PluginConfig` places it (`is_singleton`). A
+/// validation does not start it (`WasmServiceExtension::onServerInitialized` never runs in `envoy --mode validate`,
+/// measured: a service whose module is missing validates OK).
+#[test]
+fn wasm_services_run_where_envoy_runs_them() {
+    let dir = tempfile_dir::Dir::new("cli-wasm-service");
+    let module = dir.write("root.wat", ROOT_LOGS_ITS_END);
+    let config = |singleton: bool, module: &str| {
+        format!(
+            "admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }} }}
+bootstrap_extensions:
+- name: envoy.bootstrap.wasm
+  typed_config:
+    \"@type\": type.googleapis.com/envoy.extensions.wasm.v3.WasmService
+    singleton: {singleton}
+    config:
+      name: service
+      root_id: service
+      vm_config: {{ runtime: envoy.wasm.runtime.v8, code: {{ local: {{ filename: {module} }} }} }}
+"
+        )
+    };
+    for (singleton, vms) in [(true, 1), (false, 3)] {
+        let file = dir.write("service.yaml", &config(singleton, &module));
+        let running = Running::start(dir.path(), &["-c", &file, "--concurrency", "2"]);
+        running.wait_stderr("host-sim is serving", 1);
+        let stderr = running.stderr.clone();
+        assert!(running.terminate().success(), "host-sim exits cleanly");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let text = stderr.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let deleted = text.matches("root deleted").count();
+            if deleted == vms {
+                // Nothing more comes once every VM is gone.
+                std::thread::sleep(Duration::from_millis(200));
+                let text = stderr.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                assert_eq!(text.matches("root done").count(), vms, "{text}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline && deleted < vms,
+                "singleton {singleton}: expected {vms} VM(s) to end:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let missing = dir.write(
+        "missing.yaml",
+        &config(true, &dir.path().join("missing.wasm").display().to_string()),
+    );
+    let checked = run(dir.path(), &["validate", "-c", &missing]);
+    assert!(checked.status.success(), "{}", checked.stderr);
+    // Running it needs the module.
+    let mut refused = Running::start(dir.path(), &["-c", &missing, "--concurrency", "1"]);
+    assert!(!refused.wait_exit().success());
 }

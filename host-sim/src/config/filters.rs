@@ -14,6 +14,7 @@ const ROUTER_TYPE: &str = "envoy.extensions.filters.http.router.v3.Router";
 const RBAC_TYPE: &str = "envoy.extensions.filters.http.rbac.v3.RBAC";
 const UPSTREAM_CODEC_TYPE: &str = "envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec";
 const STRING_VALUE_TYPE: &str = "google.protobuf.StringValue";
+const WASM_SERVICE_TYPE: &str = "envoy.extensions.wasm.v3.WasmService";
 
 /// Where a filter chain runs: in the HTTP connection manager, or in a cluster's upstream filter chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +51,36 @@ pub struct WasmPlugin {
     /// `reload_config.backoff.base_interval` (Envoy's default 1 s): the least time between reloads of a failed VM
     /// under `FAIL_RELOAD`. Envoy reads only the base interval.
     pub reload_backoff: std::time::Duration,
+}
+
+/// A wasm service (`bootstrap_extensions`, `envoy.extensions.wasm.v3.WasmService`): a plugin with a root context
+/// and no streams, started once the server is up (`WasmServiceExtension::onServerInitialized`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WasmService {
+    pub plugin: WasmPlugin,
+    /// One VM on the main thread only; otherwise one on the main thread and one per worker, as for a filter
+    /// (`PluginConfig` with `is_singleton`).
+    pub singleton: bool,
+}
+
+/// One entry of `bootstrap_extensions`; host-sim runs wasm services only.
+pub(crate) fn parse_wasm_service(at: &At<'_>) -> Result<WasmService, ConfigError> {
+    let mut fields = at.map()?;
+    // A TypedExtensionConfig: its name is required.
+    fields.required_label("name")?;
+    let typed = fields.req("typed_config")?;
+    fields.finish()?;
+    let (_, mut config) = typed_config(&typed, &[WASM_SERVICE_TYPE])?;
+    let singleton = config
+        .opt("singleton")
+        .map(|s| s.bool())
+        .transpose()?
+        .unwrap_or(false);
+    let plugin = config.req("config")?;
+    config.finish()?;
+    // Envoy names the plugin by its own `name` only (no filter name to fall back on).
+    let plugin = parse_plugin(&plugin, "")?;
+    Ok(WasmService { plugin, singleton })
 }
 
 /// What happens to requests after the plugin failed (trap, or a failed `on_configure` at load is fatal anyway).

@@ -18,7 +18,7 @@ use node::At;
 
 pub use cluster::{Cluster, ClusterKind, TlsContext, TrustedCa, UpstreamOptions};
 pub use dns_cache::{AddressFilter, DnsCacheConfig, LookupFamily};
-pub use filters::{DfpFilterConfig, FailurePolicy, HttpFilter, WasmPlugin};
+pub use filters::{DfpFilterConfig, FailurePolicy, HttpFilter, WasmPlugin, WasmService};
 pub use listener::{
     AccessLog, DirectResponse, HeaderMatcher, HeaderRule, HttpConnectionManager, Listener, Route,
     RouteAction, RouteConfig, RouteMatch, RouteTarget, VirtualHost,
@@ -41,12 +41,14 @@ pub enum ConfigError {
     Invalid { path: String, message: String },
 }
 
-/// The bootstrap: an admin endpoint, listeners and clusters (static resources only; no xDS).
+/// The bootstrap: an admin endpoint, listeners and clusters (static resources only; no xDS), and wasm services.
 #[derive(Debug, Clone)]
 pub struct Bootstrap {
     pub admin: Option<SocketAddr>,
     pub listeners: Vec<Listener>,
     pub clusters: Vec<Cluster>,
+    /// `bootstrap_extensions` of type `envoy.extensions.wasm.v3.WasmService`.
+    pub wasm_services: Vec<WasmService>,
 }
 
 impl Bootstrap {
@@ -172,6 +174,14 @@ fn parse_bootstrap(root: &At<'_>) -> Result<Bootstrap, ConfigError> {
     // Cosmetic: node identity and layered runtime only label the process.
     fields.cosmetic("node");
     fields.cosmetic("layered_runtime");
+    let wasm_services = match fields.opt("bootstrap_extensions") {
+        Some(list) => list
+            .list()?
+            .iter()
+            .map(filters::parse_wasm_service)
+            .collect::<Result<Vec<_>, _>>()?,
+        None => Vec::new(),
+    };
     // Without static_resources there is nothing to serve, which Envoy loads too.
     let resources = fields.opt("static_resources");
     fields.finish()?;
@@ -180,6 +190,7 @@ fn parse_bootstrap(root: &At<'_>) -> Result<Bootstrap, ConfigError> {
             admin,
             listeners: Vec::new(),
             clusters: Vec::new(),
+            wasm_services,
         });
     };
 
@@ -206,6 +217,7 @@ fn parse_bootstrap(root: &At<'_>) -> Result<Bootstrap, ConfigError> {
         admin,
         listeners,
         clusters,
+        wasm_services,
     })
 }
 

@@ -423,3 +423,50 @@ fn enable_trailers_is_read_per_codec_and_other_http1_options_are_refused() {
         "{error}"
     );
 }
+
+#[test]
+fn wasm_services_are_read_and_other_bootstrap_extensions_refused() {
+    let service = |typed: &str| {
+        format!(
+            "bootstrap_extensions:\n- name: envoy.bootstrap.wasm\n  typed_config:\n{typed}\n{}",
+            valid()
+        )
+    };
+    let wasm = service(
+        "    \"@type\": type.googleapis.com/envoy.extensions.wasm.v3.WasmService
+    singleton: true
+    config:
+      name: svc
+      root_id: svc_root
+      vm_config: { runtime: envoy.wasm.runtime.v8, code: { local: { filename: svc.wasm } } }",
+    );
+    let bootstrap = Bootstrap::from_yaml(&wasm).expect("valid bootstrap");
+    let [service_config] = bootstrap.wasm_services.as_slice() else {
+        panic!("one wasm service: {:?}", bootstrap.wasm_services);
+    };
+    assert!(service_config.singleton);
+    assert_eq!(service_config.plugin.name, "svc");
+    assert_eq!(service_config.plugin.root_id, "svc_root");
+    assert_eq!(
+        service_config.plugin.code,
+        std::path::PathBuf::from("svc.wasm")
+    );
+    let other = service(
+        "    \"@type\": type.googleapis.com/envoy.extensions.network.socket_interface.v3.DefaultSocketInterface",
+    );
+    let error = error_of(&other);
+    assert!(
+        error.contains("bootstrap_extensions[0].typed_config"),
+        "{error}"
+    );
+    let unnamed = wasm.replacen(
+        "- name: envoy.bootstrap.wasm\n  typed_config:",
+        "- typed_config:",
+        1,
+    );
+    let error = error_of(&unnamed);
+    assert!(
+        error.contains("bootstrap_extensions[0]: missing required field \"name\""),
+        "{error}"
+    );
+}

@@ -74,6 +74,8 @@ pub(crate) struct PluginSlot {
     /// `reload_config.backoff.base_interval` for `FAIL_RELOAD`.
     pub reload_backoff: std::time::Duration,
     pub name: String,
+    /// A singleton wasm service: a VM on the main thread only.
+    pub main_only: bool,
 }
 
 /// A downstream filter of a listener, resolved against the loaded plugins and caches.
@@ -172,6 +174,7 @@ fn load(
     options: &ProxyOptions,
     main: &tokio::runtime::Handle,
     carried: &Carried<'_>,
+    starts_services: bool,
 ) -> anyhow::Result<Loaded> {
     let Carried {
         stats,
@@ -195,7 +198,10 @@ fn load(
 
     let cluster_names: Vec<String> = bootstrap.clusters.iter().map(|c| c.name.clone()).collect();
     let mut plugins = Vec::new();
-    let mut load_plugin = |plugin: &WasmPlugin, where_: &str| -> anyhow::Result<usize> {
+    let mut load_plugin = |plugin: &WasmPlugin,
+                           where_: &str,
+                           main_only: bool|
+     -> anyhow::Result<usize> {
         let bytes = std::fs::read(&plugin.code).with_context(|| {
             format!("{where_}: cannot read the wasm module {} (relative paths resolve against the working directory)", plugin.code.display())
         })?;
@@ -243,6 +249,7 @@ fn load(
             policy: plugin.failure_policy,
             reload_backoff: plugin.reload_backoff,
             name: plugin.name.clone(),
+            main_only,
         });
         Ok(plugins.len() - 1)
     };
@@ -267,6 +274,7 @@ fn load(
                 HttpFilter::Wasm(plugin) => upstream_slots.push(load_plugin(
                     plugin,
                     &format!("{path}.typed_extension_protocol_options.http_filters[{f}]"),
+                    false,
                 )?),
                 HttpFilter::Rbac(rbac) => upstream_rbac.push(rbac.clone()),
                 _ => {}
@@ -297,6 +305,7 @@ fn load(
                     let slot = load_plugin(
                         plugin,
                         &format!("{}.http_filters[{f}]", listener.hcm_path()),
+                        false,
                     )?;
                     wasm_slots.push(slot);
                     filters.push(DownstreamFilter::Wasm);
@@ -323,6 +332,18 @@ fn load(
             access_logs,
             stats: stats::ListenerStats::new(stats, &listener.http.stat_prefix),
         });
+    }
+
+    // Wasm services start once the server is up (`WasmServiceExtension::onServerInitialized`), after everything
+    // else; `envoy --mode validate` never gets there, so a validation only parses them.
+    if starts_services {
+        for (index, service) in bootstrap.wasm_services.iter().enumerate() {
+            load_plugin(
+                &service.plugin,
+                &format!("bootstrap_extensions[{index}]"),
+                service.singleton,
+            )?;
+        }
     }
 
     Ok(Loaded {
@@ -352,7 +373,7 @@ pub fn validate(bootstrap: &Bootstrap, options: &ProxyOptions) -> anyhow::Result
         caches: &HashMap::new(),
         engine,
     };
-    let loaded = load(bootstrap, options, runtime.handle(), &carried)?;
+    let loaded = load(bootstrap, options, runtime.handle(), &carried, false)?;
     // `envoy --mode validate` starts each plugin twice too: the check VM, then the main thread's
     // (`ThreadLocal::InstanceImpl::SlotImpl::set` runs on the main thread in validation as well).
     for slot in &loaded.plugins {

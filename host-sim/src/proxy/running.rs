@@ -62,6 +62,7 @@ pub fn start(bootstrap: &Bootstrap, options: &ProxyOptions) -> anyhow::Result<Ru
             caches: &HashMap::new(),
             engine: &Runtime::new().context("starting the wasm engine")?,
         },
+        true,
     )?;
 
     // Bind everything before serving anything: a port in use is a startup error.
@@ -160,6 +161,7 @@ impl RunningProxy {
                 caches: &current.caches,
                 engine: &Runtime::new().context("starting the wasm engine")?,
             },
+            true,
         )?;
         let sockets = bootstrap
             .listeners

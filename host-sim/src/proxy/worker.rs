@@ -44,8 +44,9 @@ pub(crate) enum Role {
 pub(crate) struct Worker {
     pub shared: Arc<Shared>,
     pub index: usize,
-    /// One VM per plugin, with the plugin's failure policy.
-    plugins: Vec<RefCell<PluginHandle>>,
+    /// One VM per plugin, with the plugin's failure policy; `None` for a singleton wasm service on a worker (it runs
+    /// on the main thread only).
+    plugins: Vec<Option<RefCell<PluginHandle>>>,
     pub pool: Rc<ConnectionPool<UpstreamBody>>,
     /// Signalled whenever asynchronous wasm work (an http call answer, a tick) ran on this worker, so paused
     /// streams re-check whether they were resumed.
@@ -61,6 +62,9 @@ pub(crate) struct Worker {
 impl Drop for Worker {
     fn drop(&mut self) {
         for (slot, plugin) in self.plugins.iter().enumerate() {
+            let Some(plugin) = plugin else {
+                continue;
+            };
             if plugin.borrow().failure().is_some() {
                 continue;
             }
@@ -72,8 +76,16 @@ impl Drop for Worker {
 }
 
 impl Worker {
+    /// The VM of `slot` on this thread. Streams and the calls they make name filters only, which every thread runs;
+    /// the loops of a singleton service are started on the main thread only.
     pub fn plugin(&self, slot: usize) -> &RefCell<PluginHandle> {
-        &self.plugins[slot]
+        self.plugins[slot]
+            .as_ref()
+            .expect("only the main thread reaches a singleton wasm service")
+    }
+
+    fn runs(&self, slot: usize) -> bool {
+        self.plugins.get(slot).is_some_and(Option::is_some)
     }
 
     fn next_connection_id(&self) -> u64 {
@@ -144,15 +156,19 @@ impl Generation {
     fn start(index: usize, role: Role, shared: Arc<Shared>) -> anyhow::Result<Generation> {
         let mut plugins = Vec::with_capacity(shared.plugins.len());
         for slot in &shared.plugins {
+            if slot.main_only && role == Role::Worker {
+                plugins.push(None);
+                continue;
+            }
             let instance = slot
                 .factory
                 .instantiate()
                 .map_err(|error| anyhow::anyhow!("plugin {}: {error}", slot.name))?;
-            plugins.push(RefCell::new(PluginHandle::new(
+            plugins.push(Some(RefCell::new(PluginHandle::new(
                 instance,
                 slot.policy,
                 slot.reload_backoff,
-            )));
+            ))));
         }
         let sockets = match role {
             Role::Main => &[][..],
@@ -176,7 +192,7 @@ impl Generation {
             next_connection_id: std::cell::Cell::new(1),
             draining: watch::channel(false).0,
         });
-        for slot in 0..shared.plugins.len() {
+        for slot in (0..shared.plugins.len()).filter(|&slot| worker.runs(slot)) {
             tokio::task::spawn_local(tick_loop(Rc::downgrade(&worker), slot));
             tokio::task::spawn_local(async_work_loop(Rc::downgrade(&worker), slot));
         }
