@@ -48,6 +48,25 @@ pub(crate) struct TrailerCodecs {
     pub write: bool,
 }
 
+impl TrailerCodecs {
+    /// The trailers a frame carried, if the reading codec takes them (`enable_trailers`; an empty trailer section
+    /// is none).
+    fn take(&self, trailers: Option<hyper::HeaderMap>) -> Option<hyper::HeaderMap> {
+        trailers.filter(|t| self.read && !t.is_empty())
+    }
+
+    /// What followed a gathered chunk: whether the body ended, the trailers that ended it if they are read, and a
+    /// failure to report after the chunk.
+    fn settle<E>(&self, after: After<E>) -> (bool, Option<hyper::HeaderMap>, Option<E>) {
+        match after {
+            After::Open => (false, None, None),
+            After::Ended => (true, None, None),
+            After::Trailers(trailers) => (true, self.take(Some(trailers)), None),
+            After::Failed(error) => (false, None, Some(error)),
+        }
+    }
+}
+
 impl StreamChains {
     pub fn side(&mut self, side: Side) -> &mut WasmChain {
         match side {
@@ -203,11 +222,6 @@ impl<B> FilteredRequest<B> {
         Ok(Some(out))
     }
 
-    /// Trailers the downstream codec reads (`enable_trailers`; an empty trailer section is none).
-    fn read_trailers(&self, trailers: Option<hyper::HeaderMap>) -> Option<hyper::HeaderMap> {
-        trailers.filter(|t| self.trailer_codecs.read && !t.is_empty())
-    }
-
     /// Notes the request's end in `complete` as soon as it is known (a reply the end callback makes then finds the
     /// request complete, as Envoy's codec marks it before `decodeData(buffer, true)`).
     pub fn noting_end_in(mut self, complete: Rc<std::cell::Cell<bool>>) -> Self {
@@ -247,25 +261,6 @@ impl<B> FilteredRequest<B> {
     }
 }
 
-impl<B> FilteredRequest<B> {
-    /// Whether the body ended after a gathered chunk, and the trailers that ended it if they are read; a failure is
-    /// kept to report after the chunk.
-    fn split_after<E: Into<BoxError>>(
-        &mut self,
-        after: After<E>,
-    ) -> (bool, Option<hyper::HeaderMap>) {
-        match after {
-            After::Open => (false, None),
-            After::Ended => (true, None),
-            After::Trailers(trailers) => (true, self.read_trailers(Some(trailers))),
-            After::Failed(error) => {
-                self.failed = Some(error.into());
-                (false, None)
-            }
-        }
-    }
-}
-
 impl<B> Body for FilteredRequest<B>
 where
     B: Body<Data = Bytes> + Unpin,
@@ -296,7 +291,10 @@ where
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(read) => read,
                     };
-                let (ends, trailers) = this.split_after(after);
+                let (ends, trailers, failed) = this.trailer_codecs.settle(after);
+                if let Some(error) = failed {
+                    this.failed = Some(error.into());
+                }
                 if let Some(trailers) = trailers {
                     this.filter_trailers(&data, &trailers)
                         .map(|out| (out, true))
@@ -319,7 +317,7 @@ where
                             continue;
                         }
                         // Trailers end the body (see the module's note).
-                        Err(frame) => match this.read_trailers(frame.into_trailers().ok()) {
+                        Err(frame) => match this.trailer_codecs.take(frame.into_trailers().ok()) {
                             Some(trailers) => {
                                 this.filter_trailers(&[], &trailers).map(|out| (out, true))
                             }
@@ -652,11 +650,6 @@ impl<B> FilteredResponse<B> {
 }
 
 impl<B> FilteredResponse<B> {
-    /// Trailers the upstream codec reads (`enable_trailers`; an empty trailer section is none).
-    fn read_trailers(&self, trailers: Option<hyper::HeaderMap>) -> Option<hyper::HeaderMap> {
-        trailers.filter(|t| self.trailer_codecs.read && !t.is_empty())
-    }
-
     /// The response ends with trailers: the body before them with end_of_stream false, then the trailers
     /// callbacks; what the filters release goes to the client, then the trailers if the downstream codec writes
     /// them.
@@ -681,22 +674,6 @@ impl<B> FilteredResponse<B> {
             self.pending_trailers = Some(trailers_to_hyper(&map));
         }
         Ok(Some(out))
-    }
-
-    /// As [`FilteredRequest::split_after`].
-    fn split_after<E: Into<BoxError>>(
-        &mut self,
-        after: After<E>,
-    ) -> (bool, Option<hyper::HeaderMap>) {
-        match after {
-            After::Open => (false, None),
-            After::Ended => (true, None),
-            After::Trailers(trailers) => (true, self.read_trailers(Some(trailers))),
-            After::Failed(error) => {
-                self.failed = Some(error.into());
-                (false, None)
-            }
-        }
     }
 }
 
@@ -735,7 +712,10 @@ where
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(read) => read,
                     };
-                let (ends, trailers) = this.split_after(after);
+                let (ends, trailers, failed) = this.trailer_codecs.settle(after);
+                if let Some(error) = failed {
+                    this.failed = Some(error.into());
+                }
                 if let Some(trailers) = trailers {
                     this.filter_trailers(&data, &trailers)
                         .map(|out| (out, true))
@@ -778,7 +758,7 @@ where
                             continue;
                         }
                         // Trailers end the body (see the module's note).
-                        Err(frame) => match this.read_trailers(frame.into_trailers().ok()) {
+                        Err(frame) => match this.trailer_codecs.take(frame.into_trailers().ok()) {
                             Some(trailers) => {
                                 this.filter_trailers(&[], &trailers).map(|out| (out, true))
                             }

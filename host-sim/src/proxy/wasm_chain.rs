@@ -394,10 +394,8 @@ impl WasmChain {
             let action = match result {
                 Ok(action) => action,
                 Err(error) => {
-                    tracing::warn!(plugin = %self.worker.shared.plugins[slot].name, %error, "wasm body callback failed");
                     drop(instance);
-                    let trapped_here = matches!(error, CallbackError::Trap { .. });
-                    match self.fail_member(index, trapped_here) {
+                    match self.callback_failed(index, &error, "wasm body callback") {
                         None => continue,
                         Some(outcome) => return Err(outcome),
                     }
@@ -406,11 +404,8 @@ impl WasmChain {
             let Some(state) = instance.stream_state_mut(stream) else {
                 continue;
             };
-            if state.effects.take_close() {
-                return Err(Outcome::Reset);
-            }
-            if let Some(reply) = state.effects.local_reply.take() {
-                return Err(Outcome::LocalReply(reply));
+            if let Some(outcome) = ending(state) {
+                return Err(outcome);
             }
             if action == Action::Pause && !end_of_stream {
                 return Ok(None);
@@ -480,10 +475,8 @@ impl WasmChain {
                 result
             });
             if let Err(error) = result {
-                tracing::warn!(plugin = %self.worker.shared.plugins[slot].name, %error, "wasm trailers callback failed");
                 drop(instance);
-                let trapped_here = matches!(error, CallbackError::Trap { .. });
-                match self.fail_member(index, trapped_here) {
+                match self.callback_failed(index, &error, "wasm trailers callback") {
                     None => continue,
                     Some(outcome) => return Err(outcome),
                 }
@@ -491,11 +484,8 @@ impl WasmChain {
             let Some(state) = instance.stream_state_mut(stream) else {
                 continue;
             };
-            if state.effects.take_close() {
-                return Err(Outcome::Reset);
-            }
-            if let Some(reply) = state.effects.local_reply.take() {
-                return Err(Outcome::LocalReply(reply));
+            if let Some(outcome) = ending(state) {
+                return Err(outcome);
             }
             released = match phase {
                 Phase::RequestHeaders => std::mem::take(&mut state.request_body),
@@ -557,7 +547,28 @@ impl WasmChain {
     }
 }
 
+/// What a body or trailers callback did that ends the stream: a close (a reset), or a local reply.
+fn ending(state: &mut StreamState) -> Option<Outcome> {
+    if state.effects.take_close() {
+        return Some(Outcome::Reset);
+    }
+    state.effects.local_reply.take().map(Outcome::LocalReply)
+}
+
 impl WasmChain {
+    /// A body or trailers callback of the `index`-th filter failed: logged, then the failure policy applies
+    /// ([`WasmChain::fail_member`]; `None`: go on without the filter).
+    fn callback_failed(
+        &mut self,
+        index: usize,
+        error: &CallbackError,
+        what: &str,
+    ) -> Option<Outcome> {
+        let slot = self.members[index].slot;
+        tracing::warn!(plugin = %self.worker.shared.plugins[slot].name, %error, "{what} failed");
+        self.fail_member(index, matches!(error, CallbackError::Trap { .. }))
+    }
+
     /// A callback of the `index`-th filter failed (its VM is failed now). The stream whose callback trapped fails
     /// with 503 whatever the policy, as in Envoy; a stream that merely meets the failed VM leaves the filter out under
     /// fail-open (`None`: go on) and fails with 503 otherwise.

@@ -689,6 +689,12 @@ pub async fn run(config: &Config) -> anyhow::Result<FuzzResult> {
                     .await?;
                     result.divergences.push(minimal);
                 } else {
+                    // Not shrunk, but named, so a long run's every divergence can be replayed.
+                    let fields: Vec<&str> = unexplained.iter().map(|d| d.field.as_str()).collect();
+                    eprintln!(
+                        "abi fuzz: program {index} diverged in {fields:?}: DFP_ABI_FUZZ_REPLAY='{}'",
+                        replay_text(&program, &case.shape)
+                    );
                     result.more_divergent += 1;
                 }
             }
