@@ -22,7 +22,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use crate::headers::{HeaderMap, MapKind};
 
 use super::access_log::PendingEntry;
-use super::http::{BoxError, Reply};
+use super::http::{append_wire_field, BoxError, Reply};
 use super::local_reply::EnvoyReply;
 use super::wasm_chain::{Outcome, Phase, WasmChain};
 
@@ -862,14 +862,8 @@ fn trailers_from_hyper(kind: MapKind, trailers: &hyper::HeaderMap) -> HeaderMap 
 fn trailers_to_hyper(trailers: &HeaderMap) -> hyper::HeaderMap {
     let mut map = hyper::HeaderMap::new();
     for (name, value) in trailers.iter() {
-        match (
-            hyper::header::HeaderName::from_bytes(name),
-            hyper::header::HeaderValue::from_bytes(value),
-        ) {
-            (Ok(name), Ok(value)) => {
-                map.append(name, value);
-            }
-            _ => tracing::debug!("dropping a trailer a filter set with invalid bytes"),
+        if !append_wire_field(&mut map, name, value) {
+            tracing::debug!("dropping a trailer a filter set with invalid bytes");
         }
     }
     map

@@ -1399,17 +1399,26 @@ fn build_response(headers: &HeaderMap, body: DownstreamBody) -> Response<Downstr
             [b':', ..] => continue,
             _ => name,
         };
-        match (
-            hyper::header::HeaderName::from_bytes(name),
-            hyper::header::HeaderValue::from_bytes(value),
-        ) {
-            (Ok(name), Ok(value)) => {
-                map.append(name, value);
-            }
-            _ => tracing::debug!("dropping a response header a filter set with invalid bytes"),
+        if !append_wire_field(map, name, value) {
+            tracing::debug!("dropping a response header a filter set with invalid bytes");
         }
     }
     response
+}
+
+/// Appends a header (or trailer) field as hyper writes it; `false`, and nothing appended, when the name or value a
+/// filter set is not valid on the wire.
+pub(crate) fn append_wire_field(map: &mut hyper::HeaderMap, name: &[u8], value: &[u8]) -> bool {
+    match (
+        hyper::header::HeaderName::from_bytes(name),
+        hyper::header::HeaderValue::from_bytes(value),
+    ) {
+        (Ok(name), Ok(value)) => {
+            map.append(name, value);
+            true
+        }
+        _ => false,
+    }
 }
 
 #[cfg(test)]
