@@ -4,7 +4,9 @@
 //! with the default seed and size.
 //!
 //! `DFP_ABI_FUZZ_PROGRAMS=N` and `DFP_ABI_FUZZ_SEED=S` change the run (`just fuzz-fidelity N S`);
-//! `DFP_ABI_FUZZ_REPLAY='...'` runs the one program a divergence report printed.
+//! `DFP_ABI_FUZZ_REPLAY='...'` runs the one program a divergence report printed; `DFP_ABI_FUZZ_FROM=I` starts
+//! at the epoch holding program index I (the same sequence, the earlier epochs generated but not run), and
+//! `DFP_ABI_FUZZ_TRACE=1` prints every documented difference as it is accepted.
 
 use tests::abi_fuzz::{self, report, Config};
 use tests::rt::block_on;
@@ -33,14 +35,17 @@ fn envoy_and_host_sim_agree_on_generated_hostcall_programs() {
         seed,
         epochs: (programs / 500).max(1),
         replay: std::env::var("DFP_ABI_FUZZ_REPLAY").ok(),
+        from: env_number("DFP_ABI_FUZZ_FROM", 0) as usize,
+        trace: std::env::var_os("DFP_ABI_FUZZ_TRACE").is_some(),
     };
     let result = block_on(abi_fuzz::run(&config)).expect("the fuzzer runs");
     println!(
-        "abi fuzz: seed {seed}, {} programs, {} divergent ({} shrunk), {} restarts, {:.1}s",
+        "abi fuzz: seed {seed}, {} programs, {} divergent ({} shrunk), {} restarts, {} resyncs, {:.1}s",
         result.programs,
         result.divergences.len() + result.more_divergent,
         result.divergences.len(),
         result.restarts,
+        result.resyncs,
         result.elapsed.as_secs_f64()
     );
     if seed == CI_SEED && programs == CI_PROGRAMS
