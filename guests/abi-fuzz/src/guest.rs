@@ -187,9 +187,11 @@ fn take_returned(ptr: u32, size: u32) -> Option<Vec<u8>> {
 #[derive(Default)]
 struct Report {
     bytes: Vec<u8>,
-    /// Root phases and http-call answers still to come; the stream's own end is `stream_open`.
+    /// Root phases and http-call answers started and still to come; the stream's own end is `stream_open`.
     pending_root: u32,
     stream_open: bool,
+    /// The program's root events not started yet, the next last (see [`next_root_event`]).
+    deferred: Vec<RootEvent>,
 }
 
 impl Report {
@@ -197,8 +199,19 @@ impl Report {
         record.encode_into(&mut self.bytes);
     }
     fn complete(&self) -> bool {
-        !self.stream_open && self.pending_root == 0
+        !self.stream_open && self.pending_root == 0 && self.deferred.is_empty()
     }
+}
+
+/// What runs a program's steps of a root phase. They start one at a time once its stream is gone, so both
+/// proxies run them in one order: where a queue notification or a call's answer falls among a live stream's
+/// callbacks is the event loop's choice (Envoy posts it to the dispatcher, host-sim's worker runs it when the
+/// stream's task yields), and state the two share (a handle, a metric, shared data) would follow that choice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RootEvent {
+    QueueReady,
+    Callout,
+    Tick,
 }
 
 #[derive(Default)]
@@ -610,53 +623,83 @@ fn start_program(ctx: u32, hex: &[u8]) -> Result<u32, String> {
     if id == STARTUP_PROGRAM {
         return Err("abi-fuzz: program 0 is the startup program".into());
     }
-    let ticks = program.has_phase(Phase::Tick);
-    let queue = program.has_phase(Phase::QueueReady);
-    let callout = program.has_phase(Phase::HttpCallResponse);
+    // Run last first: `deferred` is popped.
+    let deferred: Vec<RootEvent> = [
+        (Phase::Tick, RootEvent::Tick),
+        (Phase::HttpCallResponse, RootEvent::Callout),
+        (Phase::QueueReady, RootEvent::QueueReady),
+    ]
+    .into_iter()
+    .filter(|(phase, _)| program.has_phase(*phase))
+    .map(|(_, event)| event)
+    .collect();
     with(|s| {
         let report = Report {
             stream_open: true,
-            pending_root: u32::from(ticks) + u32::from(queue),
+            deferred,
             ..Report::default()
         };
         s.reports.insert(id, report);
         s.programs.insert(id, program);
         s.refs = s.startup_refs;
         s.streams.entry(ctx).or_default().program = Some(id);
-        if ticks {
-            s.awaiting_tick.push(id);
-        }
     });
-    if ticks {
-        let status = set_ticks(TICK_MS);
-        note(id, format!("tick armed: {status}"));
-    }
-    if queue {
-        // Registering from the stream points the queue at this worker's root context.
-        let mut token = UNTOUCHED as u32;
-        // SAFETY: pointers to a static name and a local.
-        let status = unsafe {
-            host::proxy_register_shared_queue(
-                INFRA_QUEUE.as_ptr() as u32,
-                INFRA_QUEUE.len() as u32,
-                &mut token as *mut u32 as u32,
-            )
-        };
-        let id_bytes = id.to_le_bytes();
-        // SAFETY: pointer to a local.
-        let queued = unsafe {
-            host::proxy_enqueue_shared_queue(token, id_bytes.as_ptr() as u32, id_bytes.len() as u32)
-        };
-        with(|s| s.infra_queue = Some(token));
-        note(
-            id,
-            format!("queued for on_queue_ready: register {status}, enqueue {queued}"),
-        );
-    }
-    if callout {
-        infra_call(ctx, id);
-    }
     Ok(id)
+}
+
+/// Starts the program's next root event, once its stream is gone and what the last one started (its phase, the
+/// calls its steps made) is over. Calls a stream made from `on_log` or `on_done` are waited for too: both proxies
+/// answer them (measured), and one answered while the next event runs would interleave with it. `ctx` is the context the guest runs in now.
+fn next_root_event(program: u32, ctx: u32) {
+    let event = with(|s| {
+        let r = s.reports.get_mut(&program)?;
+        if r.stream_open || r.pending_root > 0 {
+            return None;
+        }
+        let event = r.deferred.pop()?;
+        r.pending_root += u32::from(event != RootEvent::Callout);
+        if event == RootEvent::Tick {
+            s.awaiting_tick.push(program);
+        }
+        Some(event)
+    });
+    match event {
+        None => {}
+        Some(RootEvent::Tick) => {
+            let status = set_ticks(TICK_MS);
+            note(program, format!("tick armed: {status}"));
+        }
+        Some(RootEvent::QueueReady) => {
+            let mut token = UNTOUCHED as u32;
+            // SAFETY: pointers to a static name and a local.
+            let status = unsafe {
+                host::proxy_register_shared_queue(
+                    INFRA_QUEUE.as_ptr() as u32,
+                    INFRA_QUEUE.len() as u32,
+                    &mut token as *mut u32 as u32,
+                )
+            };
+            let id_bytes = program.to_le_bytes();
+            // SAFETY: pointer to a local.
+            let queued = unsafe {
+                host::proxy_enqueue_shared_queue(
+                    token,
+                    id_bytes.as_ptr() as u32,
+                    id_bytes.len() as u32,
+                )
+            };
+            with(|s| s.infra_queue = Some(token));
+            note(
+                program,
+                format!("queued for on_queue_ready: register {status}, enqueue {queued}"),
+            );
+        }
+        Some(RootEvent::Callout) => {
+            infra_call(ctx, program);
+            // A call the host refused is not waited for.
+            next_root_event(program, ctx);
+        }
+    }
 }
 
 /// Makes a call whose response runs the program's `on_http_call_response` steps: the program's own calls rarely
@@ -830,7 +873,7 @@ pub extern "C" fn proxy_on_tick(root: u32) {
     for program in due {
         let effects = run_phase(program, Phase::Tick, root);
         root_calls(program, &effects);
-        finish_root_phase(program, Phase::Tick, vec![]);
+        finish_root_phase(program, Phase::Tick, root);
     }
     restore_ticks();
 }
@@ -861,7 +904,7 @@ pub extern "C" fn proxy_on_queue_ready(root: u32, token: u32) {
         };
         let effects = run_phase(id, Phase::QueueReady, root);
         root_calls(id, &effects);
-        finish_root_phase(id, Phase::QueueReady, vec![]);
+        finish_root_phase(id, Phase::QueueReady, root);
     }
 }
 
@@ -896,17 +939,18 @@ fn root_calls(program: u32, effects: &Effects) {
     }
 }
 
-fn finish_root_phase(program: u32, phase: Phase, args: Vec<u64>) {
+fn finish_root_phase(program: u32, phase: Phase, root: u32) {
     with(|s| {
         if let Some(r) = s.reports.get_mut(&program) {
             r.push(Record::Callback {
                 phase,
-                args,
+                args: vec![],
                 returned: 0,
             });
             r.pending_root = r.pending_root.saturating_sub(1);
         }
     });
+    next_root_event(program, root);
 }
 
 #[no_mangle]
@@ -970,6 +1014,7 @@ pub extern "C" fn proxy_on_http_call_response(
             r.pending_root = r.pending_root.saturating_sub(1);
         }
     });
+    next_root_event(program, acting);
     if let Some(stream_type) = resume {
         if !effects.sent_local_reply {
             // SAFETY: a plain hostcall with an integer.
@@ -1064,4 +1109,5 @@ pub extern "C" fn proxy_on_delete(ctx: u32) {
             r.stream_open = false;
         }
     });
+    next_root_event(program, ctx);
 }

@@ -334,9 +334,10 @@ async fn run_both(p: &Proxies, program: &Program, shape: Option<&Shape>) -> (Out
 /// - `response-status-write`: writes `:status` into the response headers (adding to it makes `200,v`);
 /// - `status-header`: a local reply whose extra headers include `:status`;
 /// - `upstream-local-address`: reads `upstream.local_address`;
-/// - `async`: has steps in a root phase or an http-call response (their place among the stream's callbacks is the
-///   event loop's);
-/// - `async-ref`: a step names a handle (queue, metric, call) that a step of an asynchronous phase sets;
+/// - `async`: makes http calls (the order of two answers, and whether the request's last byte was read while the
+///   stream waited for one, are the event loop's);
+/// - `async-ref`: with two calls in flight, a step names a handle (queue, metric, call) that a step of
+///   `on_http_call_response` sets;
 /// - `call-data-buffer`: reads or writes buffer type 8 (CallData);
 /// - `request-trailers-map`: writes the request trailers map (which such a write may create);
 /// - `node-property`: reads `node` / `xds.node`;
@@ -461,22 +462,17 @@ pub fn case_id(program: &Program) -> String {
     {
         tags.push("upstream-local-address");
     }
-    if program.steps.iter().any(|s| {
-        matches!(
-            s.phase,
-            Phase::Tick | Phase::QueueReady | Phase::HttpCallResponse
-        ) || s.call == Call::HttpCall
-    }) {
+    let calls = program
+        .steps
+        .iter()
+        .filter(|s| s.call == Call::HttpCall)
+        .count();
+    if calls > 0 {
         tags.push("async");
     }
-    // A handle set by an asynchronous step (a root phase's, or an http call answer's) and named by another: which
-    // handle the other step gets depends on which ran first.
-    let is_async = |phase: Phase| {
-        matches!(
-            phase,
-            Phase::Tick | Phase::QueueReady | Phase::HttpCallResponse
-        )
-    };
+    // A handle set where an http call is answered and named by another step: with two calls in flight, which
+    // answer comes first is the event loop's. (Root phases run one at a time after the stream: the guest's
+    // `next_root_event`.)
     let sets_ref = |call: Call| match call {
         Call::RegisterSharedQueue | Call::ResolveSharedQueue => Some(Ref::LastQueue),
         Call::DefineMetric => Some(Ref::LastMetric),
@@ -484,18 +480,20 @@ pub fn case_id(program: &Program) -> String {
         Call::GrpcCall | Call::GrpcStream => Some(Ref::LastGrpc),
         _ => None,
     };
-    let async_refs: Vec<Ref> = program
+    let answer_refs: Vec<Ref> = program
         .steps
         .iter()
-        .filter(|s| is_async(s.phase))
+        .filter(|s| s.phase == Phase::HttpCallResponse)
         .filter_map(|s| sets_ref(s.call))
         .collect();
-    if program.steps.iter().any(|s| {
-        s.ints
-            .iter()
-            .filter_map(|&v| Ref::from_arg(v))
-            .any(|r| async_refs.contains(&r))
-    }) {
+    if calls > 1
+        && program.steps.iter().any(|s| {
+            s.ints
+                .iter()
+                .filter_map(|&v| Ref::from_arg(v))
+                .any(|r| answer_refs.contains(&r))
+        })
+    {
         tags.push("async-ref");
     }
     if program.steps.iter().any(|s| {
@@ -674,7 +672,7 @@ pub async fn run(config: &Config) -> anyhow::Result<FuzzResult> {
             let (e, h) = run_both(&proxies, &program, Some(&case.shape)).await;
             let Noted { unexplained, apart } = note_outcome(&world, &mut result, &program, &e, &h);
             if config.trace {
-                trace(&world, index, &program, &e, &h);
+                trace(&world, index, &case, &program, &e, &h);
             }
             let mut restart = broken(&e) || broken(&h);
             if apart && !restart {
@@ -741,8 +739,23 @@ pub async fn run(config: &Config) -> anyhow::Result<FuzzResult> {
 }
 
 /// One line per documented difference of a program: what a long run's state drift is traced back with.
-fn trace(world: &World, index: usize, program: &Program, envoy: &Outcome, host_sim: &Outcome) {
-    for (id, d) in compare_outcomes(world, program, envoy, host_sim).accepted {
+fn trace(
+    world: &World,
+    index: usize,
+    case: &Case,
+    program: &Program,
+    envoy: &Outcome,
+    host_sim: &Outcome,
+) {
+    let accepted = compare_outcomes(world, program, envoy, host_sim).accepted;
+    if !accepted.is_empty() {
+        eprintln!(
+            "abi fuzz trace: program {index} (id {}): DFP_ABI_FUZZ_REPLAY='{}'",
+            program.id,
+            replay_text(program, &case.shape)
+        );
+    }
+    for (id, d) in accepted {
         eprintln!(
             "abi fuzz trace: program {index} (id {}): {} accepted by {id}: envoy {:?} host-sim {:?}",
             program.id, d.field, d.envoy, d.host_sim
