@@ -815,17 +815,30 @@ pub extern "C" fn proxy_on_context_create(ctx: u32, parent: u32) {
 
 #[no_mangle]
 pub extern "C" fn proxy_on_vm_start(root: u32, size: u32) -> u32 {
+    // The VM configuration carries the startup program too (buffer 6 here): its on_vm_start steps run now.
+    if !load_startup(6, size) {
+        return 0;
+    }
     root_startup(root, Phase::VmStart, size)
 }
 
 #[no_mangle]
 pub extern "C" fn proxy_on_configure(root: u32, size: u32) -> u32 {
     // The startup program is the plugin configuration (hex); an empty one runs nothing.
+    if !load_startup(7, size) {
+        return 0;
+    }
+    root_startup(root, Phase::Configure, size)
+}
+
+/// Reads the startup program from a configuration buffer (nothing there: the empty program); false when it does
+/// not decode.
+fn load_startup(buffer: u32, size: u32) -> bool {
     let (mut p, mut s) = (0u32, 0u32);
     // SAFETY: out-parameters are locals.
     let status = unsafe {
         host::proxy_get_buffer_bytes(
-            7,
+            buffer,
             0,
             size,
             &mut p as *mut u32 as u32,
@@ -843,10 +856,12 @@ pub extern "C" fn proxy_on_configure(root: u32, size: u32) -> u32 {
         from_hex(&config).and_then(|b| Program::decode(&b))
     };
     match program {
-        Ok(program) => with(|st| st.startup = program),
-        Err(_) => return 0,
+        Ok(program) => {
+            with(|st| st.startup = program);
+            true
+        }
+        Err(_) => false,
     }
-    root_startup(root, Phase::Configure, size)
 }
 
 fn root_startup(root: u32, phase: Phase, size: u32) -> u32 {
