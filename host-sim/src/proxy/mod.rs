@@ -9,6 +9,7 @@
 pub(crate) mod access_log;
 mod body;
 mod calls;
+mod closing;
 mod http;
 mod local_reply;
 mod own_address;

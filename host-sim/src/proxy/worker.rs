@@ -25,6 +25,7 @@ use tokio::task::LocalSet;
 use crate::dfp::upstream::ConnectionPool;
 use crate::vm::PluginHandle;
 
+use super::closing::DrainedOnClose;
 use super::http::{handle, ConnectionInfo, UpstreamBody};
 
 // The read-side framing guard is part of how connections are served here.
@@ -262,7 +263,10 @@ async fn serve_connection(
         service_fn(move |request| handle(worker.clone(), connection.clone(), request))
     };
     let connection = http1_settings(&worker.shared.listeners[listener_index].config.http)
-        .serve_connection(TokioIo::new(framing::GuardedStream::new(stream)), service)
+        .serve_connection(
+            TokioIo::new(framing::GuardedStream::new(DrainedOnClose(stream))),
+            service,
+        )
         .with_upgrades();
     tokio::pin!(connection);
     let served = tokio::select! {
