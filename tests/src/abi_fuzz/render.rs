@@ -158,6 +158,16 @@ fn step_data(call: Call, step_path: Option<&[u8]>, data: &[u8], masks: &Masks<'_
     if call == Call::GetCurrentTimeNanoseconds {
         return "<clock>".into();
     }
+    // A `date` read in one proxy a second after the other (measured once in 100,000 programs).
+    if call == Call::GetHeaderMapValue
+        && step_path.is_some_and(|name| {
+            VOLATILE_HEADERS
+                .iter()
+                .any(|v| name.eq_ignore_ascii_case(v.as_bytes()))
+        })
+    {
+        return "<volatile>".into();
+    }
     // zlib implementations may encode the same data differently (Envoy links zlib-ng): compare
     // what the stream decodes to.
     if call == Call::CallForeignFunction && step_path == Some(b"compress".as_slice()) {
