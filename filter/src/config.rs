@@ -11,45 +11,31 @@
 use std::net::IpAddr;
 
 use crate::destination::{self, Host};
+use crate::json::json_string;
 use crate::json::{self, Json};
 use crate::net::{self, Cidr};
-use crate::response::json_string;
 
-/// Where the filter runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Stage {
-    /// An HTTP filter of the connection manager: decides the destination by name.
-    Downstream,
-    /// An upstream HTTP filter of the dynamic-forward-proxy cluster: decides the address Envoy
-    /// connects to (`upstream.address`), after DNS.
-    Upstream,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Enforce => "enforce",
-            Mode::Report => "report",
-        }
+named_enum! {
+    /// Where the filter runs.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum Stage {
+        /// An HTTP filter of the connection manager: decides the destination by name.
+        Downstream => "downstream",
+        /// An upstream HTTP filter of the dynamic-forward-proxy cluster: decides the address Envoy
+        /// connects to (`upstream.address`), after DNS.
+        Upstream => "upstream",
     }
 }
 
-impl Stage {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::Downstream => "downstream",
-            Stage::Upstream => "upstream",
-        }
+named_enum! {
+    /// What a denial does.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum Mode {
+        /// Deny with 403.
+        Enforce => "enforce",
+        /// Log and count what would be denied, and forward it.
+        Report => "report",
     }
-}
-
-/// What a denial does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Mode {
-    /// Deny with 403.
-    Enforce,
-    /// Log and count what would be denied, and forward it.
-    Report,
 }
 
 /// The host of a rule.

@@ -7,79 +7,39 @@
 //! 1..=63 octets without a leading or trailing hyphen; at most 253 octets) or IP literal is
 //! refused with an [`InvalidReason`] — it is never forwarded.
 
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::net;
 
-/// Why a destination is not acceptable (answered with 400). The strings are stable: they appear
-/// in response bodies, the `x-dfp-denied` header, response details and metric names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum InvalidReason {
-    /// No destination header and no `:authority`.
-    MissingDestination,
-    /// The host part is empty (`""`, `":80"`, `"."`).
-    EmptyHost,
-    /// `user@host`: userinfo has no place in a proxy destination.
-    Userinfo,
-    /// A byte that cannot appear in a host name or IP literal (space, control, `_`, `%`, `/` ...).
-    InvalidCharacter,
-    /// A byte above 0x7f: internationalised names must arrive as punycode.
-    NonAscii,
-    /// Port empty, zero, above 65535, with leading zeros or not decimal.
-    InvalidPort,
-    /// A CONNECT target without a port.
-    MissingPort,
-    /// A host that resolvers would read as IPv4 but is not four canonical decimal octets.
-    NonCanonicalIpv4,
-    /// A malformed bracketed literal, an IPv6 zone, or an unbracketed IPv6 address.
-    InvalidIpv6,
-    /// A DNS label longer than 63 octets.
-    LabelTooLong,
-    /// A DNS name longer than 253 octets.
-    NameTooLong,
-    /// An empty label (`a..b`) or one that starts or ends with a hyphen.
-    InvalidLabel,
-}
-
-impl InvalidReason {
-    /// Every reason, for defining one metric each.
-    pub const ALL: [InvalidReason; 12] = [
-        InvalidReason::MissingDestination,
-        InvalidReason::EmptyHost,
-        InvalidReason::Userinfo,
-        InvalidReason::InvalidCharacter,
-        InvalidReason::NonAscii,
-        InvalidReason::InvalidPort,
-        InvalidReason::MissingPort,
-        InvalidReason::NonCanonicalIpv4,
-        InvalidReason::InvalidIpv6,
-        InvalidReason::LabelTooLong,
-        InvalidReason::NameTooLong,
-        InvalidReason::InvalidLabel,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            InvalidReason::MissingDestination => "missing_destination",
-            InvalidReason::EmptyHost => "empty_host",
-            InvalidReason::Userinfo => "userinfo",
-            InvalidReason::InvalidCharacter => "invalid_character",
-            InvalidReason::NonAscii => "non_ascii",
-            InvalidReason::InvalidPort => "invalid_port",
-            InvalidReason::MissingPort => "missing_port",
-            InvalidReason::NonCanonicalIpv4 => "non_canonical_ipv4",
-            InvalidReason::InvalidIpv6 => "invalid_ipv6",
-            InvalidReason::LabelTooLong => "label_too_long",
-            InvalidReason::NameTooLong => "name_too_long",
-            InvalidReason::InvalidLabel => "invalid_label",
-        }
-    }
-}
-
-impl fmt::Display for InvalidReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+named_enum! {
+    /// Why a destination is not acceptable (answered with 400). The strings are stable: they appear
+    /// in response bodies, the `x-dfp-denied` header, response details and metric names.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum InvalidReason {
+        /// No destination header and no `:authority`.
+        MissingDestination => "missing_destination",
+        /// The host part is empty (`""`, `":80"`, `"."`).
+        EmptyHost => "empty_host",
+        /// `user@host`: userinfo has no place in a proxy destination.
+        Userinfo => "userinfo",
+        /// A byte that cannot appear in a host name or IP literal (space, control, `_`, `%`, `/` ...).
+        InvalidCharacter => "invalid_character",
+        /// A byte above 0x7f: internationalised names must arrive as punycode.
+        NonAscii => "non_ascii",
+        /// Port empty, zero, above 65535, with leading zeros or not decimal.
+        InvalidPort => "invalid_port",
+        /// A CONNECT target without a port.
+        MissingPort => "missing_port",
+        /// A host that resolvers would read as IPv4 but is not four canonical decimal octets.
+        NonCanonicalIpv4 => "non_canonical_ipv4",
+        /// A malformed bracketed literal, an IPv6 zone, or an unbracketed IPv6 address.
+        InvalidIpv6 => "invalid_ipv6",
+        /// A DNS label longer than 63 octets.
+        LabelTooLong => "label_too_long",
+        /// A DNS name longer than 253 octets.
+        NameTooLong => "name_too_long",
+        /// An empty label (`a..b`) or one that starts or ends with a hyphen.
+        InvalidLabel => "invalid_label",
     }
 }
 

@@ -4,7 +4,7 @@
 //!
 //! Sorted vectors rather than hash maps: lookups are as fast for the rule counts a proxy sees,
 //! and they keep `dfp_filter.wasm` small (no second hash table implementation next to the SDK's,
-//! no std sort instantiations; see [`heap_sort`]).
+//! no std sort instantiations; see [`crate::sort::heap_sort`]).
 
 use std::net::IpAddr;
 use std::ops::ControlFlow;
@@ -12,6 +12,7 @@ use std::ops::ControlFlow;
 use crate::config::HostPattern;
 use crate::destination::Target;
 use crate::net::{mask6, Cidr};
+use crate::sort::heap_sort;
 
 /// Position of a rule in its list (configuration order).
 pub(crate) type RuleId = u32;
@@ -183,33 +184,6 @@ impl<K: Ord> SortedMap<K> {
     }
 }
 
-/// In-place heapsort with a strict "less than". Small generated code, O(n log n) worst case;
-/// callers make keys unique (by adding the rule id) wherever order among equals matters.
-pub(crate) fn heap_sort<T>(v: &mut [T], less: impl Fn(&T, &T) -> bool) {
-    let sift_down = |v: &mut [T], mut node: usize, end: usize| loop {
-        let mut child = 2 * node + 1;
-        if child >= end {
-            break;
-        }
-        if child + 1 < end && less(&v[child], &v[child + 1]) {
-            child += 1;
-        }
-        if !less(&v[node], &v[child]) {
-            break;
-        }
-        v.swap(node, child);
-        node = child;
-    };
-    let n = v.len();
-    for i in (0..n / 2).rev() {
-        sift_down(v, i, n);
-    }
-    for end in (1..n).rev() {
-        v.swap(0, end);
-        sift_down(v, 0, end);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,25 +276,6 @@ mod tests {
         assert!(matches(&idx, Target::Name("10.example")).is_empty());
         let names = index(&["*.example", "a.example"]);
         assert!(matches(&names, ip("10.0.0.1")).is_empty());
-    }
-
-    #[test]
-    fn heap_sort_sorts() {
-        let mut seed = 0x2545_f491_u64;
-        for n in [0usize, 1, 2, 3, 7, 64, 1000] {
-            let mut v: Vec<u64> = (0..n)
-                .map(|_| {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    seed % 50
-                })
-                .collect();
-            let mut want = v.clone();
-            want.sort();
-            heap_sort(&mut v, |a, b| a < b);
-            assert_eq!(v, want, "n={n}");
-        }
     }
 
     #[test]

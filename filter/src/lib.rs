@@ -10,6 +10,9 @@
 //! Everything except the proxy-wasm glue compiles natively, so tools and tests can validate a
 //! configuration ([`config::FilterConfig::from_json`]) and run decisions without a host.
 
+#[macro_use]
+mod names;
+
 pub mod config;
 pub mod destination;
 pub mod header_pairs;
@@ -19,6 +22,7 @@ pub mod json;
 pub mod net;
 pub mod policy;
 pub mod response;
+mod sort;
 
 #[cfg(target_arch = "wasm32")]
 mod abi;

@@ -9,7 +9,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::index::heap_sort;
+use crate::sort::heap_sort;
 
 /// Parses the only IPv4 spelling we accept: four decimal octets, no leading zeros, each 0..=255.
 ///

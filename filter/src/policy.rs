@@ -11,7 +11,6 @@
 //! with IP/CIDR hosts, then the address policy. `allow` rules and name rules are the downstream
 //! stage's business and are not consulted there.
 
-use std::fmt;
 use std::net::IpAddr;
 use std::ops::ControlFlow;
 
@@ -20,59 +19,29 @@ use crate::destination::{Destination, InvalidReason, Target};
 use crate::index::{HostIndex, HostIndexBuilder, RuleId};
 use crate::net::{self, AddressPolicy};
 
-/// Why a destination is denied (answered with 403). Stable strings, see [`DenyReason::as_str`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum DenyReason {
-    /// A `deny` rule matched.
-    HostDenied,
-    /// No `allow` rule names the host.
-    HostNotAllowed,
-    /// `allow` rules name the host, but not this port.
-    PortNotAllowed,
-    /// `allow` rules name the host and port, but not this method.
-    MethodNotAllowed,
-    /// The address (an IP-literal destination, or upstream the resolved one) is in
-    /// `addresses.deny` and not carved out by `addresses.allow`.
-    AddressDenied,
-    /// The upstream stage could not read or parse `upstream.address` (fails closed).
-    UpstreamAddressUnknown,
-    /// The destination is the proxy itself: one of `own_endpoints`, or the listener the request came in on.
-    /// Denied in report mode too: a proxy that forwards to its own admin or listener is not reporting, it is open.
-    OwnEndpoint,
-    /// The allowing wildcard or CIDR rule already admits `max_hosts` other destinations (within the host TTL): one
-    /// client cannot fill the DNS cache for everyone through one rule.
-    HostLimit,
-}
-
-impl DenyReason {
-    pub const ALL: [DenyReason; 8] = [
-        DenyReason::HostDenied,
-        DenyReason::HostNotAllowed,
-        DenyReason::PortNotAllowed,
-        DenyReason::MethodNotAllowed,
-        DenyReason::AddressDenied,
-        DenyReason::UpstreamAddressUnknown,
-        DenyReason::OwnEndpoint,
-        DenyReason::HostLimit,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DenyReason::HostDenied => "host_denied",
-            DenyReason::HostNotAllowed => "host_not_allowed",
-            DenyReason::PortNotAllowed => "port_not_allowed",
-            DenyReason::MethodNotAllowed => "method_not_allowed",
-            DenyReason::AddressDenied => "address_denied",
-            DenyReason::UpstreamAddressUnknown => "upstream_address_unknown",
-            DenyReason::OwnEndpoint => "own_endpoint",
-            DenyReason::HostLimit => "host_limit",
-        }
-    }
-}
-
-impl fmt::Display for DenyReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+named_enum! {
+    /// Why a destination is denied (answered with 403). Stable strings, see [`DenyReason::as_str`].
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum DenyReason {
+        /// A `deny` rule matched.
+        HostDenied => "host_denied",
+        /// No `allow` rule names the host.
+        HostNotAllowed => "host_not_allowed",
+        /// `allow` rules name the host, but not this port.
+        PortNotAllowed => "port_not_allowed",
+        /// `allow` rules name the host and port, but not this method.
+        MethodNotAllowed => "method_not_allowed",
+        /// The address (an IP-literal destination, or upstream the resolved one) is in
+        /// `addresses.deny` and not carved out by `addresses.allow`.
+        AddressDenied => "address_denied",
+        /// The upstream stage could not read or parse `upstream.address` (fails closed).
+        UpstreamAddressUnknown => "upstream_address_unknown",
+        /// The destination is the proxy itself: one of `own_endpoints`, or the listener the request came in on.
+        /// Denied in report mode too: a proxy that forwards to its own admin or listener is not reporting, it is open.
+        OwnEndpoint => "own_endpoint",
+        /// The allowing wildcard or CIDR rule already admits `max_hosts` other destinations (within the host TTL): one
+        /// client cannot fill the DNS cache for everyone through one rule.
+        HostLimit => "host_limit",
     }
 }
 

@@ -3,6 +3,7 @@
 
 use crate::config::Stage;
 use crate::destination::InvalidReason;
+use crate::json::json_string;
 use crate::policy::DenyReason;
 
 /// Response header naming the reason of a 403 or 400.
@@ -65,29 +66,6 @@ pub fn report_only_metric(stage: Stage, reason: DenyReason) -> String {
 /// `dfp.<stage>.invalid.<reason>`
 pub fn invalid_metric(stage: Stage, reason: InvalidReason) -> String {
     format!("dfp.{}.invalid.{}", stage.as_str(), reason.as_str())
-}
-
-/// Appends `s` as a JSON string literal.
-pub fn json_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 || c == '\u{7f}' => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                let n = u32::from(c) as usize;
-                out.push_str("\\u00");
-                out.push(char::from(HEX[n >> 4]));
-                out.push(char::from(HEX[n & 0xf]));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 /// Encodes header pairs the way proxy-wasm hosts read them: a little-endian u32 count, then a

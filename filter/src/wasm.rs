@@ -235,19 +235,16 @@ fn downstream(shared: &Shared) -> u32 {
             outcome = policy.verdict(Some(DenyReason::HostLimit));
         }
     }
+    shared.metrics.count(outcome);
     match outcome {
-        Outcome::Allow => shared.metrics.bump(shared.metrics.allowed),
+        Outcome::Allow => {}
         Outcome::ReportOnly(reason) => {
-            shared
-                .metrics
-                .bump(shared.metrics.report_only[reason as usize]);
             log::info!(
                 "dfp-filter: report-only: would deny {} ({reason})",
                 dest.authority()
             );
         }
         Outcome::Deny(reason) => {
-            shared.metrics.bump(shared.metrics.denied[reason as usize]);
             log::info!("dfp-filter: denied {} ({reason})", dest.authority());
             let body = response::deny_body(reason, Some(dest.authority()), None);
             deny(reason, &body);
@@ -382,19 +379,16 @@ fn upstream(shared: &Shared) -> u32 {
         }
         s
     };
+    shared.metrics.count(outcome);
     match outcome {
-        Outcome::Allow => shared.metrics.bump(shared.metrics.allowed),
+        Outcome::Allow => {}
         Outcome::ReportOnly(reason) => {
-            shared
-                .metrics
-                .bump(shared.metrics.report_only[reason as usize]);
             log::info!(
                 "dfp-filter: report-only: would deny upstream address {} ({reason})",
                 shown()
             );
         }
         Outcome::Deny(reason) => {
-            shared.metrics.bump(shared.metrics.denied[reason as usize]);
             let shown = shown();
             // The authority was canonicalised downstream; re-validate before echoing it.
             let authority = headers
@@ -470,6 +464,15 @@ impl Metrics {
             m.invalid[r as usize] = counter(response::invalid_metric(stage, r))?;
         }
         Some(m)
+    }
+
+    /// One decision's counter, for either stage.
+    fn count(&self, outcome: Outcome) {
+        self.bump(match outcome {
+            Outcome::Allow => self.allowed,
+            Outcome::ReportOnly(reason) => self.report_only[reason as usize],
+            Outcome::Deny(reason) => self.denied[reason as usize],
+        });
     }
 
     fn bump(&self, id: u32) {
