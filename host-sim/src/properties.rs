@@ -96,6 +96,14 @@ pub struct StreamFacts {
     pub listener_direction: i64,
 }
 
+/// The names of a picked route, as [`StreamFacts`] holds them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RouteNames {
+    pub virtual_host_name: Option<String>,
+    pub route_name: Option<String>,
+    pub cluster_name: Option<Arc<str>>,
+}
+
 impl StreamFacts {
     /// The value of `group.leaf`, if these facts provide it.
     fn lookup(&self, group: &str, leaf: &str) -> Option<PropertyValue> {
@@ -260,6 +268,25 @@ impl Properties {
             &format!("{prefix}.port"),
             PropertyValue::Int(i64::from(addr.port())),
         );
+        self
+    }
+
+    /// The route picked again after a filter cleared the route cache (`ActiveStream::refreshCachedRoute` replaces
+    /// the stream's route and its cluster info, with none when nothing matches): `xds.virtual_host_name`,
+    /// `xds.route_name` and `xds.cluster_name` follow it.
+    pub fn set_route(&mut self, route: RouteNames) -> &mut Self {
+        self.forget(&[
+            "xds.virtual_host_name",
+            "xds.route_name",
+            "xds.cluster_name",
+        ]);
+        self.learned.cluster_name = None;
+        if let Some(facts) = &mut self.facts {
+            let facts = Arc::make_mut(facts);
+            facts.virtual_host_name = route.virtual_host_name;
+            facts.route_name = route.route_name;
+            facts.cluster_name = route.cluster_name;
+        }
         self
     }
 
@@ -444,6 +471,20 @@ fn http_to_grpc_status(http: u16) -> u32 {
     }
 }
 
+/// The `request.*` attributes Envoy's `RequestWrapper` answers only while it has the request headers
+/// (`request.headers` is not among them: its `HeaderValueWrapper` of no map serializes as an empty map).
+const REQUEST_HEADER_ATTRIBUTES: &[&str] = &[
+    "path",
+    "url_path",
+    "host",
+    "scheme",
+    "method",
+    "referer",
+    "id",
+    "useragent",
+    "query",
+];
+
 /// Attributes Envoy derives from the stream's headers, unless the proxy set them explicitly.
 fn derived(top: &str, rest: &[&[u8]], s: &StreamState) -> Result<Option<Vec<u8>>, Status> {
     let Ok(name) = std::str::from_utf8(rest[0]) else {
@@ -452,7 +493,18 @@ fn derived(top: &str, rest: &[&[u8]], s: &StreamState) -> Result<Option<Vec<u8>>
     if s.properties.lookup(top, name).is_some() {
         return Ok(None);
     }
-    let req = &s.request_headers;
+    // Envoy's `RequestWrapper` reads the context's request headers, which `Context::continueStream` forgets (either
+    // direction): after that, outside the access-log phase, the attributes taken from them are NotFound and
+    // `request.size` counts bytes.
+    let empty = HeaderMap::default();
+    let req = if s.access.request_headers || s.access.access_log {
+        &s.request_headers
+    } else {
+        if top == "request" && REQUEST_HEADER_ATTRIBUTES.contains(&name) {
+            return Err(Status::NotFound);
+        }
+        &empty
+    };
     let header = |map: &HeaderMap, key: &str| map.get(key).map(<[u8]>::to_vec);
     let value = match (top, name) {
         ("request", "headers") => return map_lookup(req, &rest[1..]).map(Some),
@@ -603,6 +655,7 @@ mod tests {
         let root = Properties::new().with("xds.node", "n");
         let mut s = StreamState::new(Properties::new().with("xds.route_name", "r1"));
         s.request_headers = HeaderMap::from_pairs([(":path", "/a?b=1"), ("x", "1"), ("x", "2")]);
+        s.access.request_headers = true;
         let f = facts(&root);
         assert_eq!(
             resolve(b"request\0url_path", &f, Some(&s)),
@@ -631,6 +684,18 @@ mod tests {
             Err(Status::SerializationFailure)
         );
         assert_eq!(resolve(b"plugin_vm_id", &f, None), Ok(b"v".to_vec()));
+        // Once the context let go of the request headers (`Context::continueStream`), the attributes read from them
+        // are gone, outside the access-log phase.
+        s.access.request_headers = false;
+        assert_eq!(
+            resolve(b"request\0url_path", &f, Some(&s)),
+            Err(Status::NotFound)
+        );
+        s.access.access_log = true;
+        assert_eq!(
+            resolve(b"request\0url_path", &f, Some(&s)),
+            Ok(b"/a".to_vec())
+        );
     }
 
     fn facts_for_test() -> StreamFacts {

@@ -102,6 +102,10 @@ pub struct StreamState {
     pub request_body: Vec<u8>,
     pub request_trailers: HeaderMap,
     pub response_headers: HeaderMap,
+    /// The response headers for the access-log phase when a direct local reply replaced the head the filter saw
+    /// (`FilterManager::sendDirectLocalReply`): the log's reads see the reply's, while `Context::getMap` edits and
+    /// sizes still use the map the filter held.
+    pub logged_response_headers: Option<HeaderMap>,
     pub response_body: Vec<u8>,
     pub response_trailers: HeaderMap,
     /// Request body bytes received from the client so far (Envoy's `bytesReceived`).

@@ -83,6 +83,11 @@ pub(crate) fn const_map(st: &HostState, t: MapType) -> Option<&HeaderMap> {
             Some(match t {
                 MapType::RequestHeaders => &s.request_headers,
                 MapType::RequestTrailers => &s.request_trailers,
+                // `Context::getConstMap` reads `access_log_response_headers_` in the log phase.
+                MapType::ResponseHeaders if a.access_log => s
+                    .logged_response_headers
+                    .as_ref()
+                    .unwrap_or(&s.response_headers),
                 MapType::ResponseHeaders => &s.response_headers,
                 _ => &s.response_trailers,
             })

@@ -26,7 +26,7 @@ use crate::config::{ClusterKind, RouteTarget};
 use crate::dfp::dns_cache::Addresses;
 use crate::dfp::upstream::{ConnectError, PoolKey, PooledBody};
 use crate::headers::{HeaderMap, MapKind};
-use crate::properties::{Properties, StreamFacts};
+use crate::properties::{Properties, RouteNames, StreamFacts};
 use crate::stream::LocalReply;
 
 use super::body::{
@@ -258,6 +258,8 @@ impl Exchange<'_> {
                             if clear_route_cache {
                                 selected = self.select_route(&headers, connect);
                                 self.note_route_cluster(selected.as_ref(), &headers);
+                                downstream
+                                    .set_route(&self.route_names(selected.as_ref(), &headers));
                             }
                         }
                         Settled::Reply(reply) => {
@@ -468,10 +470,10 @@ impl Exchange<'_> {
     }
 
     fn select_route(&self, headers: &HeaderMap, connect: bool) -> Option<Selected<'_>> {
-        let authority = headers.get_str(":authority").unwrap_or_default();
+        let authority = headers.get(":authority").map(String::from_utf8_lossy);
         route::select(
             &self.listener.config.http.route_config,
-            authority,
+            authority.as_deref(),
             headers.get_str(":path"),
             connect,
             headers,
@@ -547,6 +549,7 @@ impl Exchange<'_> {
         selected: Option<&Selected<'_>>,
         headers: &HeaderMap,
     ) -> Properties {
+        let route = self.route_names(selected, headers);
         Properties::from_facts(StreamFacts {
             source: self.connection.peer,
             destination: self.connection.local,
@@ -555,13 +558,22 @@ impl Exchange<'_> {
             request_time: SystemTime::now(),
             protocol: "HTTP/1.1",
             route_configuration_name: self.listener.config.http.route_config.name.clone(),
+            virtual_host_name: route.virtual_host_name,
+            route_name: route.route_name,
+            cluster_name: route.cluster_name,
+            listener_direction: 0,
+        })
+    }
+
+    /// The `xds.*` names of a picked route (none when nothing matched).
+    fn route_names(&self, selected: Option<&Selected<'_>>, headers: &HeaderMap) -> RouteNames {
+        RouteNames {
             virtual_host_name: selected.map(|selected| selected.virtual_host.name.clone()),
             route_name: selected.and_then(|selected| selected.route.name.clone()),
             cluster_name: selected
                 .and_then(|selected| self.route_cluster(Some(selected), headers))
                 .map(|cluster| cluster.name.clone()),
-            listener_direction: 0,
-        })
+        }
     }
 
     /// Waits out a pause: http calls dispatched by the plugin are sent, answers and ticks delivered, until the
@@ -681,6 +693,7 @@ impl Exchange<'_> {
             chains.push(upstream);
         }
         chains.push(downstream);
+        let replaces_upstream_head = !through_filters;
         let mut through_filters = through_filters;
         let mut details = details;
         // `sendLocalReply` records the details (and the code goes with the headers) before any encoder filter.
@@ -767,7 +780,18 @@ impl Exchange<'_> {
         if !self.request_complete.get() {
             headers.replace("connection", "close");
         }
+        // `response.size` is what the codec sent (`StreamInfo::bytesSent`), and the access-log phase comes after the
+        // reply's body went out.
+        let sent = body.len() as u64;
         for chain in chains.iter_mut() {
+            chain.for_each_state(|state| {
+                state.response_body_bytes = sent;
+                // A reply after the upstream's head replaced it (`FilterManager::sendDirectLocalReply` sets the
+                // stream's response headers): the access-log phase reads the reply's.
+                if replaces_upstream_head {
+                    state.logged_response_headers = Some(headers.clone());
+                }
+            });
             chain.finish(Some(&headers), Some(status), &details);
         }
         self.log.borrow_mut().details = Some(details);
@@ -848,12 +872,33 @@ impl Exchange<'_> {
             chains.downstream.note_final_request_headers(&headers);
             chains.upstream.note_final_request_headers(&headers);
         }
-        let upstream_request = match upstream_request(&headers, request_body) {
-            Ok(request) => request,
-            Err(reply) => return reply_on(Reply::Envoy(reply)),
+        let pool = self.worker.pool.clone();
+        let mut request_body = request_body;
+        let upstream_request = match upstream_request(&headers, request_body.is_end_stream()) {
+            Ok(request) => request.map(|()| request_body),
+            Err(reply) => {
+                // Envoy's upstream codec checks the head once the pool hands the stream a connection
+                // (`UpstreamCodecFilter::decodeHeaders`): the body the client sent before then has gone through the
+                // filters, and a connection that does not come up answers instead.
+                let connect_options = cluster.connect_options();
+                let connected = drain_until_connected(
+                    &mut request_body,
+                    pool.get(&key, &target.addresses, &connect_options),
+                )
+                .await;
+                if let Some(reply) = early_reply.borrow_mut().take() {
+                    return reply_on(reply);
+                }
+                return match connected {
+                    Ok(_) => reply_on(Reply::Envoy(reply)),
+                    Err(error) => {
+                        cluster.stats.upstream_cx_connect_fail.add(1);
+                        reply_on(Reply::Envoy(EnvoyReply::upstream_failure(&error)))
+                    }
+                };
+            }
         };
 
-        let pool = self.worker.pool.clone();
         let mut sender = match pool
             .get(&key, &target.addresses, &cluster.connect_options())
             .await
@@ -1265,11 +1310,48 @@ fn host_without_port(authority: &str) -> &str {
         .map_or(authority, |(host, _)| host)
 }
 
-/// The HTTP/1.1 request the upstream receives: origin-form path, `Host` from `:authority`, no pseudo-headers.
-fn upstream_request(
-    headers: &HeaderMap,
-    body: UpstreamBody,
-) -> Result<Request<UpstreamBody>, EnvoyReply> {
+/// Runs the request body through the filters while the upstream connection comes up, and returns the connection's
+/// outcome: a pooled connection is handed over at once, before any body callback (Envoy's pool calls `onPoolReady`
+/// inline); a new one after the body that had arrived, including what was ready when it came up (Envoy dispatches
+/// a whole read before the connect event).
+async fn drain_until_connected<T>(
+    body: &mut UpstreamBody,
+    connect: impl std::future::Future<Output = T>,
+) -> T {
+    let mut connect = std::pin::pin!(connect);
+    let mut waited = false;
+    let mut body_open = !body.is_end_stream();
+    let drain = |body: &mut UpstreamBody, open: &mut bool, cx: &mut std::task::Context<'_>| {
+        while *open {
+            match body.as_mut().poll_frame(cx) {
+                std::task::Poll::Ready(Some(Ok(_))) => {}
+                std::task::Poll::Ready(_) => *open = false,
+                std::task::Poll::Pending => break,
+            }
+        }
+    };
+    let connected = std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(done) = connect.as_mut().poll(cx) {
+            return std::task::Poll::Ready(done);
+        }
+        waited = true;
+        drain(body, &mut body_open, cx);
+        std::task::Poll::Pending
+    })
+    .await;
+    if waited {
+        std::future::poll_fn(|cx| {
+            drain(body, &mut body_open, cx);
+            std::task::Poll::Ready(())
+        })
+        .await;
+    }
+    connected
+}
+
+/// The HTTP/1.1 request head the upstream receives: origin-form path, `Host` from `:authority`, no pseudo-headers
+/// (`body_ends`: the request has no body).
+fn upstream_request(headers: &HeaderMap, body_ends: bool) -> Result<Request<()>, EnvoyReply> {
     // What the filters left is what goes: `:method` from the map (the upstream codec's
     // checkRequiredRequestHeaders refuses a request without it, or without `:path`).
     let method = match headers.get(":method") {
@@ -1295,7 +1377,7 @@ fn upstream_request(
         method,
         Method::GET | Method::HEAD | Method::DELETE | Method::CONNECT | Method::TRACE
     );
-    if body.is_end_stream()
+    if body_ends
         && !bodiless_method
         && headers.get("content-length").is_none()
         && headers.get("transfer-encoding").is_none()
@@ -1304,14 +1386,14 @@ fn upstream_request(
     }
     // A body of unknown length goes chunked whatever the method, as Envoy's encoder sends it
     // (StreamEncoderImpl::encodeHeadersBase); hyper's client would send a GET's body as empty.
-    if !body.is_end_stream()
+    if !body_ends
         && headers.get("content-length").is_none()
         && headers.get("transfer-encoding").is_none()
     {
         builder = builder.header(hyper::header::TRANSFER_ENCODING, "chunked");
     }
     builder
-        .body(body)
+        .body(())
         .map_err(|_| EnvoyReply::bad_request("invalid_header_after_filters"))
 }
 
@@ -1375,12 +1457,17 @@ fn plain_reply(reply: &EnvoyReply) -> Response<DownstreamBody> {
 fn build_response(headers: &HeaderMap, body: DownstreamBody) -> Response<DownstreamBody> {
     // A filter may leave a `content-length` that is not the body's: Envoy's HTTP/1 encoder writes the header as it
     // is and the body as it is. hyper trusts a body of known length over the header (and asserts they agree in a
-    // debug build), so the length is forgotten and hyper frames by the header, as Envoy's codec does.
+    // debug build), so the length is forgotten and hyper frames by the header, as Envoy's codec does. A filter
+    // may also remove it: Envoy then chunk-encodes a body that follows the head (`encodeHeadersBase`), where hyper
+    // would write the known length back.
     let claimed = headers
         .get_str("content-length")
         .and_then(|v| v.trim().parse::<u64>().ok());
     let body = match (body.size_hint().exact(), claimed) {
         (Some(exact), Some(claimed)) if exact != claimed => local_body(LengthForgotten(body)),
+        (Some(exact), None) if exact > 0 && headers.get("content-length").is_none() => {
+            local_body(LengthForgotten(body))
+        }
         _ => body,
     };
     let status = headers

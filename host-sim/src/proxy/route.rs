@@ -12,17 +12,34 @@ pub struct Selected<'a> {
     pub route: &'a Route,
 }
 
-/// Picks the route for a request. `authority` is `:authority` as received: a port, if present, takes part in the
+/// Picks the route for a request. `authority` is `:authority` as the filters left it: a port, if present, takes part in the
 /// domain match, as in Envoy without `strip_any_host_port`; `path` is `:path` (absent for CONNECT); `headers` are
 /// the request's headers for the routes' header matchers.
 pub fn select<'a>(
     config: &'a RouteConfig,
-    authority: &str,
+    authority: Option<&str>,
     path: Option<&str>,
     connect: bool,
     headers: &HeaderMap,
 ) -> Option<Selected<'a>> {
-    let host = authority.to_ascii_lowercase();
+    // `VirtualHostImpl::getRouteFromEntries`: without `x-forwarded-proto` (the connection manager adds it, so only a
+    // filter can have removed it) no route matches.
+    if headers
+        .get("x-forwarded-proto")
+        .is_none_or(|scheme| scheme.is_empty())
+    {
+        return None;
+    }
+    // `RouteMatcher::findVirtualHost`: a table of only `*` hosts matches any request; any other finds no host for a
+    // request without `:authority`.
+    let only_default = config
+        .virtual_hosts
+        .iter()
+        .all(|vh| vh.domains.iter().all(|d| d == "*"));
+    if !only_default && authority.is_none() {
+        return None;
+    }
+    let host = authority.unwrap_or_default().to_ascii_lowercase();
     let virtual_host = find_virtual_host(config, &host)?;
     let route = virtual_host.routes.iter().find(|route| {
         matches(&route.matcher, path, connect)
@@ -171,7 +188,8 @@ mod tests {
 
     fn pick(authority: &str, path: Option<&str>, connect: bool) -> Option<(String, String)> {
         let table = table();
-        select(&table, authority, path, connect, &HeaderMap::new()).map(|s| {
+        let headers = HeaderMap::from_pairs([("x-forwarded-proto", "http")]);
+        select(&table, Some(authority), path, connect, &headers).map(|s| {
             (
                 s.virtual_host.name.clone(),
                 s.route.name.clone().unwrap_or_default(),
@@ -259,8 +277,14 @@ mod tests {
             name: None,
             virtual_hosts: vec![vhost("any", &["*"], routes)],
         };
-        let headers = HeaderMap::from_pairs(headers.iter().copied());
-        select(&table, "a.test", Some("/"), false, &headers).and_then(|s| s.route.name.clone())
+        let headers = HeaderMap::from_pairs(
+            headers
+                .iter()
+                .copied()
+                .chain([("x-forwarded-proto", "http")]),
+        );
+        select(&table, Some("a.test"), Some("/"), false, &headers)
+            .and_then(|s| s.route.name.clone())
     }
 
     #[test]

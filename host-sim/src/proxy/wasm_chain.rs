@@ -357,6 +357,13 @@ impl WasmChain {
         self.for_each_state(|state| state.logged_request_headers = Some(headers.clone()));
     }
 
+    /// Sets the route names on every context of the chain, once the route was picked again.
+    pub fn set_route(&mut self, route: &crate::properties::RouteNames) {
+        self.for_each_state(|state| {
+            state.properties.set_route(route.clone());
+        });
+    }
+
     /// Sets `xds.cluster_name` on every context of the chain, once the router picked the cluster.
     pub fn set_cluster_name(&mut self, name: &std::sync::Arc<str>) {
         self.for_each_state(|state| {
