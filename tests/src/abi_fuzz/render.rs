@@ -140,6 +140,16 @@ fn step_data(call: Call, step_path: Option<&[u8]>, data: &[u8], masks: &Masks<'_
     let path = step_path.map(|p| String::from_utf8_lossy(p).replace('\0', "."));
     if call == Call::GetProperty {
         if let Some(p) = &path {
+            // The client's address: its port is the client's ephemeral one, not always the port the runner noted
+            // (a stream the filter closed may leave the client on a new connection).
+            if p == "source.address" {
+                if let Some((ip, _)) = std::str::from_utf8(data)
+                    .ok()
+                    .and_then(|a| a.rsplit_once(':'))
+                {
+                    return format!("{ip}:<port>");
+                }
+            }
             if VOLATILE_PROPERTIES.contains(&p.as_str()) {
                 return format!(
                     "<volatile {} bytes>",

@@ -339,7 +339,7 @@ async fn run_both(p: &Proxies, program: &Program, shape: Option<&Shape>) -> (Out
 /// - `async-ref`: with two calls in flight, a step names a handle (queue, metric, call) that a step of
 ///   `on_http_call_response` sets;
 /// - `call-data-buffer`: reads or writes buffer type 8 (CallData);
-/// - `request-trailers-map`: writes the request trailers map (which such a write may create);
+/// - `request-trailers-map`: writes the request trailers map or reads its size (Envoy's `getMap`, which may create it);
 /// - `node-property`: reads `node` / `xds.node`;
 /// - `body-pause`: makes an http call from a body or trailers callback (which then pauses until it is answered);
 /// - `trailers-write`: writes a trailers map (request or response), which goes on the wire;
@@ -507,7 +507,11 @@ pub fn case_id(program: &Program) -> String {
     if program.steps.iter().any(|s| {
         matches!(
             s.call,
-            Call::AddHeaderMapValue | Call::ReplaceHeaderMapValue | Call::SetHeaderMapPairs
+            Call::AddHeaderMapValue
+                | Call::ReplaceHeaderMapValue
+                | Call::SetHeaderMapPairs
+                | Call::RemoveHeaderMapValue
+                | Call::GetHeaderMapSize
         ) && s.int(0) == 1
     }) {
         tags.push("request-trailers-map");
