@@ -10,9 +10,10 @@
 //! `minProperties`/`maxProperties`, `items`, `anyOf`/`oneOf`/`allOf`/`not`, and the uniqueness
 //! that `x-kubernetes-list-type: set|map` implies.
 //!
-//! Not evaluated: CEL rules (`x-kubernetes-validations`). Every rule that applies to a node
-//! present in the document is returned as [`UncheckedRule`] so callers can see what was skipped.
-//! A schema keyword this module does not know is a load error, never silently ignored.
+//! CEL rules (`x-kubernetes-validations`) are evaluated, with [`crate::cel`], on every node present in the document
+//! after the schema's defaults are applied, as the API server does on create; transition rules (those reading
+//! `oldSelf`) apply only to updates and are counted as skipped. A schema keyword this module does not know is a load
+//! error, never silently ignored.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -22,6 +23,8 @@ use std::sync::Arc;
 use regex::bytes::{Regex, RegexBuilder};
 use serde::Deserialize;
 use serde_json::{Map, Value};
+
+use crate::cel;
 
 /// Failure to load CRDs or to parse a manifest file.
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +131,10 @@ pub enum ViolationKind {
     Duplicate,
     Combinator,
     Metadata,
+    /// A CEL rule (`x-kubernetes-validations`) is false for the node.
+    Rule,
+    /// A CEL rule could not be evaluated on the node (the API server refuses the object too).
+    RuleError,
 }
 
 impl fmt::Display for ViolationKind {
@@ -147,6 +154,8 @@ impl fmt::Display for ViolationKind {
             ViolationKind::Duplicate => "duplicate value",
             ViolationKind::Combinator => "no matching schema",
             ViolationKind::Metadata => "invalid metadata",
+            ViolationKind::Rule => "invalid value",
+            ViolationKind::RuleError => "rule evaluation error",
         };
         f.write_str(text)
     }
@@ -171,19 +180,17 @@ impl fmt::Display for Violation {
     }
 }
 
-/// A CEL rule (`x-kubernetes-validations`) that applies to a present node but was not evaluated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UncheckedRule {
-    pub path: String,
-    pub rule: String,
-    pub message: String,
-}
-
 /// The outcome of validating one document.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Report {
     pub violations: Vec<Violation>,
-    pub unchecked_rules: Vec<UncheckedRule>,
+    /// CEL rules evaluated on nodes of the document (each rule once per node it applies to).
+    pub rules_evaluated: usize,
+    /// Transition rules met on present nodes: they compare with the stored object, so a create skips them.
+    pub transition_rules_skipped: usize,
+    /// The schema errors included one the API server treats as blocking, so no CEL rule ran (it then adds "some
+    /// validation rules were not checked because the object was invalid").
+    pub rules_blocked: bool,
 }
 
 impl Report {
@@ -233,7 +240,7 @@ impl CrdSet {
         }
         files.sort();
         let mut set = CrdSet::default();
-        let mut patterns = PatternCache::default();
+        let mut patterns = CompileCache::default();
         for path in files {
             let text = std::fs::read_to_string(&path).map_err(|source| CrdError::Io {
                 path: path.clone(),
@@ -247,16 +254,25 @@ impl CrdSet {
         Ok(set)
     }
 
+    /// [`CrdSet::load_dir`] for several folders, into one set.
+    pub fn load_dirs(dirs: &[PathBuf]) -> Result<Self, CrdError> {
+        let mut set = CrdSet::default();
+        for dir in dirs {
+            set.crds.extend(CrdSet::load_dir(dir)?.crds);
+        }
+        Ok(set)
+    }
+
     /// Adds the CRDs found in one (multi-document) YAML text; returns how many were added.
     pub fn add_yaml(&mut self, source: &str, text: &str) -> Result<usize, CrdError> {
-        self.add_yaml_with(source, text, &mut PatternCache::default())
+        self.add_yaml_with(source, text, &mut CompileCache::default())
     }
 
     fn add_yaml_with(
         &mut self,
         source: &str,
         text: &str,
-        patterns: &mut PatternCache,
+        patterns: &mut CompileCache,
     ) -> Result<usize, CrdError> {
         let mut added = 0;
         for doc in parse_documents(source, text)? {
@@ -297,10 +313,7 @@ impl CrdSet {
     pub fn validate(&self, doc: &Document) -> Report {
         let mut ctx = Ctx::default();
         self.validate_root(&doc.value, &mut ctx);
-        Report {
-            violations: ctx.violations,
-            unchecked_rules: ctx.unchecked,
-        }
+        ctx.finish()
     }
 
     fn validate_root(&self, value: &Value, ctx: &mut Ctx) {
@@ -365,14 +378,11 @@ impl CrdSet {
         // `metadata` is ObjectMeta, checked above; the CRD schema only says `type: object`.
         let mut rest = object.clone();
         rest.remove("metadata");
+        // The API server defaults before it validates: CEL rules see the defaulted object.
+        let mut rest = Value::Object(rest);
+        apply_defaults(&crd_version.schema, &mut rest);
         let mut path = FieldPath::default();
-        validate(
-            &crd_version.schema,
-            &Value::Object(rest),
-            &mut path,
-            ctx,
-            Mode::Structural,
-        );
+        validate(&crd_version.schema, &rest, &mut path, ctx, Mode::Structural);
     }
 }
 
@@ -668,7 +678,7 @@ struct Pattern {
 
 #[derive(Debug, Clone)]
 struct CelRule {
-    rule: String,
+    rule: Arc<cel::Rule>,
     message: String,
 }
 
@@ -704,18 +714,23 @@ struct Schema {
     list_type: Option<ListType>,
     list_map_keys: Vec<String>,
     cel: Vec<CelRule>,
+    /// Applied to an absent property before validation, as the API server defaults.
+    default: Option<Value>,
 }
 
-/// Shares compiled regexes: the same few patterns repeat hundreds of times across the CRDs.
+/// Shares compiled regexes and CEL rules: the same few repeat hundreds of times across the CRDs.
 #[derive(Default)]
-struct PatternCache(HashMap<String, Arc<Regex>>);
+struct CompileCache {
+    patterns: HashMap<String, Arc<Regex>>,
+    rules: HashMap<String, Arc<cel::Rule>>,
+}
 
-impl PatternCache {
+impl CompileCache {
     /// Kubernetes evaluates `pattern` with Go's RE2, where `\d`, `\w`, `\s` are ASCII-only:
     /// Unicode mode off gives the same classes (and matches `.` per byte, which differs only
     /// for counted repetitions over non-ASCII text).
     fn compile(&mut self, source: &str) -> Result<Arc<Regex>, String> {
-        if let Some(regex) = self.0.get(source) {
+        if let Some(regex) = self.patterns.get(source) {
             return Ok(Arc::clone(regex));
         }
         let regex = RegexBuilder::new(source)
@@ -724,15 +739,25 @@ impl PatternCache {
             .build()
             .map_err(|e| format!("pattern {source:?} does not compile: {e}"))?;
         let regex = Arc::new(regex);
-        self.0.insert(source.to_string(), Arc::clone(&regex));
+        self.patterns.insert(source.to_string(), Arc::clone(&regex));
         Ok(regex)
+    }
+
+    /// A CRD whose rule does not compile is refused by the API server, so it is a load error here too.
+    fn rule(&mut self, text: &str) -> Result<Arc<cel::Rule>, String> {
+        if let Some(rule) = self.rules.get(text) {
+            return Ok(Arc::clone(rule));
+        }
+        let rule = Arc::new(cel::Rule::compile(text).map_err(|e| e.to_string())?);
+        self.rules.insert(text.to_string(), Arc::clone(&rule));
+        Ok(rule)
     }
 }
 
 /// Returns (group, kind, compiled CRD).
 fn compile_crd(
     doc: &Document,
-    patterns: &mut PatternCache,
+    patterns: &mut CompileCache,
 ) -> Result<(String, String, Crd), CrdError> {
     let name = doc.name().to_string();
     let err = |path: &str, message: String| CrdError::Schema {
@@ -812,14 +837,14 @@ impl PointerStr for Map<String, Value> {
 }
 
 /// Keywords that only describe; they do not constrain a value.
-const ANNOTATIONS: &[&str] = &["description", "default", "example", "title", "externalDocs"];
+const ANNOTATIONS: &[&str] = &["description", "example", "title", "externalDocs"];
 
 /// Compiles one schema node. `structural` is false inside `anyOf`/`oneOf`/`allOf`/`not`, where
 /// Kubernetes allows nodes without `type`. Errors carry the schema path.
 fn compile_schema(
     raw: &Value,
     path: &str,
-    patterns: &mut PatternCache,
+    patterns: &mut CompileCache,
     structural: bool,
 ) -> Result<Schema, (String, String)> {
     let fail = |key: &str, message: String| (format!("{path}.{key}"), message);
@@ -851,7 +876,7 @@ fn compile_schema(
                 .as_str()
                 .ok_or_else(|| fail(key, format!("expected a string, got {value}")))
         };
-        let sub_list = |patterns: &mut PatternCache| -> Result<Vec<Schema>, (String, String)> {
+        let sub_list = |patterns: &mut CompileCache| -> Result<Vec<Schema>, (String, String)> {
             let items = value
                 .as_array()
                 .ok_or_else(|| fail(key, "expected a list of schemas".into()))?;
@@ -865,6 +890,7 @@ fn compile_schema(
         };
         match key.as_str() {
             k if ANNOTATIONS.contains(&k) => {}
+            "default" => schema.default = Some(value.clone()),
             "type" => {
                 let name = as_str()?;
                 schema.json_type = Some(
@@ -1008,9 +1034,15 @@ fn compile_schema(
                         .or_else(|| rule.get("messageExpression"))
                         .and_then(Value::as_str)
                         .unwrap_or("");
+                    let compiled = patterns.rule(text).map_err(|e| fail(key, e))?;
                     schema.cel.push(CelRule {
-                        rule: text.to_string(),
-                        message: message.to_string(),
+                        rule: compiled,
+                        // The API server's text for a rule without a message.
+                        message: if message.is_empty() {
+                            format!("failed rule: {text}")
+                        } else {
+                            message.to_string()
+                        },
                     });
                 }
             }
@@ -1053,16 +1085,58 @@ enum Mode {
 #[derive(Default)]
 struct Ctx {
     violations: Vec<Violation>,
-    unchecked: Vec<UncheckedRule>,
+    /// A schema error the API server treats as blocking for CEL (`hasBlockingErr` in apiextensions-apiserver's
+    /// customresource strategy: required, unsupported value, wrong type, too long, too many).
+    blocking: bool,
+    /// Each present node's rules, run once the schema checks are done.
+    rules: Vec<PendingRule>,
+}
+
+struct PendingRule {
+    path: String,
+    node: Value,
+    rule: CelRule,
 }
 
 impl Ctx {
     fn push(&mut self, path: impl fmt::Display, kind: ViolationKind, detail: String) {
+        self.blocking |= match kind {
+            ViolationKind::Required | ViolationKind::Enum | ViolationKind::Type => true,
+            ViolationKind::Length => detail.contains("longer than"),
+            ViolationKind::Count => detail.contains("at most"),
+            _ => false,
+        };
         self.violations.push(Violation {
             path: path.to_string(),
             kind,
             detail,
         });
+    }
+
+    /// Evaluates the collected rules with `self` bound to their nodes, unless a blocking schema error came first
+    /// (then the API server checks no rule and says so; see [`Report::rules_blocked`]).
+    fn finish(mut self) -> Report {
+        let mut report = Report::default();
+        if self.blocking && !self.rules.is_empty() {
+            report.rules_blocked = true;
+        } else {
+            for pending in std::mem::take(&mut self.rules) {
+                if pending.rule.rule.is_transition() {
+                    report.transition_rules_skipped += 1;
+                    continue;
+                }
+                report.rules_evaluated += 1;
+                match pending.rule.rule.evaluate(&pending.node) {
+                    Ok(true) => {}
+                    Ok(false) => self.push(pending.path, ViolationKind::Rule, pending.rule.message),
+                    Err(error) => {
+                        self.push(pending.path, ViolationKind::RuleError, error.to_string())
+                    }
+                }
+            }
+        }
+        report.violations = self.violations;
+        report
     }
 }
 
@@ -1075,16 +1149,10 @@ fn validate(schema: &Schema, value: &Value, path: &mut FieldPath, ctx: &mut Ctx,
         }
         return;
     }
-    for rule in &schema.cel {
-        ctx.unchecked.push(UncheckedRule {
-            path: path.to_string(),
-            rule: rule.rule.clone(),
-            message: rule.message.clone(),
-        });
-    }
     if !check_type(schema, value, path, ctx) {
         return;
     }
+    check_rules(schema, value, path, ctx);
     check_enum(schema, value, path, ctx);
     match value {
         Value::String(text) => check_string(schema, text, path, ctx),
@@ -1094,6 +1162,54 @@ fn validate(schema: &Schema, value: &Value, path: &mut FieldPath, ctx: &mut Ctx,
         Value::Bool(_) | Value::Null => {}
     }
     check_combinators(schema, value, path, ctx);
+}
+
+/// Collects the node's CEL rules; [`Ctx::finish`] runs them.
+fn check_rules(schema: &Schema, value: &Value, path: &FieldPath, ctx: &mut Ctx) {
+    for rule in &schema.cel {
+        ctx.rules.push(PendingRule {
+            path: path.to_string(),
+            node: value.clone(),
+            rule: rule.clone(),
+        });
+    }
+}
+
+/// Fills absent properties that have a `default` (and, below them, theirs), as the API server's structural
+/// defaulting does before validation: properties, `additionalProperties` values and list items.
+fn apply_defaults(schema: &Schema, value: &mut Value) {
+    match value {
+        Value::Object(object) => {
+            for (name, property) in &schema.properties {
+                if let Some(default) = &property.default {
+                    let absent = match object.get(name) {
+                        None => true,
+                        // A null where null is not allowed is pruned, then defaulted.
+                        Some(Value::Null) => !property.nullable,
+                        Some(_) => false,
+                    };
+                    if absent {
+                        object.insert(name.clone(), default.clone());
+                    }
+                }
+            }
+            for (name, item) in object.iter_mut() {
+                if let Some(property) = schema.properties.get(name) {
+                    apply_defaults(property, item);
+                } else if let Additional::Schema(extra) = &schema.additional {
+                    apply_defaults(extra, item);
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item_schema) = &schema.items {
+                for item in items {
+                    apply_defaults(item_schema, item);
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 fn check_type(schema: &Schema, value: &Value, path: &FieldPath, ctx: &mut Ctx) -> bool {
@@ -1716,9 +1832,14 @@ spec:
                   type: object
                   properties:
                     name: {type: string}
+                    kind: {type: string, default: Service}
                   x-kubernetes-validations:
                   - rule: self.name != 'x'
                     message: no x
+                  - rule: self.kind == 'Service' || self.name.startsWith('ext')
+                    message: only ext entries name another kind
+                  - rule: self == oldSelf
+                    message: immutable
               labels:
                 type: object
                 additionalProperties: {type: string}
@@ -1876,18 +1997,62 @@ spec:
     }
 
     #[test]
-    fn cel_rules_on_present_nodes_are_reported_unchecked() {
-        let doc = "apiVersion: example.test/v1\nkind: Widget\nmetadata: {name: w}\nspec: {mode: Fast, entries: [{name: x}]}\n";
-        let docs = parse_documents("doc", doc).expect("parses");
-        let report = set().validate(&docs[0]);
-        assert!(report.is_valid());
+    fn cel_rules_run_on_present_nodes_after_defaulting() {
+        let report = |spec: &str| {
+            let doc = format!(
+                "apiVersion: example.test/v1\nkind: Widget\nmetadata: {{name: w}}\nspec: {spec}\n"
+            );
+            set().validate(&parse_documents("doc", &doc).expect("parses")[0])
+        };
+        // Two entries, two rules each; the third rule reads `oldSelf` and is skipped on create.
+        let held = report("{mode: Fast, entries: [{name: a}, {name: ext, kind: Other}]}");
+        assert!(held.is_valid(), "{:?}", held.violations);
         assert_eq!(
-            report.unchecked_rules,
-            vec![UncheckedRule {
-                path: "spec.entries[0]".into(),
-                rule: "self.name != 'x'".into(),
-                message: "no x".into()
-            }]
+            (held.rules_evaluated, held.transition_rules_skipped),
+            (4, 2)
+        );
+        // `kind` is absent: its default (Service) is what the rule sees.
+        let broken = report("{mode: Fast, entries: [{name: x}, {name: b, kind: Other}]}");
+        assert_eq!(
+            broken.violations,
+            vec![
+                Violation {
+                    path: "spec.entries[0]".into(),
+                    kind: ViolationKind::Rule,
+                    detail: "no x".into(),
+                },
+                Violation {
+                    path: "spec.entries[1]".into(),
+                    kind: ViolationKind::Rule,
+                    detail: "only ext entries name another kind".into(),
+                },
+            ]
+        );
+        // No such node, no rule.
+        assert_eq!(report("{mode: Fast}").rules_evaluated, 0);
+        // A blocking schema error (here: required `mode` missing) stops every rule, as in the API server.
+        let blocked = report("{entries: [{name: x}]}");
+        assert_eq!(
+            blocked
+                .violations
+                .iter()
+                .map(|v| v.kind)
+                .collect::<Vec<_>>(),
+            vec![ViolationKind::Required]
+        );
+        assert!(blocked.rules_blocked);
+        assert_eq!(blocked.rules_evaluated, 0);
+    }
+
+    #[test]
+    fn a_rule_that_does_not_compile_fails_loading() {
+        let broken = CRD.replace("rule: self.name != 'x'", "rule: self.name !=");
+        let err = CrdSet::default()
+            .add_yaml("inline", &broken)
+            .expect_err("the rule is not CEL");
+        assert!(
+            err.to_string().contains("x-kubernetes-validations"),
+            "{err}"
         );
     }
 
@@ -1908,7 +2073,7 @@ spec:
 
     #[test]
     fn go_re2_classes_are_ascii() {
-        let mut cache = PatternCache::default();
+        let mut cache = CompileCache::default();
         let regex = cache.compile(r"^\d+$").expect("compiles");
         assert!(regex.is_match(b"123"));
         assert!(

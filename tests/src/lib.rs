@@ -3,6 +3,7 @@
 
 pub mod abi_fuzz;
 pub mod cases;
+pub mod cel;
 pub mod client;
 pub mod config_parity;
 pub mod crd_schema;
