@@ -85,6 +85,18 @@ impl LogLevel {
             _ => return None,
         })
     }
+
+    /// Envoy's name for the level, as its log lines print it.
+    pub fn name(self) -> &'static str {
+        match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warning",
+            LogLevel::Error => "error",
+            LogLevel::Critical => "critical",
+        }
+    }
 }
 
 /// Header map selectors (`MapType`).

@@ -311,6 +311,8 @@ impl Drop for Running {
 #[derive(Debug)]
 struct Response {
     status: u16,
+    /// The status line and headers.
+    head: String,
     body: String,
 }
 
@@ -324,6 +326,7 @@ fn parse(raw: &[u8]) -> Response {
         .unwrap_or_else(|| panic!("no status in {text:?}"));
     Response {
         status,
+        head: head.to_string(),
         body: body.to_string(),
     }
 }
@@ -656,42 +659,51 @@ fn serve(stream: TcpStream, gate: &Gate) {
 }
 
 mod tempfile_dir {
-    //! A temporary directory removed on drop (the host-sim crate has no tempfile dependency).
+    //! A temporary directory (removed on drop) that writes files for command lines.
 
-    use std::path::{Path, PathBuf};
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::path::Path;
 
-    pub struct Dir(PathBuf);
+    pub struct Dir(tempfile::TempDir);
 
     impl Dir {
         pub fn new(label: &str) -> Dir {
-            static NEXT: AtomicUsize = AtomicUsize::new(0);
-            let path = std::env::temp_dir().join(format!(
-                "host-sim-{label}-{}-{}",
-                std::process::id(),
-                NEXT.fetch_add(1, Ordering::SeqCst)
-            ));
-            std::fs::create_dir_all(&path).expect("temp dir");
-            Dir(path)
+            let dir = tempfile::Builder::new()
+                .prefix(&format!("host-sim-{label}-"))
+                .tempdir()
+                .expect("temp dir");
+            Dir(dir)
         }
 
         pub fn path(&self) -> &Path {
-            &self.0
+            self.0.path()
         }
 
         /// Writes `name` in the directory; returns its path as text (for command lines).
         pub fn write(&self, name: &str, text: &str) -> String {
-            let path = self.0.join(name);
+            let path = self.0.path().join(name);
             std::fs::write(&path, text).expect("write");
             path.to_string_lossy().into_owned()
         }
     }
+}
 
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+/// `host-sim run WASM --upstream 127.0.0.1:PORT --plugin-config CONFIG` on ports the kernel picks.
+fn serve_module(cwd: &Path, wasm: &str, upstream_port: u16, plugin_config: &str) -> Running {
+    Running::start(
+        cwd,
+        &[
+            "run",
+            wasm,
+            "--upstream",
+            &format!("127.0.0.1:{upstream_port}"),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--plugin-config",
+            plugin_config,
+        ],
+    )
 }
 
 /// `host-sim run FILTER.wasm` serves a module with no YAML: here the shipped filter with an allowlist in front of a
@@ -703,21 +715,7 @@ fn run_serves_a_module_without_yaml() {
     let upstream = Upstream::start();
     let port = upstream.port();
     let config = format!(r#"{{ "allow": [{{ "host": "api.test", "ports": [{port}] }}] }}"#);
-    let mut running = Running::start(
-        dir.path(),
-        &[
-            "run",
-            FILTER_WASM,
-            "--upstream",
-            &format!("127.0.0.1:{port}"),
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--plugin-config",
-            &config,
-        ],
-    );
+    let mut running = serve_module(dir.path(), FILTER_WASM, port, &config);
     let listener = running.address("listening on", 0);
     let allowed = request(listener, &format!("api.test:{port}"), "/through");
     assert_eq!(allowed.status, 200, "{}", allowed.body);
@@ -772,6 +770,36 @@ fn run_serves_a_module_without_yaml() {
     );
     assert!(!wrong.status.success());
     assert!(wrong.stderr.contains("--upstream"), "{}", wrong.stderr);
+}
+
+/// `host-sim run` serves a module written elsewhere in the SDK's usual style: `examples/my-filter`, built for wasm32
+/// as its own tests build it, in front of a static upstream.
+#[test]
+fn run_serves_the_example_filter() {
+    let root = repo_root();
+    let wasm = host_sim::guest_build::build_wasm_in(
+        "my-filter",
+        &root,
+        &root.join("target").join("wasm-fixtures"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile_dir::Dir::new("cli-run-example");
+    let upstream = Upstream::start();
+    let port = upstream.port();
+    let mut running = serve_module(dir.path(), &wasm.display().to_string(), port, "/private");
+    let listener = running.address("listening on", 0);
+    let passed = request(listener, "example.test", "/public");
+    assert_eq!(passed.status, 200, "{}", passed.body);
+    assert_eq!(passed.body, "upstream saw /public");
+    assert!(
+        passed.head.contains("x-my-filter-response: 200"),
+        "{}",
+        passed.head
+    );
+    let blocked = request(listener, "example.test", "/private/keys");
+    assert_eq!(blocked.status, 403, "{}", blocked.body);
+    assert_eq!(blocked.body, "blocked\n");
+    assert!(running.terminate().success());
 }
 
 /// A root context that logs when it ends (`proxy_on_done`, then `proxy_on_delete`).

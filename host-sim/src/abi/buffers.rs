@@ -2,9 +2,9 @@
 //! configuration, the http call response body.
 
 use super::{Reg, C};
+use crate::host_state::memory::{copy_out, finish, read, write_u32, CallError, HostResult};
+use crate::host_state::HostState;
 use crate::types::{BufferType, Status};
-use crate::vm::memory::{copy_out, finish, read, write_u32, CallError, HostResult};
-use crate::vm::HostState;
 
 pub(super) fn add(reg: &mut Reg<'_>) -> wasmtime::Result<()> {
     reg.env(

@@ -3,9 +3,11 @@
 //! declaration; the type, schema and read-only flag it gives are not applied to later `set_property` calls.)
 
 use super::{Reg, C};
+use crate::host_state::memory::{
+    check_writable, copy_out, finish, read, write_u32, CallError, HostResult,
+};
 use crate::stream::EnvoyFilterState;
 use crate::types::Status;
-use crate::vm::memory::{check_writable, copy_out, finish, read, write_u32, CallError, HostResult};
 
 pub(super) fn add(reg: &mut Reg<'_>) -> wasmtime::Result<()> {
     reg.env(

@@ -5,9 +5,11 @@
 
 use super::{Reg, C};
 use crate::headers::{guest_pairs, HeaderMap, MapKind};
+use crate::host_state::memory::{
+    copy_out, finish, read, with_slice, write_u32, CallError, HostResult,
+};
+use crate::host_state::HostState;
 use crate::types::{MapType, Status};
-use crate::vm::memory::{copy_out, finish, read, with_slice, write_u32, CallError, HostResult};
-use crate::vm::HostState;
 
 pub(super) fn add(reg: &mut Reg<'_>) -> wasmtime::Result<()> {
     reg.env(

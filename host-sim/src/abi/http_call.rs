@@ -4,9 +4,11 @@
 
 use super::{Reg, C};
 use crate::headers::{guest_pairs, HeaderMap, MapKind};
+use crate::host_state::memory::{
+    check_writable, copy_out, finish, read, write_u32, CallError, HostResult,
+};
+use crate::host_state::HttpCallRequest;
 use crate::types::Status;
-use crate::vm::memory::{check_writable, copy_out, finish, read, write_u32, CallError, HostResult};
-use crate::vm::HttpCallRequest;
 
 pub(super) fn add(reg: &mut Reg<'_>) -> wasmtime::Result<()> {
     reg.env(

@@ -2,9 +2,9 @@
 //! plugin name) and, when enabled, into the instance's captured records.
 
 use super::{Reg, C};
+use crate::host_state::memory::{finish, with_slice, write_u32, HostResult};
+use crate::host_state::{HostState, LogRecord};
 use crate::types::{LogLevel, Status};
-use crate::vm::memory::{finish, with_slice, write_u32, HostResult};
-use crate::vm::{HostState, LogRecord};
 
 pub(super) fn add(reg: &mut Reg<'_>) -> wasmtime::Result<()> {
     reg.env(
@@ -42,6 +42,11 @@ pub(crate) fn emit(st: &mut HostState, level: LogLevel, message: &str) {
             tracing::error!(target: "wasm", plugin, context, "{message}")
         }
     }
+    if st.recent_logs.len() == crate::host_state::RECENT_LOGS {
+        st.recent_logs.pop_front();
+    }
+    st.recent_logs
+        .push_back(format!("[{}] {message}", level.name()));
     if st.booting && level >= LogLevel::Warn && st.boot_log.len() < 64 {
         st.boot_log.push(LogRecord {
             level,
@@ -50,7 +55,7 @@ pub(crate) fn emit(st: &mut HostState, level: LogLevel, message: &str) {
         });
     }
     if st.config.capture_logs {
-        if st.logs.len() < crate::vm::MAX_CAPTURED_LOGS {
+        if st.logs.len() < crate::host_state::MAX_CAPTURED_LOGS {
             st.logs.push(LogRecord {
                 level,
                 context_id: context,

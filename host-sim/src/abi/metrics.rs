@@ -2,9 +2,9 @@
 //! encoding (kind in the low two bits) and its status codes.
 
 use super::{Reg, C};
+use crate::host_state::memory::{finish, read, write_u32, write_u64, CallError, HostResult};
+use crate::host_state::HostState;
 use crate::types::{MetricKind, Status};
-use crate::vm::memory::{finish, read, write_u32, write_u64, CallError, HostResult};
-use crate::vm::HostState;
 
 pub(super) fn add(reg: &mut Reg<'_>) -> wasmtime::Result<()> {
     reg.env(

@@ -2,6 +2,7 @@
 //! plus the few extra ones the C++ host offers) and the WASI preview1 subset Envoy
 //! implements. One file per family; this module only registers them.
 
+mod attributes;
 mod buffers;
 mod foreign;
 mod headers;
@@ -18,8 +19,8 @@ use std::sync::Arc;
 
 use wasmtime::{Caller, Engine, Extern, IntoFunc, Linker, Store, ValType};
 
+use crate::host_state::{HostState, PluginConfig};
 use crate::shared::SharedState;
-use crate::vm::{HostState, PluginConfig};
 
 pub(crate) type C<'a> = Caller<'a, HostState>;
 

@@ -1,9 +1,9 @@
 //! `proxy_get_property` / `proxy_set_property`: Envoy attributes and filter state.
 
+use super::attributes::{resolve, PluginFacts};
 use super::{Reg, C};
-use crate::properties::{resolve, PluginFacts};
+use crate::host_state::memory::{copy_out, finish, read, with_slice, HostResult};
 use crate::types::Status;
-use crate::vm::memory::{copy_out, finish, read, with_slice, HostResult};
 
 pub(super) fn add(reg: &mut Reg<'_>) -> wasmtime::Result<()> {
     reg.env(

@@ -2,7 +2,7 @@
 //! both scoped by VM id and shared by every instance of the host.
 
 use super::{Reg, C};
-use crate::vm::memory::{copy_out, finish, read, write_u32, CallError, HostResult};
+use crate::host_state::memory::{copy_out, finish, read, write_u32, CallError, HostResult};
 
 pub(super) fn add(reg: &mut Reg<'_>) -> wasmtime::Result<()> {
     reg.env(

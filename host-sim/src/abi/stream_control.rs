@@ -3,10 +3,10 @@
 
 use super::{Reg, C};
 use crate::headers::{guest_pairs, HeaderMap};
+use crate::host_state::memory::{finish, read, HostResult};
+use crate::host_state::HostState;
 use crate::stream::LocalReply;
 use crate::types::{Status, StreamType};
-use crate::vm::memory::{finish, read, HostResult};
-use crate::vm::HostState;
 
 pub(super) fn add(reg: &mut Reg<'_>) -> wasmtime::Result<()> {
     reg.env("proxy_continue_stream", |mut c: C<'_>, t: u32| {

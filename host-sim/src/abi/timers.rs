@@ -4,7 +4,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{Reg, C};
-use crate::vm::memory::{finish, write_u64};
+use crate::host_state::memory::{finish, write_u64};
 
 pub(super) fn add(reg: &mut Reg<'_>) -> wasmtime::Result<()> {
     reg.env(

@@ -5,8 +5,8 @@
 use std::io::Read;
 
 use super::{Reg, C};
+use crate::host_state::memory::{check_writable, read, with_slice, write, write_u32, write_u64};
 use crate::types::LogLevel;
-use crate::vm::memory::{check_writable, read, with_slice, write, write_u32, write_u64};
 
 const ESUCCESS: u32 = 0;
 const EBADF: u32 = 8;

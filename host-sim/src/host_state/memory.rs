@@ -4,8 +4,8 @@
 
 use wasmtime::Caller;
 
+use crate::host_state::HostState;
 use crate::types::Status;
-use crate::vm::HostState;
 
 /// Why a hostcall did not return Ok: a status for the guest, or a trap to propagate (the
 /// guest's own allocator trapped, or the guest asked to exit).

@@ -1,11 +1,18 @@
 //! The data every hostcall reaches through wasmtime's `Caller`: the plugin's settings, the
 //! contexts of this VM instance with their stream state, which context is running, and the
-//! instance's pending asynchronous work (http calls, tick period, queue inbox).
+//! instance's pending asynchronous work (http calls, tick period, queue inbox). It sits below
+//! both the hostcalls (`abi`) and the VM that calls the guest (`vm`), as wasmtime-wasi keeps its
+//! state type beside `add_to_linker`: `vm` uses `abi`, never the reverse.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use wasmtime::{Memory, StoreLimits, TypedFunc};
+
+pub(crate) mod memory;
+mod plugin_config;
+
+pub use plugin_config::{PluginConfig, DEFAULT_CALL_DEADLINE, DEFAULT_MEMORY_LIMIT};
 
 use crate::headers::HeaderMap;
 use crate::shared::metrics::Metric;
@@ -13,7 +20,6 @@ use crate::shared::queues::QueueInbox;
 use crate::shared::SharedState;
 use crate::stream::StreamState;
 use crate::types::LogLevel;
-use crate::vm::PluginConfig;
 
 /// One captured log line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +56,9 @@ pub struct HttpCallResponse {
 
 /// Cap on captured log records per instance, so a chatty guest cannot exhaust memory.
 pub(crate) const MAX_CAPTURED_LOGS: usize = 100_000;
+/// How many of the guest's latest log lines a trap report repeats (a Rust SDK guest logs its panic message just
+/// before it traps, so the last lines usually say why).
+pub(crate) const RECENT_LOGS: usize = 5;
 
 pub(crate) struct HostState {
     pub config: Arc<PluginConfig>,
@@ -82,6 +91,8 @@ pub(crate) struct HostState {
     /// Per metric kind (counter, gauge, histogram): how many were defined.
     pub next_metric_seq: [u32; 3],
     pub logs: Vec<LogRecord>,
+    /// The latest [`RECENT_LOGS`] lines the guest logged (captured or not), for trap reports.
+    pub recent_logs: std::collections::VecDeque<String>,
     /// Warn-or-worse lines logged while the plugin starts, to explain a refusal.
     pub boot_log: Vec<LogRecord>,
     pub booting: bool,
@@ -131,6 +142,7 @@ impl HostState {
             metric_ids: HashMap::new(),
             next_metric_seq: [0; 3],
             logs: Vec::new(),
+            recent_logs: std::collections::VecDeque::with_capacity(RECENT_LOGS),
             boot_log: Vec::new(),
             booting: true,
             dropped_logs: 0,

@@ -22,8 +22,8 @@ use hyper::body::{Body, Frame, SizeHint};
 use crate::headers::{HeaderMap, MapKind};
 
 use super::access_log::PendingEntry;
-use super::http::{append_wire_field, BoxError, Reply};
 use super::local_reply::EnvoyReply;
+use super::message::{append_wire_field, BoxError, Reply};
 use super::wasm_chain::{Outcome, Phase, WasmChain};
 
 /// The wasm contexts of one stream: the listener's filters and the cluster's upstream filters. The request body

@@ -13,7 +13,7 @@ use crate::dfp::upstream::PoolKey;
 use crate::headers::{HeaderMap, MapKind};
 use crate::vm::{HttpCallRequest, HttpCallResponse};
 
-use super::http::{local_body, BoxError, UpstreamBody};
+use super::message::{local_body, BoxError, UpstreamBody};
 use super::worker::Worker;
 
 /// Sends every http call the plugin in `slot` dispatched since the last look.

@@ -10,14 +10,18 @@ pub(crate) mod access_log;
 mod body;
 mod calls;
 mod closing;
+// The read-side framing guard on every downstream connection (`serve`).
+mod framing;
 mod http;
 mod local_reply;
+mod message;
 mod own_address;
 mod rbac;
 mod reason;
 mod request_id;
 mod route;
 mod running;
+mod serve;
 mod stats;
 mod tunnel;
 mod wasm_chain;

@@ -22,7 +22,7 @@ use crate::shared::{MetricsStore, SharedState};
 use crate::vm::Runtime;
 
 use super::worker::Role;
-use super::{load, worker, Carried, Loaded, ProxyOptions, Shared};
+use super::{load, serve, Carried, Loaded, ProxyOptions, Shared};
 
 /// A running proxy: its bound addresses, the handle that reloads it, and the one that stops it.
 pub struct RunningProxy {
@@ -111,7 +111,7 @@ pub fn start(bootstrap: &Bootstrap, options: &ProxyOptions) -> anyhow::Result<Ru
         };
         let handle = std::thread::Builder::new()
             .name(name)
-            .spawn(move || worker::run(index, role, generations_rx, shutdown_rx, started))
+            .spawn(move || serve::run(index, role, generations_rx, shutdown_rx, started))
             .context("starting a worker thread")?;
         if role == Role::Main {
             // An error is logged by the thread; the workers start either way.

@@ -405,6 +405,23 @@ fn a_trap_fails_only_its_stream_and_the_vm_restarts() {
     }
 }
 
+/// A trap report says where and why: the plugin, the callback, the guest's frames by name (wasmtime's backtrace
+/// from the module's name section) and its last log lines, where the Rust SDK logs the panic message.
+#[test]
+fn a_trap_names_the_plugin_the_callback_the_frames_and_the_last_log_lines() {
+    let mut h = probe().build().expect("loads");
+    let out = h.run(req("trap-headers")).expect("runs");
+    let trap = out.trap.expect("trap message");
+    assert!(
+        trap.contains("plugin \"probe-plugin\" trapped in proxy_on_request_headers"),
+        "{trap}"
+    );
+    assert!(trap.contains("wasm backtrace"), "{trap}");
+    assert!(trap.contains("on_http_request_headers"), "{trap}");
+    assert!(trap.contains("the guest's last log lines:"), "{trap}");
+    assert!(trap.contains("probe: trap in request headers"), "{trap}");
+}
+
 #[test]
 fn streams_are_independent_and_context_ids_unique() {
     let mut h = probe().build().expect("loads");

@@ -3,17 +3,13 @@
 
 #![allow(dead_code)]
 
-#[path = "../../build/wasm_target.rs"]
-mod wasm_target;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use host_sim::vm::Runtime;
 
-pub const WASM32: &str = "wasm32-unknown-unknown";
+pub use host_sim::guest_build::WASM32;
 pub const WASIP1: &str = "wasm32-wasip1";
 
 pub fn workspace_root() -> PathBuf {
@@ -41,22 +37,8 @@ fn build(target: &str, packages: &[&str]) -> Built {
         map.entry(key).or_default().clone()
     };
     cell.get_or_init(|| {
-        wasm_target::ensure(target)?;
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.current_dir(workspace_root())
-            .args(["build", "--release", "--target", target, "--target-dir"])
-            .arg(fixtures_dir());
-        for p in packages {
-            cmd.args(["-p", p]);
-        }
-        // Don't inherit the outer build's target dir.
-        cmd.env_remove("CARGO_TARGET_DIR");
-        let out = cmd.output().map_err(|e| format!("running cargo: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        host_sim::guest_build::build_packages(packages, target, &workspace_root(), &fixtures_dir())
+            .map_err(|e| e.to_string())
     })
     .clone()
 }
@@ -70,10 +52,7 @@ pub fn guest(package: &str, target: &str) -> Vec<u8> {
     if let Err(e) = build(target, group) {
         panic!("building guest {package} for {target} failed:\n{e}");
     }
-    let file = fixtures_dir()
-        .join(target)
-        .join("release")
-        .join(format!("{}.wasm", package.replace('-', "_")));
+    let file = host_sim::guest_build::module_path(&fixtures_dir(), target, package);
     std::fs::read(&file).unwrap_or_else(|e| panic!("reading {}: {e}", file.display()))
 }
 

@@ -7,13 +7,16 @@ use std::sync::Arc;
 
 use wasmtime::{Store, StoreLimitsBuilder, TypedFunc, WasmParams, WasmResults};
 
+use crate::host_state::{HostState, HttpCallRequest, HttpCallResponse, LogRecord};
 use crate::properties::Properties;
 use crate::stream::{Access, StreamState};
 use crate::types::{Action, Status};
 use crate::vm::epoch::deadline_ticks;
 use crate::vm::exports::Exports;
-use crate::vm::host::{HostState, HttpCallRequest, HttpCallResponse, LogRecord};
 use crate::vm::{LoadError, PluginFactory};
+
+mod async_work;
+mod escape_hatches;
 
 /// A handle to one HTTP stream (one proxy-wasm HTTP context) of a [`PluginInstance`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,8 +46,11 @@ pub enum CallbackError {
     UnknownStream(u32),
     #[error("no pending http call with token {0}")]
     UnknownCallToken(u32),
-    #[error("the guest trapped in {callback}: {message}")]
+    /// The message carries wasmtime's wasm backtrace (function names when the module has a name section) and the
+    /// guest's last log lines.
+    #[error("plugin {plugin:?} trapped in {callback}: {message}")]
     Trap {
+        plugin: String,
         callback: &'static str,
         message: String,
     },
@@ -123,14 +129,27 @@ fn trap_message(e: &wasmtime::Error) -> String {
     format!("{e:#}")
 }
 
-/// Describes why a guest call failed; a deadline interruption says which deadline.
-fn call_failure(e: &wasmtime::Error, deadline: Option<std::time::Duration>) -> String {
-    match (e.downcast_ref::<wasmtime::Trap>(), deadline) {
+/// Describes why a guest call failed; a deadline interruption says which deadline, and the guest's last log lines
+/// follow (a Rust SDK guest logs its panic message there just before it traps).
+fn call_failure(
+    e: &wasmtime::Error,
+    deadline: Option<std::time::Duration>,
+    st: &HostState,
+) -> String {
+    let mut message = match (e.downcast_ref::<wasmtime::Trap>(), deadline) {
         (Some(wasmtime::Trap::Interrupt), Some(d)) => {
             format!("the guest ran past its call deadline of {d:?} and was interrupted")
         }
         _ => trap_message(e),
+    };
+    if !st.recent_logs.is_empty() {
+        message.push_str("\nthe guest's last log lines:");
+        for line in &st.recent_logs {
+            message.push_str("\n  ");
+            message.push_str(line);
+        }
     }
+    message
 }
 
 impl PluginInstance {
@@ -154,7 +173,7 @@ impl PluginInstance {
             if e.downcast_ref::<wasmtime::Trap>().is_some() {
                 LoadError::Trap {
                     phase: "instantiation (start function)",
-                    message: call_failure(&e, config.call_deadline),
+                    message: call_failure(&e, config.call_deadline, store.data()),
                 }
             } else {
                 LoadError::Instantiate(trap_message(&e))
@@ -262,14 +281,20 @@ impl PluginInstance {
         st.current = 0;
         st.effective = 0;
         r.map_err(|e| {
-            let msg = call_failure(&e, self.factory.config.call_deadline);
+            let msg = call_failure(&e, self.factory.config.call_deadline, self.store.data());
             self.failed = Some(msg.clone());
             msg
         })
     }
 
-    fn trap(callback: &'static str) -> impl FnOnce(String) -> CallbackError {
-        move |message| CallbackError::Trap { callback, message }
+    /// Turns a failed call's message into the error that names this plugin and `callback`.
+    fn trap(&self, callback: &'static str) -> impl FnOnce(String) -> CallbackError {
+        let plugin = self.factory.config.name.clone();
+        move |message| CallbackError::Trap {
+            plugin,
+            callback,
+            message,
+        }
     }
 
     fn check(&self, s: HttpStream) -> Result<(), CallbackError> {
@@ -333,7 +358,7 @@ impl PluginInstance {
         if let Some(f) = self.exports.on_context_create.clone() {
             if let Err(message) = self.invoke(id, &f, (id, root)) {
                 self.forget_stream(id);
-                return Err(Self::trap("proxy_on_context_create")(message));
+                return Err(self.trap("proxy_on_context_create")(message));
             }
         }
         Ok(HttpStream {
@@ -379,7 +404,7 @@ impl PluginInstance {
         let action = match f {
             None => Action::Continue,
             Some(f) => {
-                let raw = self.invoke(s.id, &f, params).map_err(Self::trap(name))?;
+                let raw = self.invoke(s.id, &f, params).map_err(self.trap(name))?;
                 if self.store.data().stop_iteration {
                     Action::Pause
                 } else {
@@ -407,19 +432,7 @@ impl PluginInstance {
         s: HttpStream,
         end_of_stream: bool,
     ) -> Result<Action, CallbackError> {
-        self.check(s)?;
-        let n = self
-            .stream_state(s)
-            .map_or(0, |st| st.request_headers.len()) as u32;
-        let f = self.exports.on_request_headers.clone();
-        self.filter_call(
-            s,
-            "proxy_on_request_headers",
-            f,
-            (s.id, n, u32::from(end_of_stream)),
-            Phase::RequestHeaders,
-            end_of_stream,
-        )
+        self.on_headers(s, Phase::RequestHeaders, end_of_stream)
     }
 
     /// Whether the module exports `proxy_on_request_body` (hosts skip the callback otherwise).
@@ -442,19 +455,7 @@ impl PluginInstance {
 
     /// `proxy_on_request_trailers`. Fill `request_trailers` first.
     pub fn on_request_trailers(&mut self, s: HttpStream) -> Result<Action, CallbackError> {
-        self.check(s)?;
-        let n = self
-            .stream_state(s)
-            .map_or(0, |st| st.request_trailers.len()) as u32;
-        let f = self.exports.on_request_trailers.clone();
-        self.filter_call(
-            s,
-            "proxy_on_request_trailers",
-            f,
-            (s.id, n),
-            Phase::RequestTrailers,
-            true,
-        )
+        self.on_trailers(s, Phase::RequestTrailers)
     }
 
     /// `proxy_on_response_headers`. Fill `response_headers` first.
@@ -463,19 +464,7 @@ impl PluginInstance {
         s: HttpStream,
         end_of_stream: bool,
     ) -> Result<Action, CallbackError> {
-        self.check(s)?;
-        let n = self
-            .stream_state(s)
-            .map_or(0, |st| st.response_headers.len()) as u32;
-        let f = self.exports.on_response_headers.clone();
-        self.filter_call(
-            s,
-            "proxy_on_response_headers",
-            f,
-            (s.id, n, u32::from(end_of_stream)),
-            Phase::ResponseHeaders,
-            end_of_stream,
-        )
+        self.on_headers(s, Phase::ResponseHeaders, end_of_stream)
     }
 
     /// `proxy_on_response_body`, buffering as [`PluginInstance::on_request_body`] does.
@@ -552,19 +541,64 @@ impl PluginInstance {
 
     /// `proxy_on_response_trailers`. Fill `response_trailers` first.
     pub fn on_response_trailers(&mut self, s: HttpStream) -> Result<Action, CallbackError> {
+        self.on_trailers(s, Phase::ResponseTrailers)
+    }
+
+    /// The headers callback of either direction, with the map's size as the guest's header count.
+    fn on_headers(
+        &mut self,
+        s: HttpStream,
+        phase: Phase,
+        end_of_stream: bool,
+    ) -> Result<Action, CallbackError> {
         self.check(s)?;
-        let n = self
-            .stream_state(s)
-            .map_or(0, |st| st.response_trailers.len()) as u32;
-        let f = self.exports.on_response_trailers.clone();
+        let n = self.map_len(s, phase);
+        let (name, f) = match phase {
+            Phase::RequestHeaders => (
+                "proxy_on_request_headers",
+                self.exports.on_request_headers.clone(),
+            ),
+            _ => (
+                "proxy_on_response_headers",
+                self.exports.on_response_headers.clone(),
+            ),
+        };
         self.filter_call(
             s,
-            "proxy_on_response_trailers",
+            name,
             f,
-            (s.id, n),
-            Phase::ResponseTrailers,
-            true,
+            (s.id, n, u32::from(end_of_stream)),
+            phase,
+            end_of_stream,
         )
+    }
+
+    /// The trailers callback of either direction (trailers always end the stream).
+    fn on_trailers(&mut self, s: HttpStream, phase: Phase) -> Result<Action, CallbackError> {
+        self.check(s)?;
+        let n = self.map_len(s, phase);
+        let (name, f) = match phase {
+            Phase::RequestTrailers => (
+                "proxy_on_request_trailers",
+                self.exports.on_request_trailers.clone(),
+            ),
+            _ => (
+                "proxy_on_response_trailers",
+                self.exports.on_response_trailers.clone(),
+            ),
+        };
+        self.filter_call(s, name, f, (s.id, n), phase, true)
+    }
+
+    /// How many entries the map `phase` hands the guest holds.
+    fn map_len(&self, s: HttpStream, phase: Phase) -> u32 {
+        self.stream_state(s).map_or(0, |st| match phase {
+            Phase::RequestHeaders => st.request_headers.len(),
+            Phase::RequestTrailers => st.request_trailers.len(),
+            Phase::ResponseHeaders => st.response_headers.len(),
+            Phase::ResponseTrailers => st.response_trailers.len(),
+            Phase::RequestBody | Phase::ResponseBody => 0,
+        }) as u32
     }
 
     /// Ends the stream: `proxy_on_done`, `proxy_on_log` (request headers and response
@@ -601,7 +635,7 @@ impl PluginInstance {
         }
         if let Some(f) = self.exports.on_log.clone() {
             self.invoke(s.id, &f, s.id)
-                .map_err(Self::trap("proxy_on_log"))?;
+                .map_err(self.trap("proxy_on_log"))?;
         }
         if let Some(a) = self.access(s) {
             *a = held;
@@ -631,7 +665,7 @@ impl PluginInstance {
         done?;
         if let Some(f) = self.exports.on_delete.clone() {
             self.invoke(s.id, &f, s.id)
-                .map_err(Self::trap("proxy_on_delete"))?;
+                .map_err(self.trap("proxy_on_delete"))?;
         }
         self.forget_stream(s.id)
             .ok_or(CallbackError::UnknownStream(s.id))
@@ -640,7 +674,7 @@ impl PluginInstance {
     fn stream_done(&mut self, s: HttpStream) -> Result<(), CallbackError> {
         if let Some(f) = self.exports.on_done.clone() {
             self.invoke(s.id, &f, s.id)
-                .map_err(Self::trap("proxy_on_done"))?;
+                .map_err(self.trap("proxy_on_done"))?;
         }
         Ok(())
     }
@@ -665,120 +699,6 @@ impl PluginInstance {
         self.store.data().streams.len()
     }
 
-    // ---- asynchronous work -----------------------------------------------------------
-
-    /// Http calls dispatched since the last call of this method. The proxy routes each to
-    /// its cluster and answers with [`PluginInstance::deliver_http_call_response`].
-    pub fn take_http_calls(&mut self) -> Vec<HttpCallRequest> {
-        std::mem::take(&mut self.store.data_mut().dispatched)
-    }
-
-    /// Http calls still waiting for an answer.
-    pub fn pending_http_calls(&self) -> Vec<&HttpCallRequest> {
-        self.store.data().pending_calls.values().collect()
-    }
-
-    /// Answers an http call: runs `proxy_on_http_call_response(root, token, headers, body
-    /// size, trailers)` with the response readable through the HttpCallResponse* maps and
-    /// buffer. `None` reports a failure (reset, timeout, no healthy upstream): Envoy then
-    /// calls back with zero headers, body and trailers, no response maps (reading them is
-    /// BadArgument), and `proxy_get_status` answering (BrokenConnection, "reset").
-    pub fn deliver_http_call_response(
-        &mut self,
-        token: u32,
-        response: Option<HttpCallResponse>,
-    ) -> Result<(), CallbackError> {
-        self.check_alive()?;
-        if self.store.data_mut().pending_calls.remove(&token).is_none() {
-            return Err(CallbackError::UnknownCallToken(token));
-        }
-        let root = self.root_context_id();
-        let (h, b, t) = response.as_ref().map_or((0, 0, 0), |r| {
-            (
-                r.headers.len() as u32,
-                r.body.len() as u32,
-                r.trailers.len() as u32,
-            )
-        });
-        if response.is_none() {
-            // Envoy reports the failure through proxy_get_status: BrokenConnection, "reset".
-            self.store.data_mut().status = (Status::BrokenConnection.code(), b"reset".to_vec());
-        }
-        self.store.data_mut().call_response = response;
-        let r = match self.exports.on_http_call_response.clone() {
-            Some(f) => self
-                .invoke(root, &f, (root, token, h, b, t))
-                .map_err(Self::trap("proxy_on_http_call_response")),
-            None => Ok(()),
-        };
-        let st = self.store.data_mut();
-        st.call_response = None;
-        st.status = (0, Vec::new());
-        r
-    }
-
-    /// The tick period the root context asked for (`None` when ticks are off, or the VM
-    /// failed: a failed VM gets no more ticks).
-    pub fn tick_period(&self) -> Option<std::time::Duration> {
-        if self.failed.is_some() {
-            return None;
-        }
-        match self.store.data().tick_period_ms {
-            0 => None,
-            ms => Some(std::time::Duration::from_millis(u64::from(ms))),
-        }
-    }
-
-    /// Runs `proxy_on_tick(root)` when a tick period is set. Returns whether it ran.
-    pub fn tick(&mut self) -> Result<bool, CallbackError> {
-        self.check_alive()?;
-        if self.store.data().tick_period_ms == 0 {
-            return Ok(false);
-        }
-        let Some(f) = self.exports.on_tick.clone() else {
-            return Ok(false);
-        };
-        let root = self.root_context_id();
-        self.invoke(root, &f, root)
-            .map_err(Self::trap("proxy_on_tick"))?;
-        Ok(true)
-    }
-
-    /// Delivers `proxy_on_queue_ready(root, token)` for every enqueue on a queue this
-    /// instance registered since the last delivery. Returns how many were delivered.
-    pub fn deliver_queue_ready(&mut self) -> Result<usize, CallbackError> {
-        self.check_alive()?;
-        let ready = self.store.data().inbox.drain();
-        let Some(f) = self.exports.on_queue_ready.clone() else {
-            return Ok(0);
-        };
-        for (root, token) in &ready {
-            self.invoke(*root, &f, (*root, *token))
-                .map_err(Self::trap("proxy_on_queue_ready"))?;
-        }
-        Ok(ready.len())
-    }
-
-    /// True when some queue registered by this instance has items to announce.
-    pub fn has_queue_ready(&self) -> bool {
-        !self.store.data().inbox.is_empty()
-    }
-
-    /// Where this instance's queue notifications land; its `arrived()` wakes an event loop.
-    pub fn queue_inbox(&self) -> std::sync::Arc<crate::shared::queues::QueueInbox> {
-        self.store.data().inbox.clone()
-    }
-
-    /// Woken whenever the guest makes an http call (in any callback, root or stream).
-    pub fn calls_dispatched(&self) -> std::sync::Arc<tokio::sync::Notify> {
-        self.store.data().calls_dispatched.clone()
-    }
-
-    /// Woken whenever the guest sets its tick period.
-    pub fn tick_period_set(&self) -> std::sync::Arc<tokio::sync::Notify> {
-        self.store.data().tick_period_set.clone()
-    }
-
     /// Shuts the root context down: `proxy_on_done(root)`; if it returns true (or the
     /// guest called `proxy_done`), `proxy_on_delete(root)`. Returns whether the root is done.
     pub fn shutdown(&mut self) -> Result<bool, CallbackError> {
@@ -787,7 +707,7 @@ impl PluginInstance {
         let done = match self.exports.on_done.clone() {
             Some(f) => {
                 self.invoke(root, &f, root)
-                    .map_err(Self::trap("proxy_on_done"))?
+                    .map_err(self.trap("proxy_on_done"))?
                     != 0
             }
             None => true,
@@ -799,7 +719,7 @@ impl PluginInstance {
         if done {
             if let Some(f) = self.exports.on_delete.clone() {
                 self.invoke(root, &f, root)
-                    .map_err(Self::trap("proxy_on_delete"))?;
+                    .map_err(self.trap("proxy_on_delete"))?;
             }
         }
         Ok(done)
@@ -821,102 +741,5 @@ impl PluginInstance {
     pub fn last_status(&self) -> (u32, &[u8]) {
         let (c, m) = &self.store.data().status;
         (*c, m)
-    }
-
-    /// Runs a raw guest export `name(args...)` (i32 arguments) with `ctx` as the running
-    /// context and returns its first i32 result: an escape hatch for ABI tests that drive
-    /// purpose-built exports of hostile or probe guests.
-    pub fn call_export(
-        &mut self,
-        ctx: u32,
-        name: &str,
-        args: &[u32],
-    ) -> Result<Option<u32>, CallbackError> {
-        let params: Vec<wasmtime::Val> =
-            args.iter().map(|a| wasmtime::Val::I32(*a as i32)).collect();
-        let results = self.call_export_values(ctx, name, &params)?;
-        Ok(results.first().and_then(|v| v.i32()).map(|v| v as u32))
-    }
-
-    /// [`PluginInstance::call_export`] with typed values (for exports taking `i64`s). Arguments
-    /// that do not match the export's signature are refused before anything runs.
-    pub fn call_export_values(
-        &mut self,
-        ctx: u32,
-        name: &str,
-        params: &[wasmtime::Val],
-    ) -> Result<Vec<wasmtime::Val>, CallbackError> {
-        self.check_alive()?;
-        let refuse = |message: String| CallbackError::Trap {
-            callback: "call_export",
-            message,
-        };
-        let Some(func) = self.instance.get_func(&mut self.store, name) else {
-            return Err(refuse(format!(
-                "the module has no function export `{name}`"
-            )));
-        };
-        let ty = func.ty(&self.store);
-        let matches = ty.params().len() == params.len()
-            && ty
-                .params()
-                .zip(params)
-                .all(|(t, v)| v.ty(&self.store).is_ok_and(|vt| vt.matches(&t)));
-        if !matches {
-            return Err(refuse(format!(
-                "`{name}` takes {} arguments of other types",
-                ty.params().len()
-            )));
-        }
-        let mut results: Vec<wasmtime::Val> = ty
-            .results()
-            .map(|t| wasmtime::Val::default_for_ty(&t).unwrap_or(wasmtime::Val::I32(0)))
-            .collect();
-        {
-            let st = self.store.data_mut();
-            st.current = ctx;
-            st.effective = 0;
-        }
-        self.store.set_epoch_deadline(self.deadline);
-        let r = func.call(&mut self.store, params, &mut results);
-        let st = self.store.data_mut();
-        st.current = 0;
-        st.effective = 0;
-        if let Err(e) = r {
-            let message = call_failure(&e, self.factory.config.call_deadline);
-            self.failed = Some(message.clone());
-            return Err(CallbackError::Trap {
-                callback: "call_export",
-                message,
-            });
-        }
-        Ok(results)
-    }
-
-    /// Copies `bytes` into the guest's memory at `ptr` (tests preparing hostcall arguments).
-    /// `false` when the range is outside the memory.
-    pub fn write_guest_memory(&mut self, ptr: u32, bytes: &[u8]) -> bool {
-        let Some(memory) = self.store.data().memory else {
-            return false;
-        };
-        memory.write(&mut self.store, ptr as usize, bytes).is_ok()
-    }
-
-    /// Reads `len` bytes of the guest's memory at `ptr`, if in range.
-    pub fn read_guest_memory(&self, ptr: u32, len: u32) -> Option<Vec<u8>> {
-        let memory = self.store.data().memory?;
-        let mut out = vec![0; len as usize];
-        memory
-            .read(&self.store, ptr as usize, &mut out)
-            .ok()
-            .map(|_| out)
-    }
-
-    /// The guest's linear memory size in bytes.
-    pub fn memory_size(&self) -> usize {
-        self.store
-            .data()
-            .memory
-            .map_or(0, |m| m.data_size(&self.store))
     }
 }
