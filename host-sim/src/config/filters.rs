@@ -28,8 +28,17 @@ pub enum HttpFilter {
     Wasm(WasmPlugin),
     DynamicForwardProxy(DfpFilterConfig),
     Rbac(RbacConfig),
-    Router,
+    Router(RouterConfig),
     UpstreamCodec,
+}
+
+/// `envoy.extensions.filters.http.router.v3.Router`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouterConfig {
+    /// `suppress_envoy_headers`: the router adds no `x-envoy-*` header — router.cc `Filter::onUpstreamHeaders` skips
+    /// `x-envoy-upstream-service-time`, and `Filter::decodeHeaders` passes it to `FilterUtility::finalTimeout`,
+    /// which then leaves out `x-envoy-expected-rq-timeout-ms`.
+    pub suppress_envoy_headers: bool,
 }
 
 /// A wasm plugin: `envoy.extensions.wasm.v3.PluginConfig` with a local code file.
@@ -110,7 +119,7 @@ pub(crate) fn parse_http_filters(
     }
     let terminal_ok = matches!(
         (stage, filters.last()),
-        (FilterStage::Downstream, Some(HttpFilter::Router))
+        (FilterStage::Downstream, Some(HttpFilter::Router(_)))
             | (FilterStage::Upstream, Some(HttpFilter::UpstreamCodec))
     );
     if !terminal_ok {
@@ -122,7 +131,7 @@ pub(crate) fn parse_http_filters(
     }
     let terminals = filters
         .iter()
-        .filter(|f| matches!(f, HttpFilter::Router | HttpFilter::UpstreamCodec))
+        .filter(|f| matches!(f, HttpFilter::Router(_) | HttpFilter::UpstreamCodec))
         .count();
     if terminals != 1 {
         return Err(at.error("a terminal filter (router, upstream_codec) may appear only last"));
@@ -165,8 +174,15 @@ fn parse_http_filter(at: &At<'_>, stage: FilterStage) -> Result<HttpFilter, Conf
         }
         RBAC_TYPE => HttpFilter::Rbac(parse_rbac(config)?),
         ROUTER_TYPE => {
+            let suppress_envoy_headers = config
+                .opt("suppress_envoy_headers")
+                .map(|v| v.bool())
+                .transpose()?
+                .unwrap_or(false);
             config.finish()?;
-            HttpFilter::Router
+            HttpFilter::Router(RouterConfig {
+                suppress_envoy_headers,
+            })
         }
         _ => {
             config.finish()?;

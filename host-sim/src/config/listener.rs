@@ -56,6 +56,16 @@ pub struct HttpConnectionManager {
     pub enable_trailers: bool,
 }
 
+impl HttpConnectionManager {
+    /// The router's settings (parsing made sure the chain ends with the router).
+    pub fn router(&self) -> super::RouterConfig {
+        match self.http_filters.last() {
+            Some(super::HttpFilter::Router(router)) => *router,
+            _ => super::RouterConfig::default(),
+        }
+    }
+}
+
 /// `envoy.access_loggers.file`: a path and a text format of Envoy command operators.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessLog {

@@ -18,7 +18,9 @@ use node::At;
 
 pub use cluster::{Cluster, ClusterKind, TlsContext, TrustedCa, UpstreamOptions};
 pub use dns_cache::{AddressFilter, DnsCacheConfig, LookupFamily};
-pub use filters::{DfpFilterConfig, FailurePolicy, HttpFilter, WasmPlugin, WasmService};
+pub use filters::{
+    DfpFilterConfig, FailurePolicy, HttpFilter, RouterConfig, WasmPlugin, WasmService,
+};
 pub use listener::{
     AccessLog, DirectResponse, HeaderMatcher, HeaderRule, HttpConnectionManager, Listener, Route,
     RouteAction, RouteConfig, RouteMatch, RouteTarget, VirtualHost,

@@ -320,7 +320,7 @@ fn load(
                         &dfp.dns_cache,
                     )?));
                 }
-                HttpFilter::Router | HttpFilter::UpstreamCodec | HttpFilter::Rbac(_) => {}
+                HttpFilter::Router(_) | HttpFilter::UpstreamCodec | HttpFilter::Rbac(_) => {}
             }
         }
         let access_logs = listener

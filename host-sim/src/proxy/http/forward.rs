@@ -181,10 +181,12 @@ impl Exchange<'_> {
             // The router between the upstream filters and the downstream ones (`Filter::onUpstreamHeaders`):
             // it drops the upstream's `keep-alive` (HTTP/1 downstream) and adds its service time.
             response_headers.remove("keep-alive");
-            response_headers.add(
-                "x-envoy-upstream-service-time",
-                self.started.elapsed().as_millis().to_string(),
-            );
+            if !self.listener.config.http.router().suppress_envoy_headers {
+                response_headers.add(
+                    "x-envoy-upstream-service-time",
+                    self.started.elapsed().as_millis().to_string(),
+                );
+            }
             outcome = self
                 .response_headers_phase(
                     &chains,

@@ -324,7 +324,8 @@ impl Exchange<'_> {
             headers.remove(name);
         }
         let timeout = route.route.action.timeout;
-        if let (Some(timeout), false) = (timeout, connect) {
+        let suppress = self.listener.config.http.router().suppress_envoy_headers;
+        if let (Some(timeout), false, false) = (timeout, connect, suppress) {
             headers.replace(
                 "x-envoy-expected-rq-timeout-ms",
                 timeout.as_millis().to_string(),
