@@ -27,7 +27,7 @@ use crate::upstream::EchoServer;
 use crate::wasm;
 
 /// The case id differences.yaml entries use for the fuzzer.
-pub const CASE_ID: &str = "abi-fuzz";
+pub const CASE_ID: &str = differences::ABI_FUZZ_CASES;
 
 /// How long a report may take to complete (ticks, queues, http calls) after the response: they complete within
 /// milliseconds, or never (a stream's calls cancelled with it).

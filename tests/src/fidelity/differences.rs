@@ -12,6 +12,10 @@ use serde::Deserialize;
 
 use super::compare::FieldDiff;
 
+/// The case ids of the ABI fuzzer's entries start with this (`abi-fuzz/<tags>`): those entries are the fuzzer's,
+/// not the fidelity table's.
+pub const ABI_FUZZ_CASES: &str = "abi-fuzz";
+
 /// Why a difference is accepted.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]

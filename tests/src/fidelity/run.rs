@@ -100,7 +100,7 @@ impl Table {
             .into_iter()
             .filter(|d| {
                 !d.cases.iter().all(|c| {
-                    c.starts_with(crate::abi_fuzz::run::CASE_ID)
+                    c.starts_with(differences::ABI_FUZZ_CASES)
                         || c.starts_with(crate::config_parity::CASE_ID)
                 })
             })
