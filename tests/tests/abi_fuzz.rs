@@ -77,3 +77,38 @@ fn envoy_and_host_sim_agree_on_generated_hostcall_programs() {
             .join("\n")
     );
 }
+
+/// The programs earlier runs found diverging (tests/fidelity/abi_fuzz_regressions.txt), each replayed against
+/// both proxies: a fix that regresses fails here, not only in the next long run.
+#[test]
+fn envoy_and_host_sim_agree_on_the_programs_earlier_runs_found() {
+    let path = workspace_root().join("tests/fidelity/abi_fuzz_regressions.txt");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let replays: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .collect();
+    assert!(!replays.is_empty(), "{} lists no program", path.display());
+    let mut diverged = Vec::new();
+    for replay in &replays {
+        let config = Config {
+            programs: 1,
+            seed: CI_SEED,
+            epochs: 1,
+            replay: Some((*replay).to_string()),
+            from: 0,
+            trace: false,
+        };
+        let result = block_on(abi_fuzz::run(&config)).expect("the fuzzer runs");
+        assert_eq!(result.programs, 1, "replay {replay:?} did not run");
+        diverged.extend(result.divergences.iter().map(report::describe_divergence));
+    }
+    println!(
+        "abi fuzz regressions: {} programs replayed, {} diverged",
+        replays.len(),
+        diverged.len()
+    );
+    assert!(diverged.is_empty(), "{}", diverged.join("\n"));
+}

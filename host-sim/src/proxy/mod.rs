@@ -17,6 +17,7 @@ mod local_reply;
 mod message;
 mod own_address;
 mod rbac;
+mod read_ahead;
 mod reason;
 mod request_id;
 mod route;

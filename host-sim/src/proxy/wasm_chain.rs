@@ -332,12 +332,15 @@ impl WasmChain {
             Phase::ResponseHeaders => std::mem::take(&mut state.effects.continue_response),
         };
         if resumed {
+            // The filter keeps its view of the headers after it resumed: Envoy's context drops its pointer to them
+            // only when a headers callback returns Continue (`Context::onResponseHeaders`), not on
+            // `continueStream`, so later callbacks still read them (found by the ABI fuzzer).
             *headers = match phase {
                 Phase::RequestHeaders => {
                     state.logged_request_headers = Some(state.request_headers.clone());
-                    std::mem::take(&mut state.request_headers)
+                    state.request_headers.clone()
                 }
-                Phase::ResponseHeaders => std::mem::take(&mut state.response_headers),
+                Phase::ResponseHeaders => state.response_headers.clone(),
             };
             let clear_route_cache = state.effects.take_route_cache_clear();
             return Some(Outcome::Continue { clear_route_cache });
@@ -352,9 +355,27 @@ impl WasmChain {
         }
     }
 
-    /// The request headers as they go upstream (the router's additions included): what the access-log phase sees.
+    /// The request headers as they go upstream (the router's additions included): what the access-log phase sees,
+    /// and what a filter that paused and resumed them still reads (see [`Self::note_encoded_response_headers`]).
     pub fn note_final_request_headers(&mut self, headers: &HeaderMap) {
-        self.for_each_state(|state| state.logged_request_headers = Some(headers.clone()));
+        self.for_each_state(|state| {
+            state.logged_request_headers = Some(headers.clone());
+            if state.access.request_headers {
+                state.request_headers = headers.clone();
+            }
+        });
+    }
+
+    /// The response headers as the connection manager encodes them. A filter that paused its response headers and
+    /// resumed them still points at the stream's one header map (`Context::onResponseHeaders` drops the pointer
+    /// only on Continue), which the filters after it and `ActiveStream::encodeHeaders` go on changing: its later
+    /// callbacks read the encoded head (found by the ABI fuzzer).
+    pub fn note_encoded_response_headers(&mut self, headers: &HeaderMap) {
+        self.for_each_state(|state| {
+            if state.access.response_headers {
+                state.response_headers = headers.clone();
+            }
+        });
     }
 
     /// Sets the route names on every context of the chain, once the route was picked again.

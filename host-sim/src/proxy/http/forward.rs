@@ -7,7 +7,7 @@ impl Exchange<'_> {
     pub(super) async fn forward(
         &self,
         headers: HeaderMap,
-        body: Incoming,
+        body: ReadAhead<Incoming>,
         downstream: WasmChain,
         upstream: WasmChain,
         target: Target,
@@ -230,6 +230,14 @@ impl Exchange<'_> {
         // ... and sets `date` and `server`, which the filters' access-log phase then sees too.
         response_headers.set_in_place("date", httpdate::fmt_http_date(SystemTime::now()));
         response_headers.replace("server", self.server_name());
+        {
+            let mut chains = chains.borrow_mut();
+            for side in [Side::Upstream, Side::Downstream] {
+                chains
+                    .side(side)
+                    .note_encoded_response_headers(&response_headers);
+            }
+        }
         // A filter may have changed `:status`; what goes to the client is what counts.
         let status = response_headers
             .get_str(":status")

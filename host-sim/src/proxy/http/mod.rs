@@ -33,6 +33,7 @@ use super::body::{
 };
 use super::local_reply::EnvoyReply;
 use super::message::{local_body, BoxError, ConnectionInfo, DownstreamBody, Reply, UpstreamBody};
+use super::read_ahead::{ReadAhead, ReadStep};
 use super::route::{self, Selected};
 use super::wasm_chain::{Outcome, Phase, WasmChain};
 use super::worker::Worker;
@@ -153,6 +154,7 @@ impl Exchange<'_> {
         upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> Response<DownstreamBody> {
         let (parts, body) = request.into_parts();
+        let mut body = ReadAhead::new(body);
         let connect = parts.method == Method::CONNECT;
         let generate_request_id = self.listener.config.http.generate_request_id;
         let mut headers = match request_header_map(&parts, generate_request_id) {
@@ -198,7 +200,13 @@ impl Exchange<'_> {
                         downstream.request_headers(wasm_index, &mut headers, end_of_stream);
                     wasm_index += 1;
                     match self
-                        .settle(&mut downstream, outcome, wasm_index - 1, &mut headers)
+                        .settle(
+                            &mut downstream,
+                            outcome,
+                            wasm_index - 1,
+                            &mut headers,
+                            &mut body,
+                        )
                         .await
                     {
                         Settled::Continue { clear_route_cache } => {
@@ -348,7 +356,7 @@ impl Exchange<'_> {
         for index in 0..cluster.upstream_slots.len() {
             let outcome = upstream.request_headers(index, &mut headers, end_of_stream);
             match self
-                .settle(&mut upstream, outcome, index, &mut headers)
+                .settle(&mut upstream, outcome, index, &mut headers, &mut body)
                 .await
             {
                 Settled::Continue { .. } => {}
@@ -525,13 +533,15 @@ impl Exchange<'_> {
     }
 
     /// Waits out a pause: http calls dispatched by the plugin are sent, answers and ticks delivered, until the
-    /// filter resumes the stream or replies.
+    /// filter resumes the stream or replies. Meanwhile the client's body is read on, as Envoy's codec reads it
+    /// (see [`ReadAhead`]).
     async fn settle(
         &self,
         chain: &mut WasmChain,
         outcome: Outcome,
         index: usize,
         headers: &mut HeaderMap,
+        body: &mut ReadAhead<Incoming>,
     ) -> Settled {
         match outcome {
             Outcome::Continue { clear_route_cache } => Settled::Continue { clear_route_cache },
@@ -548,7 +558,18 @@ impl Exchange<'_> {
                     Some(Outcome::LocalReply(reply)) => return Settled::Reply(Reply::Wasm(reply)),
                     Some(Outcome::Failed(reply)) => return Settled::Reply(Reply::Envoy(reply)),
                     Some(Outcome::Reset) => return Settled::Reply(Reply::Reset),
-                    Some(Outcome::Paused) | None => notified.await,
+                    Some(Outcome::Paused) | None => {}
+                }
+                let limit = self.listener.config.buffer_limit;
+                tokio::select! {
+                    () = notified => {}
+                    step = body.read_on(limit), if body.can_read_on() => match step {
+                        ReadStep::More => {}
+                        ReadStep::Ended => self.request_complete.set(true),
+                        ReadStep::OverLimit => {
+                            return Settled::Reply(Reply::Envoy(EnvoyReply::payload_too_large()))
+                        }
+                    },
                 }
             },
         }
