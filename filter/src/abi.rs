@@ -6,6 +6,14 @@
 
 use std::ptr::null_mut;
 
+use dfp_hostcalls::{
+    proxy_call_foreign_function, proxy_define_metric, proxy_get_buffer_bytes,
+    proxy_get_current_time_nanoseconds, proxy_get_header_map_pairs, proxy_get_log_level,
+    proxy_get_property, proxy_get_shared_data, proxy_increment_metric, proxy_log,
+    proxy_remove_header_map_value, proxy_replace_header_map_value, proxy_send_local_response,
+    proxy_set_shared_data,
+};
+
 /// `proxy_status_t` values the filter looks at.
 pub const OK: u32 = 0;
 pub const NOT_FOUND: u32 = 1;
@@ -17,91 +25,6 @@ const REQUEST_HEADERS: u32 = 0;
 const PLUGIN_CONFIGURATION: u32 = 7;
 /// `proxy_metric_type_t`: a counter.
 const COUNTER: u32 = 0;
-
-#[link(wasm_import_module = "env")]
-extern "C" {
-    fn proxy_send_local_response(
-        status_code: u32,
-        status_code_details_data: *const u8,
-        status_code_details_size: usize,
-        body_data: *const u8,
-        body_size: usize,
-        headers_data: *const u8,
-        headers_size: usize,
-        grpc_status: i32,
-    ) -> u32;
-
-    fn proxy_get_property(
-        path_data: *const u8,
-        path_size: usize,
-        return_value_data: *mut *mut u8,
-        return_value_size: *mut usize,
-    ) -> u32;
-
-    fn proxy_get_log_level(return_level: *mut u32) -> u32;
-
-    fn proxy_get_header_map_pairs(
-        map_type: u32,
-        return_map_data: *mut *mut u8,
-        return_map_size: *mut usize,
-    ) -> u32;
-
-    fn proxy_replace_header_map_value(
-        map_type: u32,
-        key_data: *const u8,
-        key_size: usize,
-        value_data: *const u8,
-        value_size: usize,
-    ) -> u32;
-
-    fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
-
-    fn proxy_get_buffer_bytes(
-        buffer_type: u32,
-        start: usize,
-        max_size: usize,
-        return_buffer_data: *mut *mut u8,
-        return_buffer_size: *mut usize,
-    ) -> u32;
-
-    fn proxy_define_metric(
-        metric_type: u32,
-        name_data: *const u8,
-        name_size: usize,
-        return_metric_id: *mut u32,
-    ) -> u32;
-
-    fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
-
-    fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
-
-    fn proxy_get_shared_data(
-        key_data: *const u8,
-        key_size: usize,
-        return_value_data: *mut *mut u8,
-        return_value_size: *mut usize,
-        return_cas: *mut u32,
-    ) -> u32;
-
-    fn proxy_set_shared_data(
-        key_data: *const u8,
-        key_size: usize,
-        value_data: *const u8,
-        value_size: usize,
-        cas: u32,
-    ) -> u32;
-
-    fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
-
-    fn proxy_call_foreign_function(
-        function_name_data: *const u8,
-        function_name_size: usize,
-        arguments_data: *const u8,
-        arguments_size: usize,
-        results_data: *mut *mut u8,
-        results_size: *mut usize,
-    ) -> u32;
-}
 
 /// Takes ownership of a buffer the host filled through our exported allocator (the SDK's,
 /// which hands out exactly `size` bytes). `None` when the call failed or returned nothing.

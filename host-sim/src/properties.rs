@@ -65,6 +65,54 @@ impl From<String> for PropertyValue {
     }
 }
 
+/// What a TLS connection's handshake told: Envoy's `Ssl::ConnectionInfo`, as far as attributes read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionTls {
+    /// `TLSv1.2` or `TLSv1.3`, as BoringSSL names them.
+    pub version: &'static str,
+    pub local: Arc<CertificateFacts>,
+    /// The client's certificate, when it presented one.
+    pub peer: Option<CertificateFacts>,
+}
+
+/// The parts of a certificate Envoy's `Ssl::ConnectionInfo` reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertificateFacts {
+    /// The subject as `X509_NAME_print_ex(..., XN_FLAG_RFC2253)` prints it.
+    pub subject: String,
+    pub uri_sans: Vec<String>,
+    pub dns_sans: Vec<String>,
+    /// Lower-case hex SHA-256 of the DER certificate.
+    pub sha256: String,
+}
+
+impl ConnectionTls {
+    /// One of the TLS leaves of `connection` (`SslExtractorsValues` in Envoy's `expr/context.cc`): a subject reads
+    /// empty without a certificate, a SAN or digest is absent.
+    fn lookup(&self, leaf: &str) -> Option<PropertyValue> {
+        let peer = self.peer.as_ref();
+        let first = |sans: Option<&Vec<String>>| {
+            sans.and_then(|s| s.first())
+                .map(|s| PropertyValue::from(s.as_str()))
+        };
+        match leaf {
+            "tls_version" => Some(PropertyValue::from(self.version)),
+            "subject_local_certificate" => Some(PropertyValue::from(self.local.subject.as_str())),
+            "subject_peer_certificate" => {
+                Some(PropertyValue::from(peer.map_or("", |p| p.subject.as_str())))
+            }
+            "uri_san_local_certificate" => first(Some(&self.local.uri_sans)),
+            "dns_san_local_certificate" => first(Some(&self.local.dns_sans)),
+            "uri_san_peer_certificate" => first(peer.map(|p| &p.uri_sans)),
+            "dns_san_peer_certificate" => first(peer.map(|p| &p.dns_sans)),
+            "sha256_peer_certificate_digest" => peer
+                .filter(|p| !p.sha256.is_empty())
+                .map(|p| PropertyValue::from(p.sha256.as_str())),
+            _ => None,
+        }
+    }
+}
+
 /// What the proxy knows about a stream when its contexts are created: the facts behind the
 /// stream's properties, kept as plain values and turned into property values only when a
 /// guest reads one (most streams read none). Shared by every context of the stream.
@@ -76,8 +124,8 @@ pub struct StreamFacts {
     pub destination: SocketAddr,
     /// `connection.id`.
     pub connection_id: u64,
-    /// `connection.mtls`.
-    pub mtls: bool,
+    /// The downstream connection's TLS, if it has any: `connection.mtls`, `connection.tls_version` and the rest.
+    pub tls: Option<Arc<ConnectionTls>>,
     /// `request.time`.
     pub request_time: SystemTime,
     /// `request.protocol`.
@@ -115,7 +163,14 @@ impl StreamFacts {
             ("source", _) => socket(&self.source, leaf),
             ("destination", _) => socket(&self.destination, leaf),
             ("connection", "id") => Some(PropertyValue::Uint(self.connection_id)),
-            ("connection", "mtls") => Some(PropertyValue::Bool(self.mtls)),
+            // `ConnectionLookupValues`: a TLS connection whose client presented a certificate.
+            ("connection", "mtls") => Some(PropertyValue::Bool(
+                self.tls.as_ref().is_some_and(|tls| tls.peer.is_some()),
+            )),
+            // Set by the tls_inspector listener filter (host-sim has no listener filters), not by the TLS
+            // socket: empty whatever SNI the client sent (measured in tests/tests/listener_tls.rs).
+            ("connection", "requested_server_name") => Some(PropertyValue::from("")),
+            ("connection", _) => self.tls.as_ref().and_then(|tls| tls.lookup(leaf)),
             ("request", "time") => Some(PropertyValue::Timestamp(self.request_time)),
             ("request", "protocol") => Some(PropertyValue::from(self.protocol)),
             ("xds", "route_configuration_name") => name(self.route_configuration_name.as_deref()),
@@ -126,10 +181,9 @@ impl StreamFacts {
                     .as_ref()
                     .map(|_| PropertyValue::from(""))
             }),
-            // host-sim's listeners have one unnamed chain, no TLS, and no metadata anywhere: Envoy reads these as
-            // empty (an empty string, an empty protobuf Struct).
-            ("connection", "requested_server_name")
-            | ("xds", "filter_chain_name")
+            // host-sim's listeners have one unnamed chain and no metadata anywhere: Envoy reads these as empty (an
+            // empty string, an empty protobuf Struct).
+            ("xds", "filter_chain_name")
             | ("xds", "listener_metadata")
             | ("xds", "route_metadata" | "virtual_host_metadata") => Some(PropertyValue::from("")),
             ("xds", "cluster_name") => name(self.cluster_name.as_deref()),
@@ -344,7 +398,7 @@ pub(crate) mod tests {
             source: "[2001:db8::1]:5555".parse().expect("address"),
             destination: "127.0.0.1:10000".parse().expect("address"),
             connection_id: 7,
-            mtls: false,
+            tls: None,
             request_time: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
             protocol: "HTTP/1.1",
             route_configuration_name: Some("local_route".to_string()),

@@ -13,6 +13,10 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod faults_support;
+
+use faults_support::bootstrap::{plugin_configuration, wasm_filter, BootstrapBuilder};
+
 const BIN: &str = env!("CARGO_BIN_EXE_host-sim");
 const FILTER_WASM: &str = concat!(env!("OUT_DIR"), "/dfp_filter.wasm");
 /// Where `envoy-config/envoy.yaml` expects the filter, relative to the working directory.
@@ -464,11 +468,9 @@ fn sighup_reloads_and_survives_broken_configurations() {
     assert_eq!(finished.body, "upstream saw /held");
 
     // 2. A configuration host-sim cannot run: refused with its YAML path; the running one keeps serving.
-    let broken = bootstrap(&wasm, "three.test", upstream.port()).replacen(
-        "stat_prefix: proxy",
-        "stat_prefix: proxy\n          use_remote_address: true",
-        1,
-    );
+    let broken = bootstrap_builder(&wasm, "three.test", upstream.port())
+        .hcm_yaml("use_remote_address: true")
+        .yaml();
     std::fs::write(&config_path, broken).expect("write");
     running.signal("HUP");
     running.wait_stderr("reload rejected", 1);
@@ -506,63 +508,24 @@ const TEAPOT_WAT: &str = r#"(module
                        (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const -1)))
     (i32.const 0)))"#;
 
-/// A bootstrap on ports 0: the filter allowing `allowed` on port 80 and sending it to the STATIC cluster `echo`.
+/// A bootstrap on ports 0: the filter allowing `allowed` on port 80 and sending it to the STATIC cluster `upstream`.
 fn bootstrap(wasm: &Path, allowed: &str, upstream_port: u16) -> String {
-    let filter_config = format!(
-        r#"{{"allow":[{{"host":"{allowed}","ports":[80]}}],"cluster_header":"x-dfp-cluster","clusters":{{"plain":"echo","tls":"echo"}}}}"#
-    );
-    format!(
-        r#"admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-static_resources:
-  listeners:
-  - name: proxy
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: proxy
-          route_config:
-            name: local
-            virtual_hosts:
-            - name: any
-              domains: ["*"]
-              routes:
-              - match: {{ prefix: "/" }}
-                # No route timeout: the held request outlives a reload on a slow machine.
-                route: {{ cluster_header: x-dfp-cluster, timeout: 0s }}
-          http_filters:
-          - name: policy
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-              config:
-                name: policy
-                root_id: dfp
-                vm_config:
-                  vm_id: dfp
-                  runtime: envoy.wasm.runtime.v8
-                  code: {{ local: {{ filename: "{wasm}" }} }}
-                configuration:
-                  "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: '{filter_config}'
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: echo
-    connect_timeout: 1s
-    type: STATIC
-    load_assignment:
-      cluster_name: echo
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address: {{ socket_address: {{ address: 127.0.0.1, port_value: {upstream_port} }} }}
-"#,
-        wasm = wasm.display()
-    )
+    bootstrap_builder(wasm, allowed, upstream_port).yaml()
+}
+
+fn bootstrap_builder(wasm: &Path, allowed: &str, upstream_port: u16) -> BootstrapBuilder {
+    let filter_config = serde_json::json!({
+        "allow": [{ "host": allowed, "ports": [80] }],
+        "cluster_header": "x-dfp-cluster",
+        "clusters": { "plain": "upstream", "tls": "upstream" },
+    });
+    let mut filter = wasm_filter("policy", wasm, "root_id: dfp");
+    filter["typed_config"]["config"]["configuration"] =
+        plugin_configuration(&filter_config.to_string());
+    BootstrapBuilder::to_static(SocketAddr::from(([127, 0, 0, 1], upstream_port)))
+        // No route timeout: the held request outlives a reload on a slow machine.
+        .route(serde_json::json!({ "cluster_header": "x-dfp-cluster", "timeout": "0s" }))
+        .http_filter(filter)
 }
 
 /// A plain HTTP/1.1 upstream answering `upstream saw <path>`; requests for `/held` wait until released.

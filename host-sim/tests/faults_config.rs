@@ -11,7 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use faults_support::{bootstrap, get, request, Behaviour, TempDir, Upstream};
+use faults_support::bootstrap::plugin_configuration;
+use faults_support::{bootstrap, get, request, wasm_filter, Behaviour, TempDir, Upstream};
 
 const BIN: &str = env!("CARGO_BIN_EXE_host-sim");
 /// The filter build.rs embeds in the binary.
@@ -20,24 +21,9 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// The dfp filter allowing `allowed` on port 80, in front of a STATIC route to `upstream`.
 fn config(upstream: std::net::SocketAddr, wasm: &Path, filter_config: &str) -> String {
-    let filter = format!(
-        r#"          - name: dfp.destination_policy
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-              config:
-                name: dfp
-                root_id: dfp
-                vm_config:
-                  runtime: envoy.wasm.runtime.v8
-                  code: {{ local: {{ filename: {wasm} }} }}
-                configuration:
-                  "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: {value}
-"#,
-        wasm = wasm.display(),
-        value = serde_json::to_string(filter_config).expect("a JSON string is a YAML scalar"),
-    );
-    bootstrap(upstream, &filter, "")
+    let mut filter = wasm_filter("dfp", wasm, "root_id: dfp");
+    filter["typed_config"]["config"]["configuration"] = plugin_configuration(filter_config);
+    bootstrap(upstream, &[filter], "")
 }
 
 const GOOD_FILTER: &str = r#"{"allow": [{"host": "ok.test", "ports": [80]}]}"#;
@@ -59,13 +45,13 @@ fn faults(upstream: std::net::SocketAddr, dir: &Path) -> Vec<Fault> {
     vec![
         Fault {
             name: "invalid YAML",
-            yaml: good.replacen("static_resources:", "static_resources: [unclosed", 1),
+            yaml: good.replacen(r#""static_resources":"#, r#""static_resources": [unclosed"#, 1),
             files: vec![],
             mentions: vec!["invalid YAML".into(), "at line".into()],
         },
         Fault {
             name: "an unknown field",
-            yaml: good.replacen("stat_prefix: main", "stat_prefix: main\n          bogus_field: 1", 1),
+            yaml: good.replacen(r#""stat_prefix": "main""#, r#""bogus_field": 1, "stat_prefix": "main""#, 1),
             files: vec![],
             mentions: vec!["static_resources.listeners[0].filter_chains[0].filters[0].typed_config.bogus_field".into()],
         },

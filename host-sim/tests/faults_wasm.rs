@@ -23,7 +23,7 @@ fn start(policy_lines: &str, deadline: Duration, memory_limit: usize) -> Setup {
     let upstream = Upstream::start(Behaviour::Echo);
     let yaml = bootstrap(
         upstream.addr,
-        &wasm_filter("faulty", &code, policy_lines),
+        &[wasm_filter("faulty", &code, policy_lines)],
         "",
     );
     let options = ProxyOptions {

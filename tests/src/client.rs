@@ -112,6 +112,34 @@ pub async fn exchange(
     .map_err(|_| ClientError::Timeout(addr))?
 }
 
+/// [`exchange`] over TLS: the handshake with `config` (its client certificate, if any) and `server_name` as SNI,
+/// then the request. A handshake the server refuses is an [`ClientError::Io`].
+pub async fn exchange_tls(
+    addr: SocketAddr,
+    config: std::sync::Arc<rustls::ClientConfig>,
+    server_name: &str,
+    raw: &[u8],
+) -> Result<Response, ClientError> {
+    let io = |source| ClientError::Io { addr, source };
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
+        .map_err(|e| ClientError::Malformed(format!("server name {server_name:?}: {e}")))?;
+    timeout(REQUEST_TIMEOUT, async {
+        let tcp = TcpStream::connect(addr).await.map_err(io)?;
+        let mut stream = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(io)?;
+        stream.write_all(raw).await.map_err(io)?;
+        let (response, _rest) = read_head_then(&mut stream, addr, |status| {
+            status == 204 || status == 304 || (100..200).contains(&status)
+        })
+        .await?;
+        Ok(response)
+    })
+    .await
+    .map_err(|_| ClientError::Timeout(addr))?
+}
+
 /// [`exchange`] that also returns the client's own port (for masking it where the proxy reports
 /// the downstream address to a filter).
 pub async fn exchange_from(

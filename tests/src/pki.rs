@@ -77,11 +77,20 @@ impl Pki {
                 .push(DnType::CommonName, first.as_str());
         }
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.issue(file_stem, params, names)
+    }
+
+    /// Signs `params` (a digital-signature key usage added) with the CA and writes the PEM files.
+    fn issue(
+        &self,
+        file_stem: &str,
+        mut params: CertificateParams,
+        names: Vec<String>,
+    ) -> anyhow::Result<Leaf> {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let key = KeyPair::generate()?;
         let issuer = Issuer::from_params(&self.ca_params, &self.ca_key);
         let cert = params.signed_by(&key, &issuer)?;
-
         let cert_file = self.dir.path().join(format!("{file_stem}.pem"));
         let key_file = self.dir.path().join(format!("{file_stem}.key"));
         std::fs::write(&cert_file, cert.pem())?;
@@ -93,6 +102,45 @@ impl Pki {
             cert_file,
             key_file,
         })
+    }
+}
+
+impl Pki {
+    /// Issues a client certificate with common name `common_name`, the URI SANs `uris` (SPIFFE IDs) and the DNS
+    /// SANs `dns_names`, and writes `<file_stem>.pem` / `<file_stem>.key` next to the CA.
+    pub fn client_leaf(
+        &self,
+        file_stem: &str,
+        common_name: &str,
+        uris: &[&str],
+        dns_names: &[&str],
+    ) -> anyhow::Result<Leaf> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        // An organisation and a unit with a comma, so a subject prints in more than one RDN and with escaping.
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "dfp test");
+        params
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, "ci, batch");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        for uri in uris {
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::URI(rcgen::string::Ia5String::try_from(
+                    *uri,
+                )?));
+        }
+        for name in dns_names {
+            params.subject_alt_names.push(rcgen::SanType::DnsName(
+                rcgen::string::Ia5String::try_from(*name)?,
+            ));
+        }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let names = dns_names.iter().map(|n| n.to_string()).collect();
+        self.issue(file_stem, params, names)
     }
 }
 

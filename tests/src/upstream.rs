@@ -46,6 +46,39 @@ pub struct Seen {
 }
 
 impl Seen {
+    /// What server `server` saw of a request: its head, the body that arrived and the trailers.
+    pub fn of(
+        server: impl Into<String>,
+        tls: bool,
+        sni: Option<String>,
+        head: &hyper::http::request::Parts,
+        body: &[u8],
+        trailers: Vec<(String, String)>,
+    ) -> Seen {
+        Seen {
+            server: server.into(),
+            tls,
+            sni,
+            method: head.method.to_string(),
+            path: head.uri.to_string(),
+            authority: head
+                .headers
+                .get(hyper::header::HOST)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            headers: pairs(&head.headers),
+            body: String::from_utf8_lossy(body).into_owned(),
+            trailers,
+        }
+    }
+
+    /// The requests of `seen` that carried `x-case-id: <case_id>`.
+    pub fn of_case(seen: &[Seen], case_id: &str) -> Vec<Seen> {
+        seen.iter()
+            .filter(|s| s.header(CASE_ID_HEADER) == Some(case_id))
+            .cloned()
+            .collect()
+    }
+
     /// The first value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
@@ -135,11 +168,7 @@ impl EchoServer {
 
     /// Requests that carried `x-case-id: <case_id>`.
     pub fn seen_for_case(&self, case_id: &str) -> Vec<Seen> {
-        lock(&self.log.seen)
-            .iter()
-            .filter(|s| s.header(CASE_ID_HEADER) == Some(case_id))
-            .cloned()
-            .collect()
+        Seen::of_case(&lock(&self.log.seen), case_id)
     }
 
     /// TCP connections accepted so far (a proxy may connect without sending a request).
@@ -264,20 +293,7 @@ where
                 }
                 Err(_) => (Bytes::new(), Vec::new()),
             };
-            let seen = Seen {
-                server: name,
-                tls,
-                sni,
-                method: parts.method.to_string(),
-                path: parts.uri.to_string(),
-                authority: parts
-                    .headers
-                    .get(hyper::header::HOST)
-                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
-                headers: pairs(&parts.headers),
-                body: String::from_utf8_lossy(&body).into_owned(),
-                trailers,
-            };
+            let seen = Seen::of(name, tls, sni, &parts, &body, trailers);
             let json = serde_json::to_vec(&seen).unwrap_or_default();
             lock(&log.seen).push(seen);
             let mut response = Response::builder()

@@ -34,7 +34,7 @@ struct Subject {
 impl Subject {
     fn start(kind: Kind) -> Subject {
         let upstream = Upstream::start(Behaviour::Echo);
-        let yaml = bootstrap(upstream.addr, "", "          request_headers_timeout: 1s\n");
+        let yaml = bootstrap(upstream.addr, &[], "request_headers_timeout: 1s");
         match kind {
             Kind::Envoy => {
                 let envoy = block_on(Envoy::start(&yaml)).expect("envoy starts");

@@ -10,6 +10,7 @@ mod faults_support;
 
 use std::net::SocketAddr;
 
+use faults_support::bootstrap::BootstrapBuilder;
 use faults_support::{request, Behaviour, Proxy, Upstream};
 use host_sim::proxy::ProxyOptions;
 use serde_json::{json, Value};
@@ -476,56 +477,7 @@ fn one_wildcard_cannot_fill_the_dns_cache() {
 fn host_sim_never_proxies_to_its_own_addresses() {
     let world = block_on(suite::shared_world()).expect("fixtures");
     let echo = Upstream::start(Behaviour::Echo);
-    let yaml = format!(
-        r#"admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-static_resources:
-  listeners:
-  - name: open
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: open
-          route_config:
-            virtual_hosts:
-            - name: any
-              domains: ["*"]
-              routes:
-              - match: {{ prefix: "/" }}
-                route: {{ cluster: dfp }}
-          http_filters:
-          - name: envoy.filters.http.dynamic_forward_proxy
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_forward_proxy.v3.FilterConfig
-              dns_cache_config: &cache
-                name: cache
-                dns_lookup_family: V4_ONLY
-                typed_dns_resolver_config:
-                  name: envoy.network.dns_resolver.cares
-                  typed_config:
-                    "@type": type.googleapis.com/envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig
-                    resolvers:
-                    - socket_address: {{ address: 127.0.0.1, port_value: {dns} }}
-                    use_resolvers_as_fallback: false
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: dfp
-    connect_timeout: 2s
-    lb_policy: CLUSTER_PROVIDED
-    cluster_type:
-      name: envoy.clusters.dynamic_forward_proxy
-      typed_config:
-        "@type": type.googleapis.com/envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig
-        dns_cache_config: *cache
-        allow_insecure_cluster_options: true
-"#,
-        dns = world.dns.addr().port()
-    );
+    let yaml = BootstrapBuilder::to_dynamic_forward_proxy(world.dns.addr()).yaml();
     let proxy = Proxy::start(
         &yaml,
         &ProxyOptions {
@@ -564,5 +516,5 @@ static_resources:
     assert_eq!(reply.status, 503, "{mapped}: {reply:?}");
     assert_eq!(reply.text(), "DNS resolution failure", "{mapped}");
     // Nothing looped: the admin served only what the test asked of it.
-    assert_eq!(proxy.stat("http.open.downstream_rq_total"), 8);
+    assert_eq!(proxy.stat("http.main.downstream_rq_total"), 8);
 }

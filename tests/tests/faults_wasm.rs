@@ -43,7 +43,7 @@ impl Subject {
         let upstream = Upstream::start(Behaviour::Echo);
         let yaml = bootstrap(
             upstream.addr,
-            &wasm_filter("faulty", &code, policy_lines),
+            &[wasm_filter("faulty", &code, policy_lines)],
             "",
         );
         match kind {

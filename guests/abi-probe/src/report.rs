@@ -17,6 +17,15 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ptr::null_mut;
 
+use dfp_hostcalls::{
+    proxy_add_header_map_value, proxy_call_foreign_function, proxy_define_metric,
+    proxy_dequeue_shared_queue, proxy_enqueue_shared_queue, proxy_get_buffer_bytes,
+    proxy_get_current_time_nanoseconds, proxy_get_header_map_pairs, proxy_get_header_map_value,
+    proxy_get_metric, proxy_get_property, proxy_get_shared_data, proxy_increment_metric,
+    proxy_record_metric, proxy_register_shared_queue, proxy_remove_header_map_value,
+    proxy_replace_header_map_value, proxy_resolve_shared_queue, proxy_set_buffer_bytes,
+    proxy_set_shared_data,
+};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{Action, MapType};
 
@@ -54,6 +63,13 @@ const PROPERTIES: &[&str] = &[
     "connection.mtls",
     "connection.requested_server_name",
     "connection.tls_version",
+    "connection.subject_local_certificate",
+    "connection.subject_peer_certificate",
+    "connection.uri_san_local_certificate",
+    "connection.uri_san_peer_certificate",
+    "connection.dns_san_local_certificate",
+    "connection.dns_san_peer_certificate",
+    "connection.sha256_peer_certificate_digest",
     "connection.termination_details",
     "upstream.address",
     "upstream.port",
@@ -94,107 +110,6 @@ fn reads(len: usize) -> Vec<(usize, usize)> {
         (len, 1),
         (len + 5, 1),
     ]
-}
-
-#[link(wasm_import_module = "env")]
-extern "C" {
-    fn proxy_get_property(
-        path_data: *const u8,
-        path_size: usize,
-        return_value_data: *mut *mut u8,
-        return_value_size: *mut usize,
-    ) -> u32;
-    fn proxy_get_buffer_bytes(
-        buffer_type: u32,
-        start: usize,
-        max_size: usize,
-        return_buffer_data: *mut *mut u8,
-        return_buffer_size: *mut usize,
-    ) -> u32;
-    fn proxy_set_buffer_bytes(
-        buffer_type: u32,
-        start: usize,
-        size: usize,
-        buffer_data: *const u8,
-        buffer_size: usize,
-    ) -> u32;
-    fn proxy_get_header_map_pairs(
-        map_type: u32,
-        return_map_data: *mut *mut u8,
-        return_map_size: *mut usize,
-    ) -> u32;
-    fn proxy_get_header_map_value(
-        map_type: u32,
-        key_data: *const u8,
-        key_size: usize,
-        return_value_data: *mut *mut u8,
-        return_value_size: *mut usize,
-    ) -> u32;
-    fn proxy_add_header_map_value(
-        map_type: u32,
-        key_data: *const u8,
-        key_size: usize,
-        value_data: *const u8,
-        value_size: usize,
-    ) -> u32;
-    fn proxy_replace_header_map_value(
-        map_type: u32,
-        key_data: *const u8,
-        key_size: usize,
-        value_data: *const u8,
-        value_size: usize,
-    ) -> u32;
-    fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
-    fn proxy_get_shared_data(
-        key_data: *const u8,
-        key_size: usize,
-        return_value_data: *mut *mut u8,
-        return_value_size: *mut usize,
-        return_cas: *mut u32,
-    ) -> u32;
-    fn proxy_set_shared_data(
-        key_data: *const u8,
-        key_size: usize,
-        value_data: *const u8,
-        value_size: usize,
-        cas: u32,
-    ) -> u32;
-    fn proxy_register_shared_queue(
-        name_data: *const u8,
-        name_size: usize,
-        return_id: *mut u32,
-    ) -> u32;
-    fn proxy_resolve_shared_queue(
-        vm_id_data: *const u8,
-        vm_id_size: usize,
-        name_data: *const u8,
-        name_size: usize,
-        return_id: *mut u32,
-    ) -> u32;
-    fn proxy_enqueue_shared_queue(queue_id: u32, value_data: *const u8, value_size: usize) -> u32;
-    fn proxy_dequeue_shared_queue(
-        queue_id: u32,
-        return_value_data: *mut *mut u8,
-        return_value_size: *mut usize,
-    ) -> u32;
-    fn proxy_define_metric(
-        metric_type: u32,
-        name_data: *const u8,
-        name_size: usize,
-        return_id: *mut u32,
-    ) -> u32;
-    fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
-    fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
-    fn proxy_get_metric(metric_id: u32, return_value: *mut u64) -> u32;
-    fn proxy_call_foreign_function(
-        function_name_data: *const u8,
-        function_name_size: usize,
-        arguments_data: *const u8,
-        arguments_size: usize,
-        results_data: *mut *mut u8,
-        results_size: *mut usize,
-    ) -> u32;
-    fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
 }
 
 const REQUEST_HEADERS: u32 = 0;

@@ -366,7 +366,7 @@ mod tests {
         p.set_socket_address("source", f.source);
         p.set_socket_address("destination", f.destination);
         p.set("connection.id", PropertyValue::Uint(f.connection_id));
-        p.set("connection.mtls", PropertyValue::Bool(f.mtls));
+        p.set("connection.mtls", PropertyValue::Bool(false));
         p.set("request.time", PropertyValue::Timestamp(f.request_time));
         p.set("request.protocol", f.protocol);
         p.set(

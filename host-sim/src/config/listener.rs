@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::filters::{parse_http_filters, FilterStage, HttpFilter};
+use super::listener_tls::{parse_listener_transport_socket, ListenerTls};
 use super::node::At;
 use super::{parse_address, parse_http1_options, typed_config, ConfigError};
 
@@ -14,6 +15,8 @@ const HCM_TYPE: &str =
 pub struct Listener {
     pub name: String,
     pub address: SocketAddr,
+    /// The filter chain's TLS termination, if its `transport_socket` is a `DownstreamTlsContext`.
+    pub tls: Option<ListenerTls>,
     pub http: HttpConnectionManager,
     /// `per_connection_buffer_limit_bytes` (Envoy's default 1 MiB): how much request body the filters may hold
     /// back while they buffer it before the request is refused with 413.
@@ -181,6 +184,11 @@ pub(crate) fn parse_listener(index: usize, at: &At<'_>) -> Result<Listener, Conf
     let mut chain_fields = chain.map()?;
     // A chain without `filters` is a chain of none, which Envoy loads (its connections are closed at once).
     let filters_at = chain_fields.opt("filters");
+    let tls = chain_fields
+        .opt("transport_socket")
+        .map(|socket| parse_listener_transport_socket(&socket))
+        .transpose()?
+        .flatten();
     chain_fields.finish()?;
     let filters = filters_at
         .as_ref()
@@ -200,6 +208,7 @@ pub(crate) fn parse_listener(index: usize, at: &At<'_>) -> Result<Listener, Conf
     Ok(Listener {
         name,
         address,
+        tls,
         http,
         buffer_limit,
         index,

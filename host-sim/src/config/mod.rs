@@ -8,6 +8,7 @@ mod cluster;
 mod dns_cache;
 mod filters;
 mod listener;
+mod listener_tls;
 mod node;
 mod rbac;
 
@@ -25,6 +26,7 @@ pub use listener::{
     AccessLog, DirectResponse, HeaderMatcher, HeaderRule, HttpConnectionManager, Listener, Route,
     RouteAction, RouteConfig, RouteMatch, RouteTarget, VirtualHost,
 };
+pub use listener_tls::{ClientValidation, ListenerTls, SanMatcher, SanType, StringMatcher};
 pub use rbac::{CidrRange, Permission, RbacAction, RbacConfig, RbacPolicy, RbacRules};
 
 /// An error in the bootstrap: where it is (a YAML path such as `static_resources.clusters[0].connect_timeout`) and

@@ -470,3 +470,71 @@ fn wasm_services_are_read_and_other_bootstrap_extensions_refused() {
         "{error}"
     );
 }
+
+/// `FULL` with a TLS transport socket on its listener's chain; `context` is the DownstreamTlsContext's body.
+fn with_listener_tls(context: &str) -> String {
+    let socket = format!(
+        "    - transport_socket:\n        name: tls\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext\n{context}      filters:\n"
+    );
+    valid().replacen("    - filters:\n", &socket, 1)
+}
+
+#[test]
+fn listener_tls_is_read_and_what_it_cannot_do_is_refused_by_path() {
+    let certificate = "          common_tls_context:\n            tls_certificates:\n            - certificate_chain: { filename: cert.pem }\n              private_key: { filename: key.pem }\n";
+    let mtls = format!(
+        "          require_client_certificate: true\n{certificate}            alpn_protocols: [\"http/1.1\"]\n            validation_context:\n              trusted_ca: {{ filename: ca.pem }}\n              match_typed_subject_alt_names:\n              - {{ san_type: URI, matcher: {{ prefix: \"spiffe://dfp.test/\" }} }}\n"
+    );
+    let bootstrap =
+        Bootstrap::from_yaml(&with_listener_tls(&mtls)).expect("an mTLS listener loads");
+    let tls = bootstrap.listeners[0]
+        .tls
+        .as_ref()
+        .expect("the listener has TLS");
+    assert_eq!(tls.certificate_chain, std::path::PathBuf::from("cert.pem"));
+    assert!(tls.require_client_certificate);
+    assert_eq!(tls.alpn, ["http/1.1"]);
+    let validation = tls
+        .client_validation
+        .as_ref()
+        .expect("a validation context");
+    assert_eq!(
+        validation.subject_alt_names,
+        [SanMatcher {
+            san_type: SanType::Uri,
+            matcher: StringMatcher::Prefix("spiffe://dfp.test/".into(), false),
+        }]
+    );
+    assert!(validation.subject_alt_names[0]
+        .matcher
+        .matches("spiffe://dfp.test/ci"));
+    assert!(!validation.subject_alt_names[0]
+        .matcher
+        .matches("spiffe://other.test/ci"));
+
+    let chain = "static_resources.listeners[0].filter_chains[0].transport_socket.typed_config";
+    for (context, error) in [
+        (
+            certificate.replace("[\"http/1.1\"]", "").replace(
+                "            tls_certificates:",
+                "            alpn_protocols: [h2]\n            tls_certificates:",
+            ),
+            format!("{chain}.common_tls_context.alpn_protocols[0]: host-sim's listeners speak HTTP/1.1 only"),
+        ),
+        (
+            format!("          ocsp_staple_policy: STRICT_STAPLING\n{certificate}"),
+            format!("{chain}.ocsp_staple_policy: field not supported by host-sim"),
+        ),
+        (
+            format!("          require_client_certificate: true\n{certificate}"),
+            format!("{chain}.common_tls_context: host-sim needs a validation_context"),
+        ),
+        (
+            certificate.replace("private_key: { filename: key.pem }", "private_key: { inline_string: key }"),
+            format!("{chain}.common_tls_context.tls_certificates[0].private_key.inline_string: field not supported"),
+        ),
+    ] {
+        let got = error_of(&with_listener_tls(&context));
+        assert!(got.starts_with(&error), "want {error:?}, got {got:?}");
+    }
+}

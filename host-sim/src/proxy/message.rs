@@ -30,6 +30,8 @@ pub(crate) struct ConnectionInfo {
     pub peer: SocketAddr,
     pub local: SocketAddr,
     pub listener: usize,
+    /// What the handshake told, on a listener that terminates TLS.
+    pub tls: Option<std::sync::Arc<crate::properties::ConnectionTls>>,
 }
 
 /// A reply from a wasm filter (with its own headers) or from the proxy itself.

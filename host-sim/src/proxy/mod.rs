@@ -13,11 +13,11 @@ mod closing;
 // The read-side framing guard on every downstream connection (`serve`).
 mod framing;
 mod http;
+mod listener_tls;
 mod local_reply;
 mod message;
 mod own_address;
 mod rbac;
-mod read_ahead;
 mod reason;
 mod request_id;
 mod route;
@@ -97,6 +97,8 @@ pub(crate) struct ListenerRuntime {
     pub wasm_slots: Vec<usize>,
     pub access_logs: Vec<access_log::AccessLogWriter>,
     pub stats: stats::ListenerStats,
+    /// TLS termination, when the filter chain has a `DownstreamTlsContext`.
+    pub tls: Option<listener_tls::ListenerTlsRuntime>,
 }
 
 pub(crate) struct ClusterRuntime {
@@ -331,7 +333,21 @@ fn load(
             .map(|log| access_log::AccessLogWriter::open(&log.path, &log.format))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|message| anyhow::anyhow!("{}.access_log: {message}", listener.hcm_path()))?;
+        let tls = listener
+            .tls
+            .as_ref()
+            .map(|tls| {
+                listener_tls::ListenerTlsRuntime::new(
+                    tls,
+                    &format!(
+                        "static_resources.listeners[{}].filter_chains[0].transport_socket",
+                        listener.index
+                    ),
+                )
+            })
+            .transpose()?;
         listeners.push(ListenerRuntime {
+            tls,
             config: listener.clone(),
             filters,
             wasm_slots,

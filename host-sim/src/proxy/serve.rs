@@ -173,26 +173,52 @@ async fn serve_connection(
     peer: SocketAddr,
     local: SocketAddr,
 ) {
-    worker.shared.listeners[listener_index]
-        .stats
-        .downstream_cx_total
-        .add(1);
+    let listener = &worker.shared.listeners[listener_index];
+    listener.stats.downstream_cx_total.add(1);
+    let id = worker.next_connection_id();
+    let stream = DrainedOnClose(stream);
+    let Some(tls) = &listener.tls else {
+        let connection = Rc::new(ConnectionInfo {
+            id,
+            peer,
+            local,
+            listener: listener_index,
+            tls: None,
+        });
+        return serve_http(worker, connection, stream).await;
+    };
+    // A failed handshake closes the connection before any stream exists, as Envoy's TLS transport socket does.
+    let (stream, facts) = match tls.accept(stream).await {
+        Ok(accepted) => accepted,
+        Err(error) => {
+            tracing::debug!(%error, %peer, "TLS handshake failed");
+            return;
+        }
+    };
     let connection = Rc::new(ConnectionInfo {
-        id: worker.next_connection_id(),
+        id,
         peer,
         local,
         listener: listener_index,
+        tls: Some(std::sync::Arc::new(facts)),
     });
+    serve_http(worker, connection, stream).await;
+}
+
+/// The HTTP/1 server on one accepted (and, on a TLS listener, handshaken) connection.
+async fn serve_http<S>(worker: Rc<Worker>, connection: Rc<ConnectionInfo>, stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let listener_index = connection.listener;
+    let peer = connection.peer;
     let mut draining = worker.draining();
     let service = {
         let worker = worker.clone();
         service_fn(move |request| handle(worker.clone(), connection.clone(), request))
     };
     let connection = http1_settings(&worker.shared.listeners[listener_index].config.http)
-        .serve_connection(
-            TokioIo::new(framing::GuardedStream::new(DrainedOnClose(stream))),
-            service,
-        )
+        .serve_connection(TokioIo::new(framing::GuardedStream::new(stream)), service)
         .with_upgrades();
     tokio::pin!(connection);
     let served = tokio::select! {

@@ -4,6 +4,11 @@
 
 #![allow(dead_code)]
 
+pub mod bootstrap;
+// Not every suite that includes this module uses both.
+#[allow(unused_imports)]
+pub use bootstrap::{bootstrap, wasm_filter};
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -480,71 +485,6 @@ impl Drop for Proxy {
             running.stop();
         }
     }
-}
-
-/// A bootstrap: one listener whose only route goes to the STATIC cluster `upstream` at
-/// `upstream`, with the given wasm filters (YAML list items, indented for `http_filters`)
-/// before the router, and `hcm_extra` lines added to the connection manager.
-pub fn bootstrap(upstream: SocketAddr, wasm_filters: &str, hcm_extra: &str) -> String {
-    format!(
-        r#"admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-static_resources:
-  listeners:
-  - name: main
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: main
-{hcm_extra}          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{ prefix: "/" }}
-                route: {{ cluster: upstream }}
-          http_filters:
-{wasm_filters}          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: upstream
-    connect_timeout: 2s
-    type: STATIC
-    load_assignment:
-      cluster_name: upstream
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address: {{ socket_address: {{ address: {ip}, port_value: {port} }} }}
-"#,
-        ip = upstream.ip(),
-        port = upstream.port(),
-    )
-}
-
-/// A wasm filter list item running `code` as plugin `name` with `policy_lines` (e.g.
-/// `failure_policy: FAIL_RELOAD`) in its plugin config.
-pub fn wasm_filter(name: &str, code: &Path, policy_lines: &str) -> String {
-    let mut policy = String::new();
-    for line in policy_lines.lines().filter(|l| !l.trim().is_empty()) {
-        policy.push_str(&format!("                {}\n", line.trim()));
-    }
-    format!(
-        r#"          - name: faults.{name}
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-              config:
-                name: {name}
-{policy}                vm_config:
-                  runtime: envoy.wasm.runtime.v8
-                  code: {{ local: {{ filename: {code} }} }}
-"#,
-        code = code.display()
-    )
 }
 
 /// Polls `f` until it is true or `within` passes.

@@ -6,10 +6,12 @@
 //! | module | concern |
 //! | --- | --- |
 //! | `generate` | programs and request shapes as proptest strategies |
+//! | `case_id` | a program's case id: the tags of what it does that the documented differences speak of |
 //! | `render` | one proxy's outcome as named, masked fields |
 //! | `run` | the proxies, the programs through both, comparison and shrinking |
 //! | `report` | the coverage table and divergences as markdown |
 
+pub mod case_id;
 pub mod generate;
 pub mod render;
 pub mod report;

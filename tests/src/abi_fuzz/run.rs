@@ -8,12 +8,13 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use abi_fuzz::program::{
-    self, Call, Phase, Program, Record, Ref, Step, COMPLETE_HEADER, FETCH_HEADER, PROGRAM_HEADER,
+    self, Call, Phase, Program, Record, Step, COMPLETE_HEADER, FETCH_HEADER, PROGRAM_HEADER,
     STARTUP_PROGRAM,
 };
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::{Config as ProptestConfig, RngAlgorithm, TestRng, TestRunner};
 
+use super::case_id::case_id;
 use super::generate::{self, Case, Shape};
 use super::render::{self, Outcome};
 use crate::client;
@@ -288,6 +289,7 @@ struct Compared {
 fn compare_outcomes(
     world: &World,
     program: &Program,
+    shape: Option<&Shape>,
     envoy: &Outcome,
     host_sim: &Outcome,
 ) -> Compared {
@@ -300,7 +302,7 @@ fn compare_outcomes(
     }
     let mut unexplained = Vec::new();
     let mut accepted = Vec::new();
-    let case = case_id(program);
+    let case = case_id(program, shape);
     for d in diffs {
         match world.documented.iter().find(|doc| doc.accepts(&case, &d)) {
             Some(doc) => accepted.push((doc.id.clone(), d)),
@@ -318,253 +320,6 @@ async fn run_both(p: &Proxies, program: &Program, shape: Option<&Shape>) -> (Out
         run_on(&p.envoy, program, shape),
         run_on(&p.host_sim, program, shape)
     )
-}
-
-/// The case id differences.yaml entries match: `abi-fuzz`, followed by `/` and the tags of what the program does
-/// that host-sim cannot put on the wire as Envoy does (each tag's entries say why):
-/// - `unwritable-header`: a header name that is not an HTTP token (empty, non-ASCII) into a map that is sent, or a
-///   `:method` / `:path` hyper cannot put on a request line;
-/// - `unwritable-status`: a local reply with a status below 200 or above 999;
-/// - `continue-unpaused`: `proxy_continue_stream` for a stream that did not pause;
-/// - `framing-header`: a filter writes a header hyper frames itself (`transfer-encoding`, `content-length`,
-///   `connection`, ...);
-/// - `response-body-edit`: writes the response body in its body callback (its length may no longer be the
-///   upstream's `content-length`);
-/// - `request-body-edit`: the same for the request body and the client's `content-length`;
-/// - `response-status-write`: writes `:status` into the response headers (adding to it makes `200,v`);
-/// - `status-header`: a local reply whose extra headers include `:status`;
-/// - `upstream-local-address`: reads `upstream.local_address`;
-/// - `async`: makes http calls (the order of two answers, and whether the request's last byte was read while the
-///   stream waited for one, are the event loop's);
-/// - `async-ref`: with two calls in flight, a step names a handle (queue, metric, call) that a step of
-///   `on_http_call_response` sets;
-/// - `call-data-buffer`: reads or writes buffer type 8 (CallData);
-/// - `request-trailers-map`: writes the request trailers map or reads its size (Envoy's `getMap`, which may create it);
-/// - `node-property`: reads `node` / `xds.node`;
-/// - `body-pause`: makes an http call from a body or trailers callback (which then pauses until it is answered);
-/// - `trailers-write`: writes a trailers map (request or response), which goes on the wire;
-/// - `response-pause`: makes an http call from `on_response_headers` (a local reply's too);
-/// - `request-duration`: reads `request.duration`.
-pub fn case_id(program: &Program) -> String {
-    let mut tags = Vec::new();
-    let sent_map = |map: u64| map <= 3;
-    let bad_name = |name: &[u8]| {
-        hyper::header::HeaderName::from_bytes(&name.to_ascii_lowercase()).is_err()
-            && name.first() != Some(&b':')
-    };
-    let pairs_have_bad_name = |bytes: &[u8]| {
-        program::parse_pairs(bytes).is_some_and(|pairs| pairs.iter().any(|(k, _)| bad_name(k)))
-    };
-    // A request line hyper cannot write: a `:method` that is not a token, a `:path` that is not a URI.
-    let bad_request_line = |name: &[u8], value: &[u8]| match name.to_ascii_lowercase().as_slice() {
-        b":method" => hyper::Method::from_bytes(value).is_err(),
-        b":path" => std::str::from_utf8(value)
-            .ok()
-            .and_then(|v| v.parse::<hyper::Uri>().ok())
-            .is_none(),
-        _ => false,
-    };
-    let unwritable_header = program.steps.iter().any(|s| match s.call {
-        // Adding to `:method` joins the values with a comma, which no method token holds.
-        Call::AddHeaderMapValue if s.int(0) == 0 && s.buf(0).eq_ignore_ascii_case(b":method") => {
-            true
-        }
-        Call::AddHeaderMapValue | Call::ReplaceHeaderMapValue => {
-            sent_map(s.int(0))
-                && (bad_name(s.buf(0)) || (s.int(0) == 0 && bad_request_line(s.buf(0), s.buf(1))))
-        }
-        Call::SetHeaderMapPairs => {
-            sent_map(s.int(0))
-                && (pairs_have_bad_name(s.buf(0))
-                    || (s.int(0) == 0
-                        && program::parse_pairs(s.buf(0)).is_some_and(|pairs| {
-                            pairs.iter().any(|(k, v)| bad_request_line(k, v))
-                        })))
-        }
-        Call::SendLocalResponse => pairs_have_bad_name(s.buf(2)),
-        _ => false,
-    });
-    if unwritable_header {
-        tags.push("unwritable-header");
-    }
-    if program
-        .steps
-        .iter()
-        .any(|s| s.call == Call::SendLocalResponse && !(200..=999).contains(&s.int(0)))
-    {
-        tags.push("unwritable-status");
-    }
-    // Headers hyper frames and manages itself, whatever a filter wrote there.
-    let framing = |name: &[u8]| {
-        [
-            &b"transfer-encoding"[..],
-            b"content-length",
-            b"connection",
-            b"upgrade",
-            b"keep-alive",
-            b"proxy-connection",
-            b"te",
-        ]
-        .iter()
-        .any(|h| name.eq_ignore_ascii_case(h))
-    };
-    let pairs_have = |bytes: &[u8], f: &dyn Fn(&[u8]) -> bool| {
-        program::parse_pairs(bytes).is_some_and(|pairs| pairs.iter().any(|(k, _)| f(k)))
-    };
-    if program.steps.iter().any(|s| match s.call {
-        Call::AddHeaderMapValue | Call::ReplaceHeaderMapValue => {
-            sent_map(s.int(0)) && framing(s.buf(0))
-        }
-        Call::SetHeaderMapPairs => sent_map(s.int(0)) && pairs_have(s.buf(0), &framing),
-        _ => false,
-    }) {
-        tags.push("framing-header");
-    }
-    if program
-        .steps
-        .iter()
-        .any(|s| s.call == Call::SetBufferBytes && s.int(0) == 1 && s.phase == Phase::ResponseBody)
-    {
-        tags.push("response-body-edit");
-    }
-    if program
-        .steps
-        .iter()
-        .any(|s| s.call == Call::SetBufferBytes && s.int(0) == 0 && s.phase == Phase::RequestBody)
-    {
-        tags.push("request-body-edit");
-    }
-    let is_status = |k: &[u8]| k == b":status";
-    if program.steps.iter().any(|s| {
-        s.int(0) == 2
-            && match s.call {
-                Call::AddHeaderMapValue | Call::ReplaceHeaderMapValue => is_status(s.buf(0)),
-                Call::SetHeaderMapPairs => pairs_have(s.buf(0), &is_status),
-                _ => false,
-            }
-    }) {
-        tags.push("response-status-write");
-    }
-    if program.steps.iter().any(|s| {
-        s.call == Call::SendLocalResponse && pairs_have(s.buf(2), &|k: &[u8]| k == b":status")
-    }) {
-        tags.push("status-header");
-    }
-    if program.steps.iter().any(|s| {
-        s.call == Call::ContinueStream && s.int(0) <= 1 && s.phase != Phase::HttpCallResponse
-    }) {
-        tags.push("continue-unpaused");
-    }
-    if program
-        .steps
-        .iter()
-        .any(|s| s.call == Call::GetProperty && s.buf(0) == b"upstream\0local_address")
-    {
-        tags.push("upstream-local-address");
-    }
-    let calls = program
-        .steps
-        .iter()
-        .filter(|s| s.call == Call::HttpCall)
-        .count();
-    if calls > 0 {
-        tags.push("async");
-    }
-    // A handle set where an http call is answered and named by another step: with two calls in flight, which
-    // answer comes first is the event loop's. (Root phases run one at a time after the stream: the guest's
-    // `next_root_event`.)
-    let sets_ref = |call: Call| match call {
-        Call::RegisterSharedQueue | Call::ResolveSharedQueue => Some(Ref::LastQueue),
-        Call::DefineMetric => Some(Ref::LastMetric),
-        Call::HttpCall => Some(Ref::LastHttpCall),
-        Call::GrpcCall | Call::GrpcStream => Some(Ref::LastGrpc),
-        _ => None,
-    };
-    let answer_refs: Vec<Ref> = program
-        .steps
-        .iter()
-        .filter(|s| s.phase == Phase::HttpCallResponse)
-        .filter_map(|s| sets_ref(s.call))
-        .collect();
-    if calls > 1
-        && program.steps.iter().any(|s| {
-            s.ints
-                .iter()
-                .filter_map(|&v| Ref::from_arg(v))
-                .any(|r| answer_refs.contains(&r))
-        })
-    {
-        tags.push("async-ref");
-    }
-    if program.steps.iter().any(|s| {
-        matches!(
-            s.call,
-            Call::GetBufferBytes | Call::GetBufferStatus | Call::SetBufferBytes
-        ) && s.int(0) == 8
-    }) {
-        tags.push("call-data-buffer");
-    }
-    if program.steps.iter().any(|s| {
-        matches!(
-            s.call,
-            Call::AddHeaderMapValue
-                | Call::ReplaceHeaderMapValue
-                | Call::SetHeaderMapPairs
-                | Call::RemoveHeaderMapValue
-                | Call::GetHeaderMapSize
-        ) && s.int(0) == 1
-    }) {
-        tags.push("request-trailers-map");
-    }
-    if program
-        .steps
-        .iter()
-        .any(|s| s.call == Call::GetProperty && matches!(s.buf(0), b"node" | b"xds\0node"))
-    {
-        tags.push("node-property");
-    }
-    if program.steps.iter().any(|s| {
-        s.call == Call::HttpCall
-            && matches!(
-                s.phase,
-                Phase::RequestBody
-                    | Phase::ResponseBody
-                    | Phase::RequestTrailers
-                    | Phase::ResponseTrailers
-            )
-    }) {
-        tags.push("body-pause");
-    }
-    if program.steps.iter().any(|s| {
-        matches!(
-            s.call,
-            Call::AddHeaderMapValue
-                | Call::ReplaceHeaderMapValue
-                | Call::SetHeaderMapPairs
-                | Call::RemoveHeaderMapValue
-        ) && matches!(s.int(0), 1 | 3)
-    }) {
-        tags.push("trailers-write");
-    }
-    if program
-        .steps
-        .iter()
-        .any(|s| s.call == Call::HttpCall && matches!(s.phase, Phase::ResponseHeaders))
-    {
-        tags.push("response-pause");
-    }
-    if program
-        .steps
-        .iter()
-        .any(|s| s.call == Call::GetProperty && s.buf(0) == b"request\0duration")
-    {
-        tags.push("request-duration");
-    }
-    if tags.is_empty() {
-        CASE_ID.to_string()
-    } else {
-        format!("{CASE_ID}/{}", tags.join("+"))
-    }
 }
 
 /// Whether either proxy's guest stopped answering (its VM failed): later programs would all
@@ -607,7 +362,8 @@ pub async fn run(config: &Config) -> anyhow::Result<FuzzResult> {
         let startup = Program::default();
         let proxies = world.start_proxies(&startup).await?;
         let (e, h) = run_both(&proxies, &program, Some(&shape)).await;
-        let unexplained = note_outcome(&world, &mut result, &program, &e, &h).unexplained;
+        let unexplained =
+            note_outcome(&world, &mut result, &program, Some(&shape), &e, &h).unexplained;
         println!(
             "envoy:    {:#?}\nhost-sim: {:#?}",
             render::fields(&program, &e),
@@ -653,7 +409,7 @@ pub async fn run(config: &Config) -> anyhow::Result<FuzzResult> {
         }
         let mut proxies = world.start_proxies(&startup).await?;
         let (e, h) = run_both(&proxies, &startup, None).await;
-        let unexplained = note_outcome(&world, &mut result, &startup, &e, &h).unexplained;
+        let unexplained = note_outcome(&world, &mut result, &startup, None, &e, &h).unexplained;
         if !unexplained.is_empty() {
             result.divergences.push(Divergence {
                 index,
@@ -674,7 +430,8 @@ pub async fn run(config: &Config) -> anyhow::Result<FuzzResult> {
             };
             next_id += 1;
             let (e, h) = run_both(&proxies, &program, Some(&case.shape)).await;
-            let Noted { unexplained, apart } = note_outcome(&world, &mut result, &program, &e, &h);
+            let Noted { unexplained, apart } =
+                note_outcome(&world, &mut result, &program, Some(&case.shape), &e, &h);
             if config.trace {
                 trace(&world, index, &case, &program, &e, &h);
             }
@@ -751,7 +508,7 @@ fn trace(
     envoy: &Outcome,
     host_sim: &Outcome,
 ) {
-    let accepted = compare_outcomes(world, program, envoy, host_sim).accepted;
+    let accepted = compare_outcomes(world, program, Some(&case.shape), envoy, host_sim).accepted;
     if !accepted.is_empty() {
         eprintln!(
             "abi fuzz trace: program {index} (id {}): DFP_ABI_FUZZ_REPLAY='{}'",
@@ -814,10 +571,11 @@ fn note_outcome(
     world: &World,
     result: &mut FuzzResult,
     program: &Program,
+    shape: Option<&Shape>,
     envoy: &Outcome,
     host_sim: &Outcome,
 ) -> Noted {
-    let compared = compare_outcomes(world, program, envoy, host_sim);
+    let compared = compare_outcomes(world, program, shape, envoy, host_sim);
     for step in &program.steps {
         result
             .coverage
@@ -904,7 +662,7 @@ async fn shrink(
         };
         *next_id += 1;
         let (e, h) = run_both(proxies, &program, Some(&candidate.shape)).await;
-        let compared = compare_outcomes(world, &program, &e, &h);
+        let compared = compare_outcomes(world, &program, Some(&candidate.shape), &e, &h);
         if broken(&e) || broken(&h) {
             let old = std::mem::replace(proxies, world.start_proxies(startup).await?);
             drop(old);

@@ -22,23 +22,33 @@ pub(super) struct Ctx {
 
 pub(super) struct PendingRule {
     pub(super) path: String,
-    pub(super) node: Value,
+    pub(super) node: std::rc::Rc<Value>,
     pub(super) rule: CelRule,
 }
 
 impl Ctx {
     pub(super) fn push(&mut self, path: impl fmt::Display, kind: ViolationKind, detail: String) {
-        self.blocking |= match kind {
-            ViolationKind::Required | ViolationKind::Enum | ViolationKind::Type => true,
-            ViolationKind::Length => detail.contains("longer than"),
-            ViolationKind::Count => detail.contains("at most"),
-            _ => false,
-        };
+        self.blocking |= matches!(
+            kind,
+            ViolationKind::Required | ViolationKind::Enum | ViolationKind::Type
+        );
         self.violations.push(Violation {
             path: path.to_string(),
             kind,
             detail,
         });
+    }
+
+    /// A value over its maximum (`maxLength`, `maxItems`, `maxProperties`): blocking as well (`hasBlockingErr`
+    /// counts the `TooLong` and `TooMany` errors; a value under its minimum is not one of them).
+    pub(super) fn push_over_maximum(
+        &mut self,
+        path: impl fmt::Display,
+        kind: ViolationKind,
+        detail: String,
+    ) {
+        self.blocking = true;
+        self.push(path, kind, detail);
     }
 
     /// Evaluates the collected rules with `self` bound to their nodes, unless a blocking schema error came first
@@ -100,10 +110,16 @@ pub(super) fn validate(
 
 /// Collects the node's CEL rules; [`Ctx::finish`] runs them.
 pub(super) fn check_rules(schema: &Schema, value: &Value, path: &FieldPath, ctx: &mut Ctx) {
+    if schema.cel.is_empty() {
+        return;
+    }
+    // One copy of the node for all its rules.
+    let node = std::rc::Rc::new(value.clone());
+    let path = path.to_string();
     for rule in &schema.cel {
         ctx.rules.push(PendingRule {
-            path: path.to_string(),
-            node: value.clone(),
+            path: path.clone(),
+            node: node.clone(),
             rule: rule.clone(),
         });
     }
@@ -199,7 +215,7 @@ pub(super) fn check_string(schema: &Schema, text: &str, path: &FieldPath, ctx: &
     }
     if let Some(max) = schema.max_length {
         if length > max {
-            ctx.push(
+            ctx.push_over_maximum(
                 path,
                 ViolationKind::Length,
                 format!("{length} characters; may not be longer than {max}"),
@@ -316,7 +332,7 @@ pub(super) fn check_array(
     }
     if let Some(max) = schema.max_items {
         if count > max {
-            ctx.push(
+            ctx.push_over_maximum(
                 &*path,
                 ViolationKind::Count,
                 format!("{count} items; at most {max} allowed"),
@@ -395,7 +411,7 @@ pub(super) fn check_object(
     }
     if let Some(max) = schema.max_properties {
         if count > max {
-            ctx.push(
+            ctx.push_over_maximum(
                 &*path,
                 ViolationKind::Count,
                 format!("{count} fields; at most {max} allowed"),

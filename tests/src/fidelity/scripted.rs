@@ -66,11 +66,7 @@ impl Scripted {
 
     /// Requests received with `x-case-id: <case_id>`.
     pub fn seen_for_case(&self, case_id: &str) -> Vec<Seen> {
-        lock(&self.state.seen)
-            .iter()
-            .filter(|s| s.header(CASE_ID_HEADER) == Some(case_id))
-            .cloned()
-            .collect()
+        Seen::of_case(&lock(&self.state.seen), case_id)
     }
 }
 
@@ -118,29 +114,7 @@ async fn handle(
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let seen = Seen {
-        server: NAME.to_string(),
-        tls: false,
-        sni: None,
-        method: parts.method.to_string(),
-        path: parts.uri.to_string(),
-        authority: parts
-            .headers
-            .get(hyper::header::HOST)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
-        headers: parts
-            .headers
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
-        body: String::from_utf8_lossy(&body).into_owned(),
-        trailers: Vec::new(),
-    };
+    let seen = Seen::of(NAME, false, None, &parts, &body, Vec::new());
     let behaviour = seen
         .header(CASE_ID_HEADER)
         .and_then(|id| lock(&state.scripts).get(id).cloned())

@@ -15,6 +15,8 @@ impl Exchange<'_> {
     ) -> Response<DownstreamBody> {
         let cluster = target.cluster.clone();
         cluster.stats.upstream_rq_total.add(1);
+        // The request body's callbacks count what was read ahead as they see it.
+        self.read_ahead_bytes.set(0);
 
         let host = headers
             .get_str(":authority")

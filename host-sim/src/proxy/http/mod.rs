@@ -28,12 +28,11 @@ use crate::headers::{HeaderMap, MapKind};
 use crate::properties::{Properties, RouteNames, StreamFacts};
 
 use super::body::{
-    EarlyReply, FilteredRequest, FilteredResponse, NotesEnd, SharedChains, Side, StreamChains,
-    TrailerCodecs,
+    EarlyReply, FilteredRequest, FilteredResponse, NotesEnd, ReadAhead, ReadStep, SharedChains,
+    Side, StreamChains, TrailerCodecs,
 };
 use super::local_reply::EnvoyReply;
 use super::message::{local_body, BoxError, ConnectionInfo, DownstreamBody, Reply, UpstreamBody};
-use super::read_ahead::{ReadAhead, ReadStep};
 use super::route::{self, Selected};
 use super::wasm_chain::{Outcome, Phase, WasmChain};
 use super::worker::Worker;
@@ -64,6 +63,7 @@ pub(crate) async fn handle(
         start_time: SystemTime::now(),
         log: RefCell::new(LogState::default()),
         request_complete: Rc::new(std::cell::Cell::new(request.body().is_end_stream())),
+        read_ahead_bytes: std::cell::Cell::new(0),
     };
     let connect = request.method() == Method::CONNECT;
     let mut response = exchange.run(request, upgrade).await;
@@ -114,6 +114,9 @@ struct Exchange<'a> {
     log: RefCell<LogState>,
     /// The request's last byte has been received (at once for a request without a body).
     request_complete: Rc<std::cell::Cell<bool>>,
+    /// Body bytes read while a filter held the headers that no body callback has seen yet: the codec received
+    /// them (`request.size`, `request.total_size`), so a reply before the body goes on counts them.
+    read_ahead_bytes: std::cell::Cell<u64>,
 }
 
 /// What the access log needs to know about how the request ended.
@@ -157,7 +160,8 @@ impl Exchange<'_> {
         let mut body = ReadAhead::new(body);
         let connect = parts.method == Method::CONNECT;
         let generate_request_id = self.listener.config.http.generate_request_id;
-        let mut headers = match request_header_map(&parts, generate_request_id) {
+        let tls = self.connection.tls.is_some();
+        let mut headers = match request_header_map(&parts, generate_request_id, tls) {
             Ok(headers) => headers,
             Err(reply) => {
                 let mut log = self.log.borrow_mut();
@@ -510,7 +514,7 @@ impl Exchange<'_> {
             source: self.connection.peer,
             destination: self.connection.local,
             connection_id: self.connection.id,
-            mtls: false,
+            tls: self.connection.tls.clone(),
             request_time: SystemTime::now(),
             protocol: "HTTP/1.1",
             route_configuration_name: self.listener.config.http.route_config.name.clone(),
@@ -563,13 +567,16 @@ impl Exchange<'_> {
                 let limit = self.listener.config.buffer_limit;
                 tokio::select! {
                     () = notified => {}
-                    step = body.read_on(limit), if body.can_read_on() => match step {
-                        ReadStep::More => {}
-                        ReadStep::Ended => self.request_complete.set(true),
-                        ReadStep::OverLimit => {
-                            return Settled::Reply(Reply::Envoy(EnvoyReply::payload_too_large()))
+                    step = body.read_on(limit), if body.can_read_on() => {
+                        self.read_ahead_bytes.set(body.buffered() as u64);
+                        match step {
+                            ReadStep::More => {}
+                            ReadStep::Ended => self.request_complete.set(true),
+                            ReadStep::OverLimit => {
+                                return Settled::Reply(Reply::Envoy(EnvoyReply::payload_too_large()))
+                            }
                         }
-                    },
+                    }
                 }
             },
         }
@@ -630,10 +637,17 @@ impl Exchange<'_> {
     fn local_reply_via(
         &self,
         downstream: &mut WasmChain,
-        upstream: Option<&mut WasmChain>,
+        mut upstream: Option<&mut WasmChain>,
         reply: Reply,
         through_filters: bool,
     ) -> Response<DownstreamBody> {
+        let unfiltered = self.read_ahead_bytes.replace(0);
+        if unfiltered > 0 {
+            downstream.for_each_state(|state| state.request_body_bytes += unfiltered);
+            if let Some(upstream) = upstream.as_mut() {
+                upstream.for_each_state(|state| state.request_body_bytes += unfiltered);
+            }
+        }
         if matches!(reply, Reply::Reset) {
             let mut chains: Vec<&mut WasmChain> = upstream.into_iter().collect();
             chains.push(downstream);

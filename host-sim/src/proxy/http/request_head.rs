@@ -44,6 +44,7 @@ pub(super) const HOP_BY_HOP: &[&str] = &[
 pub(super) fn request_header_map(
     parts: &hyper::http::request::Parts,
     generate_request_id: bool,
+    tls: bool,
 ) -> Result<HeaderMap, EnvoyReply> {
     let connect = parts.method == Method::CONNECT;
     check_request_shape(parts)?;
@@ -87,7 +88,13 @@ pub(super) fn request_header_map(
     }
     headers.add(":method", parts.method.as_str());
     if !connect {
-        headers.add(":scheme", "http");
+        // An absolute URI's scheme (the codec's); otherwise set below, once `x-forwarded-proto` is known.
+        let scheme = parts
+            .uri
+            .scheme_str()
+            .unwrap_or("http")
+            .to_ascii_lowercase();
+        headers.add(":scheme", scheme);
     }
     let nominated = connection_nominated(&parts.headers);
     for (name, value) in &parts.headers {
@@ -113,8 +120,19 @@ pub(super) fn request_header_map(
         // The codec adds each line with addViaMove: repeated inline headers join with a comma.
         headers.add_as(MapKind::RequestHeaders, name.as_str(), value.as_bytes());
     }
+    // `ConnectionManagerUtility::mutateRequestHeaders`: `x-forwarded-proto` from the connection when the client
+    // sent none, then `:scheme`, unless the codec took it from an absolute URI, from `x-forwarded-proto` when that
+    // is a valid scheme, else from the connection (`getScheme`).
+    let connection_scheme = if tls { "https" } else { "http" };
     if headers.get("x-forwarded-proto").is_none() {
-        headers.add("x-forwarded-proto", "http");
+        headers.add("x-forwarded-proto", connection_scheme);
+    }
+    if !connect && parts.uri.scheme().is_none() {
+        let forwarded = headers
+            .get_str("x-forwarded-proto")
+            .map(str::to_ascii_lowercase)
+            .filter(|proto| proto == "http" || proto == "https");
+        headers.set_in_place(":scheme", forwarded.as_deref().unwrap_or(connection_scheme));
     }
     if generate_request_id && headers.get("x-request-id").is_none() {
         headers.add("x-request-id", crate::proxy::request_id::new_uuid());

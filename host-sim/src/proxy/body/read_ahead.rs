@@ -50,6 +50,11 @@ where
         }
     }
 
+    /// Data bytes read ahead and not yet taken by the body's reader.
+    pub fn buffered(&self) -> usize {
+        self.buffered
+    }
+
     /// Whether reading ahead has anything left to do.
     pub fn can_read_on(&self) -> bool {
         !self.finished && !self.inner.is_end_stream()
