@@ -5,7 +5,10 @@
 use abi_fuzz::program::{self, Call, Phase, Program, Ref};
 
 use super::generate::Shape;
-use super::run::CASE_ID;
+use crate::fidelity::differences;
+
+/// The case id differences.yaml entries use for the fuzzer.
+pub const CASE_ID: &str = differences::ABI_FUZZ_CASES;
 
 /// The case id differences.yaml entries match: `abi-fuzz`, followed by `/` and the tags of what the program does
 /// that host-sim cannot put on the wire as Envoy does (each tag's entries say why):

@@ -14,7 +14,7 @@ use abi_fuzz::program::{
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::{Config as ProptestConfig, RngAlgorithm, TestRng, TestRunner};
 
-use super::case_id::case_id;
+use super::case_id::{case_id, CASE_ID};
 use super::generate::{self, Case, Shape};
 use super::render::{self, Outcome};
 use crate::client;
@@ -26,9 +26,6 @@ use crate::proxy::Proxy;
 use crate::template::{self, Vars};
 use crate::upstream::EchoServer;
 use crate::wasm;
-
-/// The case id differences.yaml entries use for the fuzzer.
-pub const CASE_ID: &str = differences::ABI_FUZZ_CASES;
 
 /// How long a report may take to complete (ticks, queues, http calls) after the response: they complete within
 /// milliseconds, or never (a stream's calls cancelled with it).
