@@ -2,8 +2,11 @@
 //! connection while a decoder filter has returned StopIteration from `decodeHeaders`: the body is buffered in the
 //! filter manager (`ActiveStreamFilterBase::commonHandleBufferData`) and the request may complete before the filter
 //! resumes, so a reply then (a direct_response route, a filter's local reply) finds the last downstream byte
-//! received and keeps the connection open (`ActiveStream::encodeHeaders`). Past the buffer limit the stream is
-//! answered with 413 (`ActiveStreamDecoderFilter::requestDataTooLarge`).
+//! received and keeps the connection open (`ActiveStream::encodeHeaders`). At the buffer limit Envoy stops reading
+//! instead of refusing the request: a filter that stopped only its headers leaves the stream streaming, so
+//! `ActiveStreamDecoderFilter::requestDataTooLarge` raises the high watermark (measured: a 2 MiB body behind an http
+//! call goes through in Envoy 1.40, 200, where host-sim had answered 413; replayed with the fuzzer's
+//! `GET / 2097152 0 <program>` form, whose body chunk sizes still differ, so it is not in the regression list).
 //!
 //! The frames read ahead go on first when the body is polled, so the filters still see them after the pause.
 
@@ -21,8 +24,6 @@ pub(crate) enum ReadStep {
     More,
     /// The request's last byte is in.
     Ended,
-    /// The buffered body is past the limit: Envoy answers 413.
-    OverLimit,
 }
 
 pub(crate) struct ReadAhead<B: Body> {
@@ -55,23 +56,22 @@ where
         self.buffered
     }
 
-    /// Whether reading ahead has anything left to do.
-    pub fn can_read_on(&self) -> bool {
-        !self.finished && !self.inner.is_end_stream()
+    /// Whether reading ahead has anything left to do: not past the end, nor at the buffer limit (where Envoy's
+    /// watermark stops reading the connection).
+    pub fn can_read_on(&self, limit: usize) -> bool {
+        !self.finished && !self.inner.is_end_stream() && self.buffered < limit
     }
 
     /// Reads the next frame the client sends into the buffer. Pending until one arrives; call it only while
     /// [`Self::can_read_on`].
-    pub async fn read_on(&mut self, limit: usize) -> ReadStep {
+    pub async fn read_on(&mut self) -> ReadStep {
         match self.inner.frame().await {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     self.buffered += data.len();
                 }
                 self.frames.push_back(frame);
-                if self.buffered > limit {
-                    ReadStep::OverLimit
-                } else if self.inner.is_end_stream() {
+                if self.inner.is_end_stream() {
                     self.finished = true;
                     ReadStep::Ended
                 } else {

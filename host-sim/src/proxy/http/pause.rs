@@ -35,14 +35,10 @@ impl Exchange<'_> {
                 let limit = self.listener.config.buffer_limit;
                 tokio::select! {
                     () = notified => {}
-                    step = body.read_on(limit), if body.can_read_on() => {
+                    step = body.read_on(), if body.can_read_on(limit) => {
                         self.read_ahead_bytes.set(body.buffered() as u64);
-                        match step {
-                            ReadStep::More => {}
-                            ReadStep::Ended => self.request_complete.set(true),
-                            ReadStep::OverLimit => {
-                                return Settled::Reply(Reply::Envoy(EnvoyReply::payload_too_large()))
-                            }
+                        if let ReadStep::Ended = step {
+                            self.request_complete.set(true);
                         }
                     }
                 }
